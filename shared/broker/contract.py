@@ -1,0 +1,173 @@
+"""`OrderExecutor`: the only door to a broker.
+
+Every pillar talks to the broker through this interface; adapters implement it for Alpaca
+(`shared.broker.alpaca.AlpacaExecutor`, over alpaca-py) and for the in-process simulated market
+(`shared.broker.simulated.SimulatedExecutor`). One contract test suite
+(`tests/test_broker_contract.py`) runs unchanged against both.
+
+Conventions every adapter keeps:
+- Money and quantities are `Decimal`; times are timezone-aware.
+- A definitive refusal raises an `OrderRejected` subclass (nothing was created). A timeout, 5xx or
+  dropped connection raises `BrokerUnavailable`: the order may exist, so callers look it up with
+  `get_order_by_client_id` before trying again. Order creation is never retried blindly.
+- Every order we send carries our own `client_order_id` (at most 48 characters; Alpaca keeps it
+  unique for the life of the account and answers a reuse with `DuplicateClientOrderId`).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+
+from shared.models import (
+    Account,
+    Asset,
+    Bar,
+    LatestPrice,
+    MarketClock,
+    Order,
+    Position,
+    Timeframe,
+    TradeUpdate,
+    TradingDay,
+)
+
+MAX_CLIENT_ORDER_ID_LEN = 48
+
+
+@dataclass(frozen=True)
+class BrokerCapabilities:
+    """What the broker allows, as data (no `if broker == ...` branches in the pillars)."""
+
+    #: Exit orders for whole shares can be one OCO (stop + target, one cancels the other).
+    oco_exits: bool = True
+    #: Fractional quantities may be sold with a plain stop order (Alpaca: simple, `day` only).
+    fractional_stop_orders: bool = True
+    #: Time in force fractional orders must use.
+    fractional_time_in_force: str = "day"
+    #: Maximum client_order_id length we will send.
+    max_client_order_id_len: int = MAX_CLIENT_ORDER_ID_LEN
+
+
+class TradeUpdateStream(abc.ABC):
+    """The broker's trade-update feed. `run` blocks, reconnecting on its own, until `stop`."""
+
+    @abc.abstractmethod
+    def run(
+        self,
+        on_update: Callable[[TradeUpdate], None],
+        on_connect: Callable[[], None] | None = None,
+        on_disconnect: Callable[[], None] | None = None,
+    ) -> None:
+        """Deliver updates to `on_update`; call `on_connect` after every (re)connect and
+        authorization, so the caller can backfill what it missed while disconnected."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Make `run` return soon. Safe to call from another thread."""
+
+
+class OrderExecutor(abc.ABC):
+    capabilities: BrokerCapabilities = BrokerCapabilities()
+
+    # -- account and positions -------------------------------------------------------------
+    @abc.abstractmethod
+    def get_account(self) -> Account:
+        """Cash, buying power (already reduced by open buy orders) and equity."""
+
+    @abc.abstractmethod
+    def get_positions(self) -> list[Position]:
+        """Every open position. `qty_available` excludes shares held by open sell orders."""
+
+    @abc.abstractmethod
+    def get_position(self, symbol: str) -> Position | None:
+        """The position in `symbol`, or None when flat."""
+
+    @abc.abstractmethod
+    def get_asset(self, symbol: str) -> Asset:
+        """Asset facts; raises NotFound for an unknown symbol."""
+
+    # -- market data ----------------------------------------------------------------------
+    @abc.abstractmethod
+    def get_latest_prices(self, symbols: Iterable[str]) -> dict[str, LatestPrice]:
+        """One batched request for many symbols. The price is the ask; when the ask is missing or
+        zero, the last trade. Symbols with neither are absent from the result."""
+
+    @abc.abstractmethod
+    def get_bars(
+        self, symbols: Iterable[str], timeframe: Timeframe, start: datetime, end: datetime
+    ) -> dict[str, list[Bar]]:
+        """Bars in [start, end], oldest first, all pages fetched; batched across symbols."""
+
+    # -- orders ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def buy_notional(self, symbol: str, notional: Decimal, client_order_id: str) -> Order:
+        """Market buy for a dollar amount, `day` (fractionable assets only: NotFractionable)."""
+
+    @abc.abstractmethod
+    def buy_qty(self, symbol: str, qty: Decimal, client_order_id: str) -> Order:
+        """Market buy for a quantity, `day`. Whole shares for non-fractionable assets."""
+
+    @abc.abstractmethod
+    def submit_protective_exit(
+        self,
+        symbol: str,
+        qty: Decimal,
+        stop_price: Decimal,
+        target_price: Decimal | None,
+        client_order_id: str,
+    ) -> Order:
+        """Place the sell orders that protect `qty` shares.
+
+        With a target and a whole quantity: one OCO (take-profit limit parent, stop leg child),
+        `gtc`. Without a target, or for a fractional quantity: one plain stop sell (`day` when
+        fractional, as Alpaca requires). Prices must already be rounded to the broker's increments.
+        Raises InsufficientQty if other open sells hold the shares.
+        """
+
+    @abc.abstractmethod
+    def sell_market(self, symbol: str, qty: Decimal, client_order_id: str) -> Order:
+        """Market sell of `qty` (never more than available: the broker refuses, InsufficientQty)."""
+
+    @abc.abstractmethod
+    def get_open_orders(self, symbol: str | None = None) -> list[Order]:
+        """Open orders, parents with their legs nested (held OCO/bracket legs included)."""
+
+    @abc.abstractmethod
+    def get_orders_updated_since(self, since: datetime) -> list[Order]:
+        """Every order (open or closed) created or updated at or after `since`, oldest first.
+        The streamer's backfill after a reconnect."""
+
+    @abc.abstractmethod
+    def get_order_by_client_id(self, client_order_id: str) -> Order | None:
+        """The order we sent with this id, or None if the broker never accepted it."""
+
+    @abc.abstractmethod
+    def cancel_order(self, order_id: str) -> None:
+        """Request cancellation. NotCancelable if it already filled or ended."""
+
+    @abc.abstractmethod
+    def cancel_all_for_symbol(self, symbol: str, timeout: float = 10.0) -> Position | None:
+        """Cancel every open order of `symbol` and wait until none is open and the position's
+        shares are released (qty_available == qty). Returns the position as it then stands (None
+        when flat: a protective order may have filled meanwhile). BrokerUnavailable on timeout."""
+
+    # -- calendar -------------------------------------------------------------------------
+    @abc.abstractmethod
+    def get_clock(self) -> MarketClock:
+        """The broker's clock (the simulator's virtual time)."""
+
+    @abc.abstractmethod
+    def get_calendar(self, start: date, end: date) -> list[TradingDay]:
+        """Trading sessions with start <= date <= end, open/close aware in New York time."""
+
+    # -- trade updates --------------------------------------------------------------------
+    @abc.abstractmethod
+    def trade_update_stream(self) -> TradeUpdateStream:
+        """A new connection to the trade-update feed (Alpaca allows one per account)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""

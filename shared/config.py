@@ -1,0 +1,176 @@
+"""Settings from the environment and `.env`, validated once, with one-line errors.
+
+Each pillar loads only the groups it needs (the ranker never needs broker keys). `load(SomeSettings)`
+turns any validation problem into a `ConfigError` whose message names the variable, so commands
+print one line and exit instead of a traceback. Secrets are `SecretStr`: hidden in reprs and logs.
+
+Every variable is documented in `.env.example`.
+"""
+
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlparse
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from shared.errors import ConfigError
+
+LIVE_TRADING_HOST = "api.alpaca.markets"
+PAPER_TRADING_URL = "https://paper-api.alpaca.markets"
+ALPACA_DATA_URL = "https://data.alpaca.markets"
+
+
+def env_file() -> str:
+    """The .env file to read: FL_ENV_FILE if set, else ./.env (missing is fine)."""
+    return os.environ.get("FL_ENV_FILE", ".env")
+
+
+class _Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=True, frozen=True)
+
+
+class BrokerSettings(_Settings):
+    """How to reach the broker (real Alpaca, paper, or the local simulator)."""
+
+    ALPACA_API_KEY: SecretStr
+    ALPACA_SECRET_KEY: SecretStr
+    ALPACA_ENDPOINT: str = PAPER_TRADING_URL
+    #: Market-data base URL. Empty: data.alpaca.markets for Alpaca endpoints, else ALPACA_ENDPOINT.
+    ALPACA_DATA_ENDPOINT: str = ""
+    #: trade_updates WebSocket URL. Empty: derived from ALPACA_ENDPOINT (ws[s]://host/stream).
+    ALPACA_STREAM_ENDPOINT: str = ""
+    ALPACA_DATA_FEED: str = "iex"
+    FL_ALLOW_LIVE_TRADING: bool = False
+    FL_BROKER_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0, le=120)
+
+    @field_validator("ALPACA_API_KEY", "ALPACA_SECRET_KEY")
+    @classmethod
+    def _not_blank(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError("is empty")
+        return value
+
+    @field_validator("ALPACA_ENDPOINT", "ALPACA_DATA_ENDPOINT", "ALPACA_STREAM_ENDPOINT")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value and (urlparse(value).scheme not in {"http", "https", "ws", "wss"} or not urlparse(value).hostname):
+            raise ValueError(f"is not a URL: {value!r}")
+        return value
+
+    @field_validator("ALPACA_DATA_FEED")
+    @classmethod
+    def _feed(cls, value: str) -> str:
+        if value not in {"iex", "sip"}:
+            raise ValueError("must be iex or sip")
+        return value
+
+    @model_validator(mode="after")
+    def _live_needs_opt_in(self) -> BrokerSettings:
+        if self.is_live and not self.FL_ALLOW_LIVE_TRADING:
+            raise ValueError(
+                "ALPACA_ENDPOINT points at live trading (https://api.alpaca.markets); "
+                "set FL_ALLOW_LIVE_TRADING=true to trade real money"
+            )
+        return self
+
+    @property
+    def is_live(self) -> bool:
+        return urlparse(self.ALPACA_ENDPOINT).hostname == LIVE_TRADING_HOST
+
+    @property
+    def is_alpaca_hosted(self) -> bool:
+        return (urlparse(self.ALPACA_ENDPOINT).hostname or "").endswith("alpaca.markets")
+
+    @property
+    def data_endpoint(self) -> str:
+        if self.ALPACA_DATA_ENDPOINT:
+            return self.ALPACA_DATA_ENDPOINT
+        return ALPACA_DATA_URL if self.is_alpaca_hosted else self.ALPACA_ENDPOINT
+
+    @property
+    def stream_endpoint(self) -> str:
+        if self.ALPACA_STREAM_ENDPOINT:
+            return self.ALPACA_STREAM_ENDPOINT
+        parsed = urlparse(self.ALPACA_ENDPOINT)
+        scheme = "wss" if parsed.scheme == "https" else "ws"
+        return f"{scheme}://{parsed.netloc}/stream"
+
+
+class RedisSettings(_Settings):
+    REDIS_URL: str = "redis://127.0.0.1:6379/0"
+    #: Prefix of every key, stream, channel and queue this deployment owns.
+    FL_NAMESPACE: str = Field(default="fl", pattern=r"^[A-Za-z0-9_-]{1,32}$")
+
+    @field_validator("REDIS_URL")
+    @classmethod
+    def _redis_url(cls, value: str) -> str:
+        if urlparse(value).scheme not in {"redis", "rediss", "unix"}:
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+
+class RankerSettings(_Settings):
+    FL_SIGNALS_DIR: Path = Path("NIGHTLY_SCANNER/LOGS_QUICKSTRIKE")
+    FL_SIGNALS_CSV: Path = Path("actionable_signals.csv")
+    FL_MAX_POSITIONS: int = Field(default=5, ge=1, le=500)
+    FL_MIN_BACKTEST_TRADES: int = Field(default=10, ge=0)
+    FL_MAX_SCAN_AGE_HOURS: float = Field(default=36.0, gt=0)
+    FL_ALLOW_BLACK_SHEEP: bool = False
+    #: Comma-separated strategy names always treated as black sheep.
+    FL_BLACK_SHEEP_STRATEGIES: str = ""
+    #: Files larger than this are rejected unread (a scanner log is a few KB).
+    FL_MAX_LOG_BYTES: int = Field(default=1_000_000, ge=1024)
+
+    @property
+    def black_sheep_strategies(self) -> frozenset[str]:
+        return frozenset(s.strip().lower() for s in self.FL_BLACK_SHEEP_STRATEGIES.split(",") if s.strip())
+
+
+class TraderSettings(_Settings):
+    #: Percent of buying power kept back so Alpaca's buying-power cushion never refuses the last order.
+    FL_CASH_BUFFER_PCT: Decimal = Field(default=Decimal("3"), ge=0, lt=100)
+    #: Smallest entry worth sending, in dollars (Alpaca's notional minimum is $1).
+    FL_MIN_ORDER_NOTIONAL: Decimal = Field(default=Decimal("1"), ge=1)
+
+
+class ExitSettings(_Settings):
+    """Protection and soft-exit thresholds, in percent of the average entry price."""
+
+    FL_STOP_LOSS_PCT: Decimal = Field(default=Decimal("5"), gt=0, lt=100)
+    FL_TAKE_PROFIT_PCT: Decimal = Field(default=Decimal("20"), gt=0)
+    FL_BREAKEVEN_ARM_PCT: Decimal = Field(default=Decimal("1.5"), gt=0)
+    FL_TRAILING_ARM_PCT: Decimal = Field(default=Decimal("2"), gt=0)
+    FL_TRAILING_GIVEBACK_PCT: Decimal = Field(default=Decimal("50"), gt=0, lt=100)
+    FL_TIME_STOP_DAYS: int = Field(default=7, ge=1)
+
+
+S = TypeVar("S", bound=_Settings)
+
+
+def load(settings_cls: type[S], **overrides: object) -> S:
+    """Load a settings group from the environment and the .env file; ConfigError on any problem."""
+    path = env_file()
+    if "FL_ENV_FILE" in os.environ and not Path(path).is_file():
+        raise ConfigError(f"FL_ENV_FILE: no such file: {path}")
+    try:
+        return settings_cls(_env_file=path if Path(path).is_file() else None, **overrides)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+
+
+def _one_line(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    name = ".".join(str(p) for p in first.get("loc", ()) if p != "__root__")
+    message = first.get("msg", "is invalid")
+    if first.get("type") == "missing":
+        message = "is not set (put it in .env or the environment; see .env.example)"
+    elif message.startswith("Value error, "):
+        message = message.removeprefix("Value error, ")
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"{name}: {message}{more}" if name else f"{message}{more}"

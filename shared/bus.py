@@ -82,3 +82,8 @@ def connect(url: str, *, blocking: bool = False) -> redis.Redis:
 def publish(client: redis.Redis, keys: Keys, kind: str, **fields: object) -> None:
     """Fire-and-forget notification for watchers; losing one loses nothing that matters."""
     client.publish(keys.notifications, json.dumps({"kind": kind, **fields}, default=str))
+
+
+def connect_rq(url: str) -> redis.Redis:
+    """The connection RQ needs: bytes responses (RQ breaks with decode_responses=True)."""
+    return redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)

@@ -1,4 +1,6 @@
-"""`factoryline`: the command line. Each service module registers its own subcommands.
+"""`factoryline`: the command line. Each command lives in a service module that defines
+`register(subparsers)`; only the module of the command being run is imported, so start-up stays fast
+and a command never pays for another service's imports.
 
 Any FactoryLineError (bad config, bad input, a broker refusal) ends the command with one line on
 stderr and exit status 2; never a traceback.
@@ -12,27 +14,50 @@ import sys
 
 from shared.errors import FactoryLineError
 
-#: Modules that define `register(subparsers)`; each subcommand sets `func(args) -> int`.
-COMMAND_MODULES = (
-    "services.sim.cli",
-    "services.ranker.cli",
-    "services.trader.cli",
-)
+#: command -> (module defining register(subparsers), one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "config": ("services.configcmd", "validate settings from the environment and .env and print them"),
+    "sim": ("services.sim.cli", "run the Alpaca-compatible simulated market"),
+    "rank": ("services.ranker.cli", "rank the scanner logs now and write actionable_signals.csv"),
+    "trade": ("services.trader.cli", "enter today's ranked signals now (--dry-run prints the plan)"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="factoryline", description="Factory Line trading system")
+def build_parser(command: str | None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="factoryline",
+        description="Factory Line: scanner logs to managed Alpaca positions.",
+        epilog="commands:\n" + "\n".join(f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--log-level", default="WARNING", help="log level for stderr (default WARNING)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    if command in COMMANDS:
+        importlib.import_module(COMMANDS[command][0]).register(sub)
     return parser
+
+
+def _command_in(argv: list[str]) -> str | None:
+    skip_next = False
+    for arg in argv:
+        if skip_next:
+            skip_next = False
+        elif arg == "--log-level":
+            skip_next = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     from shared import logs
 
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    command = _command_in(argv)
+    if command is not None and command not in COMMANDS:
+        print(f"factoryline: error: unknown command {command!r} (see factoryline --help)", file=sys.stderr)
+        return 2
+    parser = build_parser(command)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

@@ -165,12 +165,12 @@ def load(settings_cls: type[S], **overrides: object) -> S:
 
 
 def _one_line(exc: ValidationError) -> str:
-    first = exc.errors()[0]
-    name = ".".join(str(p) for p in first.get("loc", ()) if p != "__root__")
-    message = first.get("msg", "is invalid")
-    if first.get("type") == "missing":
-        message = "is not set (put it in .env or the environment; see .env.example)"
-    elif message.startswith("Value error, "):
-        message = message.removeprefix("Value error, ")
-    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    errors = exc.errors()
+    names = [".".join(str(p) for p in e.get("loc", ())) for e in errors]
+    if all(e.get("type") == "missing" for e in errors):
+        return f"{', '.join(names)}: {'is' if len(names) == 1 else 'are'} not set (put {'it' if len(names) == 1 else 'them'} in .env or the environment; see .env.example)"
+    first = next(e for e in errors if e.get("type") != "missing")
+    name = ".".join(str(p) for p in first.get("loc", ()))
+    message = first.get("msg", "is invalid").removeprefix("Value error, ")
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{name}: {message}{more}" if name else f"{message}{more}"

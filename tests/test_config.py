@@ -112,3 +112,16 @@ def test_config_command_masks_secrets(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "secret-BBBB2222" not in result.stdout and "key-AAAA1111" not in result.stdout
     assert "ALPACA_SECRET_KEY = (set, hidden)" in result.stdout
+
+
+def test_every_setting_is_documented_in_env_example():
+    from shared import config
+
+    documented = {
+        line.split("=", 1)[0].strip()
+        for line in (Path(__file__).resolve().parents[1] / ".env.example").read_text().splitlines()
+        if "=" in line and not line.lstrip().startswith("#")
+    }
+    groups = [cls for cls in vars(config).values() if isinstance(cls, type) and issubclass(cls, config._Settings)]
+    fields = {name for cls in groups for name in cls.model_fields}
+    assert fields - documented == set()

@@ -1,0 +1,945 @@
+"""`AlpacaExecutor`: the `OrderExecutor` over alpaca-py 0.44.0, for real Alpaca, paper and the simulator.
+
+The same code talks to paper-api.alpaca.markets, api.alpaca.markets and the local simulated market;
+only `BrokerSettings` (endpoint, data endpoint, stream endpoint, feed) tell them apart.
+
+Network policy (alpaca-py sets no timeout and retries 429/504 on every call, order submits included):
+- Every HTTP call carries a timeout of `FL_BROKER_TIMEOUT_SECONDS` (we wrap each client's
+  `requests.Session.request`). A timeout, a refused connection, a 5xx or an unreadable answer is
+  `BrokerUnavailable`: the outcome is unknown.
+- Reads and cancels go through clients that keep a modest retry on 429/504 (2 retries, 1 s apart).
+- Order submits go through their own `TradingClient` with the SDK retry switched off (`_retry = 0`).
+  A 504 may hide an accepted order, and a blind resend would either buy twice or bounce off
+  "client_order_id must be unique". So a submit is tried once; on `BrokerUnavailable` or
+  `RateLimited` the caller looks the order up with `get_order_by_client_id` before anything else.
+
+Broker errors become the project's typed errors (`shared.errors`) by HTTP status and message text
+(`classify_broker_error`, a pure function). Messages are one line and never contain a key: the
+error is built outside the `except` block so it drags no request (with its auth headers) along.
+
+Converters from alpaca-py models to `shared.models` live in the "converters" section below and
+nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import requests
+from alpaca.common.enums import Sort
+from alpaca.common.exceptions import APIError
+from alpaca.data.enums import DataFeed
+from alpaca.data.historical import StockHistoricalDataClient
+from alpaca.data.requests import StockBarsRequest, StockSnapshotRequest
+from alpaca.data.timeframe import TimeFrame
+from alpaca.trading import models as alpaca_models
+from alpaca.trading.client import TradingClient
+from alpaca.trading.enums import OrderClass as AlpacaOrderClass
+from alpaca.trading.enums import OrderSide, QueryOrderStatus
+from alpaca.trading.enums import TimeInForce as AlpacaTimeInForce
+from alpaca.trading.requests import (
+    GetCalendarRequest,
+    GetOrdersRequest,
+    LimitOrderRequest,
+    MarketOrderRequest,
+    StopLossRequest,
+    StopOrderRequest,
+    TakeProfitRequest,
+)
+from alpaca.trading.stream import TradingStream
+from pydantic import ValidationError
+
+from shared import logs
+from shared.broker.contract import OrderExecutor, TradeUpdateStream
+from shared.config import BrokerSettings
+from shared.errors import (
+    BrokerError,
+    BrokerUnavailable,
+    DuplicateClientOrderId,
+    FractionalRuleViolation,
+    InputError,
+    InsufficientBuyingPower,
+    InsufficientQty,
+    InvalidPrice,
+    MarketClosed,
+    NotCancelable,
+    NotFound,
+    NotFractionable,
+    OrderRejected,
+    RateLimited,
+    WashTrade,
+)
+from shared.market.calendar import NEW_YORK
+from shared.models import (
+    Account,
+    Asset,
+    Bar,
+    LatestPrice,
+    MarketClock,
+    Order,
+    OrderClass,
+    OrderStatus,
+    OrderType,
+    Position,
+    PriceSource,
+    Side,
+    Timeframe,
+    TimeInForce,
+    TradeEventType,
+    TradeUpdate,
+    TradingDay,
+)
+from shared.money import ZERO, is_whole, to_decimal
+
+log = logging.getLogger(__name__)
+
+#: Retries alpaca-py may make on 429/504 for reads and cancels (never for order submits).
+READ_RETRIES = 2
+READ_RETRY_WAIT_SECONDS = 1.0
+#: Alpaca's maximum page size for GET /v2/orders.
+ORDERS_PAGE_LIMIT = 500
+#: Symbols per market-data request: keeps the query string far below any URL length limit.
+SYMBOLS_PER_REQUEST = 200
+#: How long the trade stream waits for the "listening" acknowledgement before calling on_connect.
+LISTEN_ACK_TIMEOUT_SECONDS = 5.0
+#: Longest broker text kept in an error message (an HTML 502 page is not a message).
+_MAX_MESSAGE_CHARS = 240
+
+T = TypeVar("T")
+
+
+# =============================================================================================
+# Error mapping (pure)
+# =============================================================================================
+
+#: Message fragments (lower case) -> typed rejection. First match wins, so the specific ones
+#: come first ("fractional orders ... not fractionable" is about the asset, not the order).
+_REJECTION_RULES: tuple[tuple[tuple[str, ...], type[OrderRejected]], ...] = (
+    (("client_order_id must be unique",), DuplicateClientOrderId),
+    (("not fractionable",), NotFractionable),
+    (("insufficient qty",), InsufficientQty),
+    (("insufficient buying power",), InsufficientBuyingPower),
+    (("wash trade",), WashTrade),
+    (("not cancelable", "not cancellable"), NotCancelable),
+    (("fractional", "qty must be integer"), FractionalRuleViolation),
+    (
+        (
+            "sub-penny",
+            "invalid limit_price",
+            "invalid stop_price",
+            "base_price",
+            "stop price must",
+            "limit price must",
+            "stop_price must",
+            "limit_price must",
+            "invalid price",
+        ),
+        InvalidPrice,
+    ),
+    (("market is closed", "market closed", "outside market hours", "outside of market hours"), MarketClosed),
+)
+
+_AVAILABLE_IN_TEXT = re.compile(r"available:\s*(-?[0-9]+(?:\.[0-9]+)?)")
+
+
+def _broker_message(body: str) -> tuple[str, int | None, dict[str, Any]]:
+    """(message, code, parsed body) from an Alpaca error body, tolerating HTML and empty bodies."""
+    try:
+        parsed = json.loads(body) if body else {}
+    except ValueError:
+        parsed = {}
+    if not isinstance(parsed, dict):
+        parsed = {}
+    message = parsed.get("message")
+    if not isinstance(message, str) or not message.strip():
+        message = body.strip() or "no message"
+    message = " ".join(message.split())
+    if len(message) > _MAX_MESSAGE_CHARS:
+        message = message[: _MAX_MESSAGE_CHARS - 3] + "..."
+    code = parsed.get("code")
+    return message, code if isinstance(code, int) else None, parsed
+
+
+def _available_qty(parsed: dict[str, Any], message: str) -> Decimal | None:
+    raw = parsed.get("available")
+    if raw is None:
+        match = _AVAILABLE_IN_TEXT.search(message)
+        raw = match.group(1) if match else None
+    try:
+        return None if raw is None else to_decimal(raw)
+    except ValueError:
+        return None
+
+
+def classify_broker_error(
+    status: int | None, body: str, *, action: str, for_order: bool = True
+) -> BrokerError:
+    """The typed error for an Alpaca HTTP error answer.
+
+    `action` says what we were doing ("submit protective_exit AAPL cid=x"); `for_order` is False
+    for reads, where an unexpected 4xx is a plain `BrokerError` rather than an order rejection.
+    """
+    message, code, parsed = _broker_message(body)
+    where = f"HTTP {status}" if status is not None else "no HTTP status"
+    text = f"{action}: {message} ({where}{f', code {code}' if code is not None else ''})"
+    kw: dict[str, Any] = {"status": status, "code": code}
+    if status is None or status >= 500:
+        return BrokerUnavailable(f"{action}: broker failed ({where}); outcome unknown: {message}", **kw)
+    if status == 429:
+        return RateLimited(text, **kw)
+    if status == 404:
+        return NotFound(text, **kw)
+    lowered = message.lower()
+    for fragments, error_cls in _REJECTION_RULES:
+        if any(fragment in lowered for fragment in fragments):
+            if error_cls is InsufficientQty:
+                return InsufficientQty(text, available=_available_qty(parsed, message), **kw)
+            return error_cls(text, **kw)
+    if status in (401, 403) and code is None:
+        # Alpaca answers bad keys with a bare {"message": "forbidden."} / "unauthorized".
+        return BrokerError(
+            f"{action}: the broker refused the API keys ({where}: {message}); "
+            "check ALPACA_API_KEY, ALPACA_SECRET_KEY and ALPACA_ENDPOINT",
+            **kw,
+        )
+    return (OrderRejected if for_order else BrokerError)(text, **kw)
+
+
+# =============================================================================================
+# Converters: alpaca-py models -> shared.models (the only place that knows both)
+# =============================================================================================
+
+
+def _dec(value: object) -> Decimal | None:
+    if value is None or value == "":
+        return None
+    return to_decimal(value)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _enum_value(value: object) -> str | None:
+    if value is None:
+        return None
+    return str(getattr(value, "value", value))
+
+
+def order_from_alpaca(order: alpaca_models.Order) -> Order:
+    order_class = _enum_value(order.order_class) or "simple"
+    return Order(
+        id=str(order.id),
+        client_order_id=order.client_order_id,
+        symbol=order.symbol or "",
+        side=Side(_enum_value(order.side)),
+        type=OrderType(_enum_value(order.type or order.order_type)),
+        order_class=OrderClass(order_class),
+        time_in_force=TimeInForce(_enum_value(order.time_in_force)),
+        status=OrderStatus(_enum_value(order.status)),
+        qty=_dec(order.qty),
+        notional=_dec(order.notional),
+        filled_qty=_dec(order.filled_qty) or ZERO,
+        filled_avg_price=_dec(order.filled_avg_price),
+        limit_price=_dec(order.limit_price),
+        stop_price=_dec(order.stop_price),
+        created_at=_aware(order.created_at),
+        updated_at=_aware(order.updated_at),
+        submitted_at=_aware(order.submitted_at),
+        filled_at=_aware(order.filled_at),
+        legs=[order_from_alpaca(leg) for leg in order.legs or []],
+    )
+
+
+def orders_from_alpaca(orders: Iterable[alpaca_models.Order]) -> list[Order]:
+    """Convert a listing, skipping (and logging) orders outside our model, e.g. options `mleg`."""
+    result = []
+    for order in orders:
+        try:
+            result.append(order_from_alpaca(order))
+        except (ValueError, ValidationError) as exc:
+            logs.event(
+                log,
+                "order_skipped_unknown_shape",
+                level=logging.WARNING,
+                symbol=order.symbol,
+                client_order_id=order.client_order_id,
+                reason=str(exc).splitlines()[0],
+            )
+    return result
+
+
+def position_from_alpaca(position: alpaca_models.Position) -> Position:
+    qty = to_decimal(position.qty)
+    available = _dec(position.qty_available)
+    return Position(
+        symbol=position.symbol,
+        qty=qty,
+        # Alpaca always sends qty_available; an endpoint that does not reserves nothing.
+        qty_available=qty if available is None else available,
+        avg_entry_price=to_decimal(position.avg_entry_price),
+        current_price=_dec(position.current_price),
+        market_value=_dec(position.market_value),
+        unrealized_pl=_dec(position.unrealized_pl),
+        cost_basis=_dec(position.cost_basis),
+    )
+
+
+def account_from_alpaca(account: alpaca_models.TradeAccount) -> Account:
+    return Account(
+        cash=_dec(account.cash) or ZERO,
+        buying_power=_dec(account.buying_power) or ZERO,
+        equity=_dec(account.equity) or ZERO,
+        last_equity=_dec(account.last_equity) or ZERO,
+        currency=account.currency or "USD",
+    )
+
+
+def asset_from_alpaca(asset: alpaca_models.Asset) -> Asset:
+    return Asset(
+        symbol=asset.symbol, fractionable=asset.fractionable, tradable=asset.tradable, name=asset.name or ""
+    )
+
+
+def clock_from_alpaca(clock: alpaca_models.Clock) -> MarketClock:
+    return MarketClock(
+        timestamp=_aware(clock.timestamp).astimezone(NEW_YORK),
+        is_open=clock.is_open,
+        next_open=_aware(clock.next_open).astimezone(NEW_YORK),
+        next_close=_aware(clock.next_close).astimezone(NEW_YORK),
+    )
+
+
+def trading_day_from_alpaca(day: alpaca_models.Calendar) -> TradingDay:
+    # alpaca-py parses the "HH:MM" open/close into naive datetimes; Alpaca means New York time.
+    return TradingDay(
+        date=day.date, open=day.open.replace(tzinfo=NEW_YORK), close=day.close.replace(tzinfo=NEW_YORK)
+    )
+
+
+def bar_from_alpaca(bar: Any) -> Bar:
+    return Bar(
+        t=_aware(bar.timestamp),
+        o=to_decimal(bar.open),
+        h=to_decimal(bar.high),
+        l=to_decimal(bar.low),
+        c=to_decimal(bar.close),
+        v=to_decimal(bar.volume),
+    )
+
+
+def latest_price_from_snapshot(symbol: str, snapshot: Any) -> LatestPrice | None:
+    """The ask when there is one (> 0), else the last trade; None when neither exists."""
+    quote, trade = snapshot.latest_quote, snapshot.latest_trade
+    ask = to_decimal(quote.ask_price) if quote is not None else None
+    bid = to_decimal(quote.bid_price) if quote is not None else None
+    last = to_decimal(trade.price) if trade is not None else None
+    if ask is not None and ask > ZERO:
+        price, source, as_of = ask, PriceSource.ASK, quote.timestamp
+    elif last is not None and last > ZERO:
+        price, source, as_of = last, PriceSource.LAST_TRADE, trade.timestamp
+    else:
+        return None
+    return LatestPrice(
+        symbol=symbol,
+        price=price,
+        source=source,
+        bid=bid if bid else None,
+        ask=ask if ask else None,
+        last_trade=last,
+        as_of=_aware(as_of),
+    )
+
+
+def trade_update_from_alpaca(update: alpaca_models.TradeUpdate) -> TradeUpdate:
+    return TradeUpdate(
+        event=TradeEventType.parse(_enum_value(update.event) or ""),
+        order=order_from_alpaca(update.order),
+        timestamp=_aware(update.timestamp),
+        price=_dec(update.price),
+        qty=_dec(update.qty),
+        position_qty=_dec(update.position_qty),
+        execution_id=str(update.execution_id) if update.execution_id is not None else None,
+    )
+
+
+# =============================================================================================
+# HTTP plumbing
+# =============================================================================================
+
+
+def _install_timeout(client: Any, seconds: float) -> None:
+    """Give every request of an alpaca-py client a timeout (alpaca-py sets none: alpaca-py#415)."""
+    session: requests.Session = client._session
+    send = session.request
+
+    def request_with_timeout(method: str, url: str, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", seconds)
+        return send(method, url, **kwargs)
+
+    session.request = request_with_timeout  # type: ignore[method-assign]
+
+
+def _set_retries(client: Any, retries: int, wait: float) -> None:
+    # Private attributes: the constructors of TradingClient/StockHistoricalDataClient do not expose
+    # them, and RESTClient ignores retry_attempts=0. Read by RESTClient._request on every call.
+    client._retry = retries
+    client._retry_wait = wait
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterable[list[str]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+def _unique(symbols: Iterable[str]) -> list[str]:
+    return list(dict.fromkeys(s.strip() for s in symbols if s and s.strip()))
+
+
+class AlpacaExecutor(OrderExecutor):
+    """`OrderExecutor` over alpaca-py's TradingClient, StockHistoricalDataClient and TradingStream."""
+
+    def __init__(
+        self,
+        settings: BrokerSettings,
+        *,
+        read_retries: int = READ_RETRIES,
+        read_retry_wait: float = READ_RETRY_WAIT_SECONDS,
+        cancel_poll_seconds: float = 0.1,
+    ):
+        self._settings = settings
+        self._timeout = settings.FL_BROKER_TIMEOUT_SECONDS
+        self._cancel_poll_seconds = cancel_poll_seconds
+        key = settings.ALPACA_API_KEY.get_secret_value()
+        secret = settings.ALPACA_SECRET_KEY.get_secret_value()
+        self._secrets = (key, secret)
+        logs.register_secret(key)
+        logs.register_secret(secret)
+        endpoint = settings.ALPACA_ENDPOINT
+        paper = not settings.is_live
+        self._trading = TradingClient(key, secret, paper=paper, url_override=endpoint)
+        self._submitter = TradingClient(key, secret, paper=paper, url_override=endpoint)
+        self._data = StockHistoricalDataClient(key, secret, url_override=settings.data_endpoint)
+        _set_retries(self._trading, read_retries, read_retry_wait)
+        _set_retries(self._data, read_retries, read_retry_wait)
+        _set_retries(self._submitter, 0, 0)
+        for client in (self._trading, self._submitter, self._data):
+            _install_timeout(client, self._timeout)
+        self._feed = DataFeed(settings.ALPACA_DATA_FEED)
+
+    def __repr__(self) -> str:
+        return f"AlpacaExecutor(endpoint={self._settings.ALPACA_ENDPOINT!r})"
+
+    # -- plumbing -------------------------------------------------------------------------
+    def _call(self, action: str, fn: Callable[..., T], *args: Any, for_order: bool = False) -> T:
+        """Run one alpaca-py call; every failure becomes a typed, one-line, key-free error."""
+        error: BrokerError
+        try:
+            return fn(*args)
+        except APIError as exc:
+            error = classify_broker_error(exc.status_code, str(exc), action=action, for_order=for_order)
+        except requests.Timeout:
+            error = BrokerUnavailable(
+                f"{action}: no answer from the broker within {self._timeout:g} s; outcome unknown"
+            )
+        except requests.RequestException as exc:
+            error = BrokerUnavailable(
+                f"{action}: cannot reach the broker ({type(exc).__name__}); outcome unknown"
+            )
+        except ValidationError as exc:
+            first = exc.errors()[0] if exc.errors() else {}
+            where = ".".join(str(p) for p in first.get("loc", ()))
+            error = BrokerUnavailable(
+                f"{action}: the broker's answer has an unexpected shape ({where}: {first.get('msg', 'invalid')}); "
+                "outcome unknown"
+            )
+        # Raised outside the except block: no chained exception carrying the request's auth headers.
+        error.message = self._scrub(error.message)
+        error.args = (error.message,)
+        raise error
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    @staticmethod
+    def _request(action: str, build: Callable[[], T]) -> T:
+        """Build an alpaca-py request model; its validation errors are our input errors."""
+        try:
+            return build()
+        except (ValidationError, ValueError) as exc:
+            reason = str(exc).splitlines()
+            raise InputError(f"{action}: {reason[-1].strip() if reason else 'invalid request'}") from None
+
+    def _submit(self, action: str, symbol: str, client_order_id: str, build: Callable[[], Any]) -> Order:
+        request = self._request(action, build)
+        try:
+            order = self._call(action, self._submitter.submit_order, request, for_order=True)
+        except BrokerError as exc:
+            logs.event(
+                log,
+                "order_not_accepted",
+                level=logging.WARNING,
+                symbol=symbol,
+                client_order_id=client_order_id,
+                error=type(exc).__name__,
+                reason=exc.message,
+            )
+            raise
+        result = order_from_alpaca(order)
+        logs.event(
+            log,
+            "order_accepted",
+            symbol=symbol,
+            client_order_id=client_order_id,
+            order_id=result.id,
+            type=result.type.value,
+            order_class=result.order_class.value,
+            status=result.status.value,
+        )
+        return result
+
+    # -- account and positions -------------------------------------------------------------
+    def get_account(self) -> Account:
+        return account_from_alpaca(self._call("get account", self._trading.get_account))
+
+    def get_positions(self) -> list[Position]:
+        return [position_from_alpaca(p) for p in self._call("get positions", self._trading.get_all_positions)]
+
+    def get_position(self, symbol: str) -> Position | None:
+        try:
+            position = self._call(f"get position {symbol}", self._trading.get_open_position, symbol)
+        except NotFound:
+            return None
+        return position_from_alpaca(position)
+
+    def get_asset(self, symbol: str) -> Asset:
+        return asset_from_alpaca(self._call(f"get asset {symbol}", self._trading.get_asset, symbol))
+
+    # -- market data ----------------------------------------------------------------------
+    def get_latest_prices(self, symbols: Iterable[str]) -> dict[str, LatestPrice]:
+        # Snapshots carry the latest quote and the latest trade together: one request gives the ask
+        # and its fallback for every symbol of the chunk.
+        wanted = _unique(symbols)
+        prices: dict[str, LatestPrice] = {}
+        for chunk in _chunks(wanted, SYMBOLS_PER_REQUEST):
+            request = StockSnapshotRequest(symbol_or_symbols=chunk, feed=self._feed)
+            snapshots = self._call(
+                f"get latest prices ({len(chunk)} symbols)", self._data.get_stock_snapshot, request
+            )
+            for symbol, snapshot in snapshots.items():
+                price = latest_price_from_snapshot(symbol, snapshot)
+                if price is not None:
+                    prices[symbol] = price
+        return prices
+
+    def get_bars(
+        self, symbols: Iterable[str], timeframe: Timeframe, start: datetime, end: datetime
+    ) -> dict[str, list[Bar]]:
+        wanted = _unique(symbols)
+        frame = TimeFrame.Minute() if Timeframe(timeframe) is Timeframe.MINUTE else TimeFrame.Day()
+        bars: dict[str, list[Bar]] = {symbol: [] for symbol in wanted}
+        for chunk in _chunks(wanted, SYMBOLS_PER_REQUEST):
+            request = self._request(
+                "get bars",
+                lambda chunk=chunk: StockBarsRequest(
+                    symbol_or_symbols=chunk, timeframe=frame, start=start, end=end, feed=self._feed
+                ),
+            )
+            # alpaca-py follows next_page_token itself until the last page.
+            barset = self._call(f"get bars ({len(chunk)} symbols)", self._data.get_stock_bars, request)
+            for symbol, symbol_bars in barset.data.items():
+                bars.setdefault(symbol, []).extend(bar_from_alpaca(b) for b in symbol_bars)
+        for symbol_bars in bars.values():
+            symbol_bars.sort(key=lambda bar: bar.t)
+        return bars
+
+    # -- orders ---------------------------------------------------------------------------
+    def buy_notional(self, symbol: str, notional: Decimal, client_order_id: str) -> Order:
+        return self._submit(
+            f"buy ${notional} of {symbol} (client_order_id={client_order_id})",
+            symbol,
+            client_order_id,
+            lambda: MarketOrderRequest(
+                symbol=symbol,
+                notional=notional,
+                side=OrderSide.BUY,
+                time_in_force=AlpacaTimeInForce.DAY,
+                client_order_id=client_order_id,
+            ),
+        )
+
+    def buy_qty(self, symbol: str, qty: Decimal, client_order_id: str) -> Order:
+        return self._submit(
+            f"buy {qty} {symbol} (client_order_id={client_order_id})",
+            symbol,
+            client_order_id,
+            lambda: MarketOrderRequest(
+                symbol=symbol,
+                qty=qty,
+                side=OrderSide.BUY,
+                time_in_force=AlpacaTimeInForce.DAY,
+                client_order_id=client_order_id,
+            ),
+        )
+
+    def submit_protective_exit(
+        self,
+        symbol: str,
+        qty: Decimal,
+        stop_price: Decimal,
+        target_price: Decimal | None,
+        client_order_id: str,
+    ) -> Order:
+        fractional = not is_whole(qty)
+        if target_price is not None and not fractional:
+            # OCO: the take-profit limit is the parent, the stop its child leg; one cancels the other.
+            return self._submit(
+                f"protect {qty} {symbol} with OCO stop {stop_price} target {target_price} "
+                f"(client_order_id={client_order_id})",
+                symbol,
+                client_order_id,
+                lambda: LimitOrderRequest(
+                    symbol=symbol,
+                    qty=qty,
+                    side=OrderSide.SELL,
+                    time_in_force=AlpacaTimeInForce.GTC,
+                    order_class=AlpacaOrderClass.OCO,
+                    take_profit=TakeProfitRequest(limit_price=target_price),
+                    stop_loss=StopLossRequest(stop_price=stop_price),
+                    client_order_id=client_order_id,
+                ),
+            )
+        # Fractional shares: Alpaca allows only simple `day` orders, so a plain stop, renewed daily.
+        tif = AlpacaTimeInForce.DAY if fractional else AlpacaTimeInForce.GTC
+        return self._submit(
+            f"protect {qty} {symbol} with {tif.value} stop {stop_price} (client_order_id={client_order_id})",
+            symbol,
+            client_order_id,
+            lambda: StopOrderRequest(
+                symbol=symbol,
+                qty=qty,
+                side=OrderSide.SELL,
+                time_in_force=tif,
+                stop_price=stop_price,
+                client_order_id=client_order_id,
+            ),
+        )
+
+    def sell_market(self, symbol: str, qty: Decimal, client_order_id: str) -> Order:
+        return self._submit(
+            f"sell {qty} {symbol} at market (client_order_id={client_order_id})",
+            symbol,
+            client_order_id,
+            lambda: MarketOrderRequest(
+                symbol=symbol,
+                qty=qty,
+                side=OrderSide.SELL,
+                time_in_force=AlpacaTimeInForce.DAY,
+                client_order_id=client_order_id,
+            ),
+        )
+
+    def _list_orders(
+        self,
+        action: str,
+        status: QueryOrderStatus,
+        *,
+        after: datetime | None = None,
+        symbols: list[str] | None = None,
+    ) -> list[alpaca_models.Order]:
+        """Every order of a listing, oldest submission first, following pages of 500.
+
+        Alpaca pages by submission time (`after` is exclusive), so each next page starts just
+        before the last order seen; the overlap is dropped by id. Legs stay nested in parents.
+        """
+        seen: dict[str, alpaca_models.Order] = {}
+        cursor = after
+        while True:
+            request = GetOrdersRequest(
+                status=status,
+                limit=ORDERS_PAGE_LIMIT,
+                direction=Sort.ASC,
+                nested=True,
+                after=cursor,
+                symbols=symbols,
+            )
+            page = self._call(action, self._trading.get_orders, request)
+            fresh = [order for order in page if str(order.id) not in seen]
+            seen.update((str(order.id), order) for order in fresh)
+            if len(page) < ORDERS_PAGE_LIMIT:
+                break
+            if not fresh:
+                logs.event(log, "order_listing_stalled", level=logging.WARNING, action=action, seen=len(seen))
+                break
+            cursor = max(_aware(order.submitted_at) for order in page) - timedelta(microseconds=1)
+        return sorted(seen.values(), key=lambda order: _aware(order.submitted_at))
+
+    def get_open_orders(self, symbol: str | None = None) -> list[Order]:
+        symbols = [symbol] if symbol else None
+        return orders_from_alpaca(
+            self._list_orders(
+                f"list open orders{f' {symbol}' if symbol else ''}", QueryOrderStatus.OPEN, symbols=symbols
+            )
+        )
+
+    def get_orders_updated_since(self, since: datetime) -> list[Order]:
+        if since.tzinfo is None:
+            raise InputError("get_orders_updated_since: `since` must be timezone-aware")
+        # `after` filters on submission time and is exclusive: start a microsecond early so an
+        # order submitted exactly at `since` is included.
+        recent = self._list_orders(
+            "list orders updated since", QueryOrderStatus.ALL, after=since - timedelta(microseconds=1)
+        )
+        # An older order still open may have (partially) filled since: add those too. (An older
+        # order that already closed is not listed by submission time; the manager's reconcile
+        # re-reads positions, which covers it.)
+        ids = {str(order.id) for order in recent}
+        older_open = [
+            order
+            for order in self._list_orders("list open orders", QueryOrderStatus.OPEN)
+            if str(order.id) not in ids and _aware(order.updated_at) >= since
+        ]
+        merged = sorted([*older_open, *recent], key=lambda order: _aware(order.submitted_at))
+        return orders_from_alpaca(merged)
+
+    def get_order_by_client_id(self, client_order_id: str) -> Order | None:
+        try:
+            order = self._call(
+                f"get order client_order_id={client_order_id}",
+                self._trading.get_order_by_client_id,
+                client_order_id,
+            )
+        except NotFound:
+            return None
+        return order_from_alpaca(order)
+
+    def cancel_order(self, order_id: str) -> None:
+        self._call(f"cancel order {order_id}", self._trading.cancel_order_by_id, order_id, for_order=True)
+        logs.event(log, "order_cancel_requested", order_id=order_id)
+
+    def cancel_all_for_symbol(self, symbol: str, timeout: float = 10.0) -> Position | None:
+        deadline = time.monotonic() + timeout
+        requested: set[str] = set()
+        pause = self._cancel_poll_seconds
+        while True:
+            open_orders = self.get_open_orders(symbol)
+            if not any(o.status.is_open for parent in open_orders for o in parent.all_orders()):
+                position = self.get_position(symbol)
+                if position is None or position.qty_available == position.qty:
+                    logs.event(
+                        log,
+                        "symbol_orders_cleared",
+                        symbol=symbol,
+                        canceled=len(requested),
+                        qty=position.qty if position else ZERO,
+                    )
+                    return position
+            for order_id in _orders_to_cancel(open_orders, requested):
+                requested.add(order_id)
+                try:
+                    self.cancel_order(order_id)
+                except (NotCancelable, NotFound):
+                    # Raced a fill or an OCO sibling's cancel: the next read shows where it ended.
+                    continue
+            if time.monotonic() >= deadline:
+                raise BrokerUnavailable(
+                    f"cancel all orders of {symbol}: orders still open or shares still held after {timeout:g} s"
+                )
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, 1.0)
+
+    # -- calendar -------------------------------------------------------------------------
+    def get_clock(self) -> MarketClock:
+        return clock_from_alpaca(self._call("get clock", self._trading.get_clock))
+
+    def get_calendar(self, start: date, end: date) -> list[TradingDay]:
+        request = GetCalendarRequest(start=start, end=end)
+        days = self._call(f"get calendar {start}..{end}", self._trading.get_calendar, request)
+        return sorted((trading_day_from_alpaca(d) for d in days), key=lambda d: d.date)
+
+    # -- trade updates --------------------------------------------------------------------
+    def trade_update_stream(self) -> TradeUpdateStream:
+        return AlpacaTradeUpdateStream(self._settings)
+
+    def close(self) -> None:
+        for client in (self._trading, self._submitter, self._data):
+            client._session.close()
+
+
+def _orders_to_cancel(open_orders: list[Order], requested: set[str]) -> list[str]:
+    """Ids to cancel now: each open parent (its legs go with it), and open legs whose parent is no
+    longer open (a bracket whose entry filled), never an id already requested."""
+    ids: list[str] = []
+    for parent in open_orders:
+        if parent.status.is_open:
+            if parent.id not in requested:
+                ids.append(parent.id)
+            continue
+        ids.extend(leg.id for leg in parent.legs if leg.status.is_open and leg.id not in requested)
+    return ids
+
+
+# =============================================================================================
+# Trade updates stream
+# =============================================================================================
+
+
+class _HookedTradingStream(TradingStream):
+    """alpaca-py's TradingStream, plus: a callback after every (re)connect once the server
+    acknowledged `listen`, one when a connected socket closes, and a stop that wakes `recv` at once.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        on_connected: Callable[[], Any],
+        on_closed: Callable[[], Any],
+        stop_requested: threading.Event,
+        **kwargs: Any,
+    ):
+        super().__init__(*args, **kwargs)
+        self._on_connected = on_connected
+        self._on_closed = on_closed
+        self._stop_requested = stop_requested
+        self._session_open = False
+
+    def __repr__(self) -> str:
+        return f"TradingStream(endpoint={self._endpoint!r})"
+
+    async def _run_forever(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        # A stop() that came before the loop existed cannot reach stop_ws(); honour it here.
+        if self._stop_requested.is_set():
+            return
+        await super()._run_forever()
+
+    async def _start_ws(self) -> None:
+        await super()._start_ws()
+        self._session_open = True
+        await self._on_connected()
+
+    async def _subscribe_trade_updates(self) -> None:
+        await super()._subscribe_trade_updates()
+        # Wait for {"stream": "listening"} so on_connect's backfill cannot miss an update that the
+        # server would otherwise publish before it starts listening for us.
+        deadline = asyncio.get_running_loop().time() + LISTEN_ACK_TIMEOUT_SECONDS
+        while True:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                logs.event(log, "trade_stream_listen_not_acknowledged", level=logging.WARNING)
+                return
+            try:
+                raw = await asyncio.wait_for(self._ws.recv(), remaining)
+            except TimeoutError:
+                continue
+            message = json.loads(raw)
+            if message.get("stream") == "listening":
+                return
+            await self._dispatch(message)
+
+    async def close(self) -> None:
+        was_open, self._session_open = self._session_open, False
+        try:
+            await super().close()
+        finally:
+            if was_open:
+                await self._on_closed()
+
+    async def stop_ws(self) -> None:
+        await super().stop_ws()
+        if self._ws is not None:
+            # recv() polls every 5 s; closing the socket ends it now.
+            await self._ws.close()
+
+
+class AlpacaTradeUpdateStream(TradeUpdateStream):
+    """Alpaca's trade_updates WebSocket as `shared.models.TradeUpdate`s.
+
+    `run` blocks in its own event loop and reconnects with alpaca-py's backoff until `stop`.
+    Callbacks run one at a time in a worker thread, so a slow backfill in `on_connect` never
+    stalls the socket's keepalive; updates that arrive meanwhile wait and follow in order.
+    """
+
+    def __init__(self, settings: BrokerSettings):
+        self._settings = settings
+        self._stop_requested = threading.Event()
+        self._stream: _HookedTradingStream | None = None
+
+    def __repr__(self) -> str:
+        return f"AlpacaTradeUpdateStream(endpoint={self._settings.stream_endpoint!r})"
+
+    def run(
+        self,
+        on_update: Callable[[TradeUpdate], None],
+        on_connect: Callable[[], None] | None = None,
+        on_disconnect: Callable[[], None] | None = None,
+    ) -> None:
+        if self._stop_requested.is_set():
+            return
+
+        async def in_thread(callback: Callable[..., None] | None, *args: Any) -> None:
+            if callback is not None:
+                await asyncio.to_thread(callback, *args)
+
+        async def connected() -> None:
+            logs.event(log, "trade_stream_connected", endpoint=self._settings.stream_endpoint)
+            await in_thread(on_connect)
+
+        async def closed() -> None:
+            logs.event(log, "trade_stream_disconnected", endpoint=self._settings.stream_endpoint)
+            await in_thread(on_disconnect)
+
+        async def on_trade_update(raw_update: alpaca_models.TradeUpdate) -> None:
+            try:
+                update = trade_update_from_alpaca(raw_update)
+            except (ValueError, ValidationError) as exc:
+                logs.event(
+                    log,
+                    "trade_update_unreadable",
+                    level=logging.ERROR,
+                    symbol=getattr(raw_update.order, "symbol", None),
+                    client_order_id=getattr(raw_update.order, "client_order_id", None),
+                    reason=str(exc).splitlines()[0],
+                )
+                return
+            await in_thread(on_update, update)
+
+        settings = self._settings
+        stream = _HookedTradingStream(
+            settings.ALPACA_API_KEY.get_secret_value(),
+            settings.ALPACA_SECRET_KEY.get_secret_value(),
+            paper=not settings.is_live,
+            url_override=settings.stream_endpoint,
+            on_connected=connected,
+            on_closed=closed,
+            stop_requested=self._stop_requested,
+        )
+        stream.subscribe_trade_updates(on_trade_update)
+        self._stream = stream
+        stream.run()
+
+    def stop(self) -> None:
+        self._stop_requested.set()
+        stream = self._stream
+        loop = stream._loop if stream is not None else None
+        if loop is None or not loop.is_running():
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(stream.stop_ws(), loop).result(timeout=5)
+        except (concurrent.futures.TimeoutError, RuntimeError):
+            # The loop ended between the check and the call: run() is returning anyway.
+            pass

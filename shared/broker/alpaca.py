@@ -215,6 +215,11 @@ def classify_broker_error(
     return (OrderRejected if for_order else BrokerError)(text, **kw)
 
 
+def error_from_api_error(exc: APIError, *, action: str, for_order: bool = True) -> BrokerError:
+    """The typed error for an alpaca-py `APIError` (whose str() is the raw response body)."""
+    return classify_broker_error(exc.status_code, str(exc), action=action, for_order=for_order)
+
+
 # =============================================================================================
 # Converters: alpaca-py models -> shared.models (the only place that knows both)
 # =============================================================================================
@@ -449,7 +454,7 @@ class AlpacaExecutor(OrderExecutor):
         try:
             return fn(*args)
         except APIError as exc:
-            error = classify_broker_error(exc.status_code, str(exc), action=action, for_order=for_order)
+            error = error_from_api_error(exc, action=action, for_order=for_order)
         except requests.Timeout:
             error = BrokerUnavailable(
                 f"{action}: no answer from the broker within {self._timeout:g} s; outcome unknown"

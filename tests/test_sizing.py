@@ -204,7 +204,11 @@ def test_any_intent_gives_a_valid_id_and_the_same_one_every_time(kind, symbol, p
 
 # -- properties ----------------------------------------------------------------------------------
 
-money = st.decimals(min_value=D("-1000"), max_value=D("5000000"), places=2)
+def cents(low: int, high: int):
+    return st.integers(low, high).map(lambda c: D(c) / 100)
+
+
+funds = cents(100_000, 500_000_000) | cents(1, 200_000)
 prices_st = st.one_of(
     st.decimals(min_value=D("0.0001"), max_value=D("0.9999"), places=4),  # sub-dollar
     st.decimals(min_value=D("1.00"), max_value=D("700000"), places=2),
@@ -217,15 +221,22 @@ def scenarios(draw):
     symbols = draw(tickers)
     unique = sorted(set(symbols))
     spec = {s: (draw(prices_st), draw(st.booleans())) for s in unique}
-    # Some tickers missing from the broker's lists, some held or pending.
-    assets = {s: Asset(symbol=s, fractionable=f) for s, (_, f) in spec.items() if draw(st.integers(0, 9))}
+    few = st.sets(st.sampled_from(unique), max_size=3) if unique else st.just(set())
+    # A few tickers missing from the broker's lists, held or pending.
+    no_asset, no_price, held, pending = draw(few), draw(few), draw(few), draw(few)
+    assets = {s: Asset(symbol=s, fractionable=f) for s, (_, f) in spec.items() if s not in no_asset}
     prices = {s: LatestPrice(symbol=s, price=p, source=PriceSource.LAST_TRADE)
-              for s, (p, _) in spec.items() if draw(st.integers(0, 9))}
-    held = {s for s in unique if draw(st.integers(0, 9)) == 0}
-    pending = {s for s in unique if draw(st.integers(0, 9)) == 0}
-    acct = Account(cash=draw(money), buying_power=draw(money), equity=D("0"))
-    cfg = TraderSettings(FL_CASH_BUFFER_PCT=draw(st.decimals(min_value=0, max_value=D("99.9"), places=1)),
-                         FL_MIN_ORDER_NOTIONAL=draw(st.decimals(min_value=1, max_value=500, places=2)))
+              for s, (p, _) in spec.items() if s not in no_price}
+    # Mostly funded accounts (so most examples place several orders); sometimes margin, sometimes
+    # buying power held by open orders, sometimes a negative cash balance.
+    cash = draw(funds | funds | funds | cents(-100_000, 0))
+    buying_power = draw(st.just(cash) | funds | st.sampled_from([cash * 2, cash * 4, cash / 3]))
+    acct = Account(cash=cash, buying_power=buying_power, equity=D("0"))
+    cfg = TraderSettings(
+        FL_CASH_BUFFER_PCT=draw(st.decimals(min_value=0, max_value=D("10"), places=3)
+                                | st.decimals(min_value=0, max_value=D("99.9"), places=1)),
+        FL_MIN_ORDER_NOTIONAL=draw(st.sampled_from([D("1"), D("1.5"), D("25")])
+                                   | st.decimals(min_value=1, max_value=500, places=2)))
     return [Sig(t) for t in symbols], acct, held, pending, assets, prices, cfg
 
 

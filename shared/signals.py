@@ -253,9 +253,10 @@ def _parse(name: str, state: ScanState, ticker: str, raw: bytes) -> Signal:
             raise _Reject(RejectReason.DUPLICATE_KEY, f"{key} appears more than once")
         values[key] = value.strip()
 
-    missing = [k for k in _REQUIRED if k not in values]
+    # A key with an empty value says nothing: it counts as missing.
+    missing = [k for k in _REQUIRED if not values.get(k)]
     if state is ScanState.IN_TRADE:
-        missing += [k for k in _ENTRY if k not in values]
+        missing += [k for k in _ENTRY if not values.get(k)]
     if missing:
         raise _Reject(RejectReason.MISSING_KEYS, ", ".join(missing))
 

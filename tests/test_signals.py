@@ -119,6 +119,8 @@ def test_watching_log_without_an_entry_price_is_still_a_valid_scan():
     [
         ({"win_rate": None}, RejectReason.MISSING_KEYS),
         ({"signal_price": None}, RejectReason.MISSING_KEYS),  # IN_TRADE needs an entry price
+        ({"win_rate": ""}, RejectReason.MISSING_KEYS),
+        ({"signal_date": "   "}, RejectReason.MISSING_KEYS),
         ({"ticker": "MSFT"}, RejectReason.TICKER_MISMATCH),
         ({"ticker": "aapl"}, RejectReason.TICKER_MISMATCH),
         ({"status": "WATCHING"}, RejectReason.STATUS_MISMATCH),

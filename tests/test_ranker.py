@@ -14,7 +14,9 @@ import pytest
 from conftest import redis_url
 
 from services.ranker.jobs import rank_signals
+from shared.bus import connect_rq
 from shared.config import RankerSettings
+from shared.queues import enqueue, run_worker
 from shared.ranking import rank
 from shared.signals import RejectReason, Signal, load_signals_from_redis, read_signals_csv
 
@@ -244,6 +246,23 @@ def test_job_rerun_rewrites_the_same_list(tmp_path, redis_client, keys, namespac
     second = rank_signals(str(folder), str(tmp_path / "a.csv"), now="2026-11-24T11:00:00+00:00")
     assert first == second
     assert len(load_signals_from_redis(redis_client, keys, date(2026, 11, 24))) == 2
+
+
+def test_job_enqueued_on_the_ranker_queue_runs_in_the_worker_and_returns_its_summary(
+        tmp_path, redis_client, keys, namespace, monkeypatch):
+    monkeypatch.setenv("REDIS_URL", redis_url())
+    monkeypatch.setenv("FL_NAMESPACE", namespace)
+    folder = make_logs(tmp_path / "logs")
+    connection = connect_rq(redis_url())
+    job = enqueue(connection, keys, "ranker", "services.ranker.jobs.rank_signals",
+                  kwargs={"signals_dir": str(folder), "csv_path": str(tmp_path / "out.csv"),
+                          "now": "2026-11-24T11:00:00+00:00"})
+    run_worker(connection, keys, "ranker", burst=True)
+    job.refresh()
+    assert job.get_status() == "finished", job.latest_result()
+    assert [s["ticker"] for s in job.return_value()["kept"]] == ["MSFT", "AAPL"]
+    assert [s.ticker for s in load_signals_from_redis(redis_client, keys, date(2026, 11, 24))] == ["MSFT", "AAPL"]
+    connection.close()
 
 
 def test_job_takes_folder_csv_and_limits_from_settings(tmp_path, monkeypatch):

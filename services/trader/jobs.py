@@ -1,0 +1,300 @@
+"""The trader's RQ job (09:35 New York): today's ranked signals in, sized market entries out.
+
+Reads the halt flag, the broker's clock, today's ranked signals (Redis, or a CSV given explicitly), then
+the account, positions, open orders, assets and latest prices (one batched call); decides with
+`shared.sizing.plan_entries`; sends each entry at most once and publishes `entry_submitted` per order.
+
+Never twice: each entry's client order id is deterministic (`shared.client_ids`), and before sending it the
+broker is asked whether an order with that id (or its whole-share retry's id) exists. A timeout on a
+submit is looked up, never re-sent in the same run; a later run finds it (or its position) and skips it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, replace
+from datetime import date
+from enum import StrEnum
+
+import redis
+
+from shared import bus, config, logs, signals
+from shared.broker.contract import OrderExecutor
+from shared.errors import (
+    BrokerError,
+    BrokerUnavailable,
+    DuplicateClientOrderId,
+    FactoryLineError,
+    NotFound,
+    NotFractionable,
+    RateLimited,
+)
+from shared.market.calendar import NEW_YORK
+from shared.models import Account, MarketClock, Order
+from shared.sizing import EntryKind, EntryPlan, PlannedEntry, plan_entries, whole_share_retry
+
+log = logging.getLogger(__name__)
+
+
+class RunStatus(StrEnum):
+    DONE = "done"
+    DRY_RUN = "dry_run"
+    HALTED = "halted"
+    MARKET_CLOSED = "market_closed"
+    NO_SIGNALS = "no_signals"
+
+
+class EntryStatus(StrEnum):
+    """What happened to one planned entry in this run."""
+
+    PLANNED = "planned"  # dry run: nothing sent
+    SUBMITTED = "submitted"
+    ALREADY_SUBMITTED = "already submitted"
+    UNKNOWN_OUTCOME = "unknown outcome"  # the broker did not answer and has no order with the id (yet)
+    REJECTED = "rejected"
+    NOT_SENT = "not sent"  # halted mid-run, or the broker could not be asked whether it was sent
+
+
+@dataclass(frozen=True, slots=True)
+class EntryResult:
+    entry: PlannedEntry
+    status: EntryStatus
+    order: Order | None = None
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, str | None]:
+        return {
+            **self.entry.as_dict(),
+            "status": self.status.value,
+            "order_id": self.order.id if self.order else None,
+            "order_status": self.order.status.value if self.order else None,
+            "detail": self.detail,
+        }
+
+
+def trade_signals(csv_path: str | None = None, dry_run: bool = False, queue_for_open: bool = False) -> dict:
+    """Enter today's signals now (the RQ job and `factoryline trade`). `csv_path` reads the ranked list
+    from that file instead of Redis; `dry_run` returns the plan and sends nothing; `queue_for_open`
+    sends even while the market is closed (the broker queues day orders for the next open).
+    Returns a JSON-friendly summary."""
+    trader_settings = config.load(config.TraderSettings)
+    redis_settings = config.load(config.RedisSettings)
+    broker_settings = config.load(config.BrokerSettings)
+    keys = bus.Keys(redis_settings.FL_NAMESPACE)
+    client = bus.connect(redis_settings.REDIS_URL)
+    try:
+        if client.exists(keys.halt):
+            return _halted_before_start(keys)
+        from shared.broker import make_executor
+
+        executor = make_executor(broker_settings)
+        try:
+            return enter_signals(executor, client, keys, trader_settings, csv_path=csv_path,
+                                 dry_run=dry_run, queue_for_open=queue_for_open)
+        finally:
+            executor.close()
+    except redis.RedisError as exc:
+        raise FactoryLineError(f"Redis: {logs.redact(str(exc))}") from None
+    finally:
+        client.close()
+
+
+def enter_signals(
+    executor: OrderExecutor,
+    client: redis.Redis,
+    keys: bus.Keys,
+    settings: config.TraderSettings,
+    *,
+    csv_path: str | None = None,
+    dry_run: bool = False,
+    queue_for_open: bool = False,
+) -> dict:
+    """The job's body over a given broker and Redis (the benchmark and tests call it directly)."""
+    if client.exists(keys.halt):
+        return _halted_before_start(keys)
+    clock = executor.get_clock()
+    today = clock.timestamp.astimezone(NEW_YORK).date()
+    trade_date = session_date(clock)
+    summary: dict = {
+        "status": RunStatus.DONE.value, "reason": "", "trade_date": trade_date.isoformat(),
+        "signals_day": today.isoformat(), "signals_source": None, "market_open": clock.is_open,
+        "next_open": clock.next_open.astimezone(NEW_YORK).isoformat(), "dry_run": dry_run,
+        "queue_for_open": queue_for_open, "account": None, "usable": None, "allocation": None,
+        "entries": [], "skips": [], "counts": {},
+    }
+    if not clock.is_open and not queue_for_open and not dry_run:
+        reason = (f"market is closed (next open {_ny(clock.next_open)}); nothing sent. "
+                  "Use --queue-for-open to send the entries now for the broker to fill at the open")
+        logs.event(log, "entries_refused", level=logging.WARNING, reason="market closed",
+                   next_open=clock.next_open.isoformat())
+        return {**summary, "status": RunStatus.MARKET_CLOSED.value, "reason": reason}
+
+    if csv_path:
+        ranked, source = signals.read_signals_csv(csv_path), csv_path
+    else:
+        ranked, source = signals.load_signals_from_redis(client, keys, today), keys.signals(today)
+    summary["signals_source"] = source
+    if not ranked:
+        reason = (f"no signals for {today} in {source}" if ranked is None
+                  else f"the ranked list in {source} is empty: nothing to buy today")
+        logs.event(log, "no_signals", day=today.isoformat(), source=source)
+        return {**summary, "status": RunStatus.NO_SIGNALS.value, "reason": reason}
+
+    account, plan = _plan(executor, ranked, settings, trade_date, keys.ns)
+    summary.update(
+        account={"cash": str(account.cash), "buying_power": str(account.buying_power)},
+        usable=str(plan.usable), allocation=str(plan.allocation), skips=[skip.as_dict() for skip in plan.skips],
+    )
+    for skip in plan.skips:
+        logs.event(log, "signal_skipped", symbol=skip.symbol, reason=skip.reason.value, detail=skip.detail)
+
+    if dry_run:
+        results = [EntryResult(entry, EntryStatus.PLANNED) for entry in plan.orders]
+        if not clock.is_open:
+            summary["reason"] = f"dry run while the market is closed (next open {_ny(clock.next_open)})"
+        summary["status"] = RunStatus.DRY_RUN.value
+    else:
+        results = []
+        for entry in plan.orders:
+            if client.exists(keys.halt):
+                results.append(EntryResult(entry, EntryStatus.NOT_SENT, detail="halt flag set during the run"))
+                continue
+            result = enter_once(executor, entry)
+            results.append(result)
+            _report(client, keys, result)
+    summary["entries"] = [result.as_dict() for result in results]
+    summary["counts"] = dict(Counter(result.status.value for result in results))
+    logs.event(log, "entries_done", trade_date=trade_date.isoformat(), dry_run=dry_run,
+               planned=len(plan.orders), skipped=len(plan.skips),
+               **{k.replace(" ", "_"): v for k, v in summary["counts"].items()})
+    return summary
+
+
+def session_date(clock: MarketClock) -> date:
+    """The New York date of the session the entries fill in: today while open, else the next open's.
+    Entry ids carry it, so an entry queued the evening before and the 09:35 run share one id."""
+    moment = clock.timestamp if clock.is_open else clock.next_open
+    return moment.astimezone(NEW_YORK).date()
+
+
+def _plan(executor: OrderExecutor, ranked: list[signals.Signal], settings: config.TraderSettings,
+          trade_date: date, namespace: str) -> tuple[Account, EntryPlan]:
+    """Read everything the planner needs from the broker (prices in one batched call), then plan."""
+    account = executor.get_account()
+    positions = executor.get_positions()
+    open_orders = executor.get_open_orders()
+    symbols = list(dict.fromkeys(signal.ticker for signal in ranked))
+    assets = {}
+    for symbol in symbols:
+        try:
+            assets[symbol] = executor.get_asset(symbol)
+        except NotFound:
+            pass  # the planner skips it as an unknown asset
+    prices = executor.get_latest_prices(symbols) if symbols else {}
+    return account, plan_entries(
+        ranked, account,
+        held_symbols={p.symbol for p in positions if p.qty != 0},
+        open_order_symbols={o.symbol for o in open_orders},
+        assets=assets, prices=prices, settings=settings, trade_date=trade_date, namespace=namespace,
+    )
+
+
+def enter_once(executor: OrderExecutor, entry: PlannedEntry) -> EntryResult:
+    """Send one planned entry unless the broker already has it; retry a notional order refused as not
+    fractionable once as whole shares."""
+    try:
+        existing = find_existing(executor, entry)
+    except BrokerError as exc:
+        return EntryResult(entry, EntryStatus.NOT_SENT,
+                           detail=f"could not check for an earlier order, so nothing sent: {exc}")
+    if existing is not None:
+        sent_as = entry if existing.client_order_id == entry.client_order_id else whole_share_retry(entry) or entry
+        return EntryResult(sent_as, EntryStatus.ALREADY_SUBMITTED, existing, "found at the broker by client order id")
+    try:
+        return _send(executor, entry)
+    except NotFractionable as exc:
+        refusal = exc
+    # The asset list said fractionable but the order check disagreed: whole shares, under their own id.
+    retry = whole_share_retry(entry)
+    if retry is None:
+        return EntryResult(entry, EntryStatus.REJECTED,
+                           detail=f"{refusal}; its share buys no whole share at {entry.reference_price}")
+    logs.event(log, "entry_retry_whole_shares", symbol=entry.symbol, client_order_id=retry.client_order_id,
+               qty=retry.qty, refused_client_order_id=entry.client_order_id)
+    try:
+        retried = _send(executor, retry)
+    except NotFractionable as exc:  # a whole-share order should never get this; report, do not loop
+        return EntryResult(retry, EntryStatus.REJECTED, detail=str(exc))
+    if retried.status is EntryStatus.SUBMITTED:
+        return replace(retried, detail="notional order refused as not fractionable; sent as whole shares")
+    return retried
+
+
+def find_existing(executor: OrderExecutor, entry: PlannedEntry) -> Order | None:
+    """The broker's order for this entry (or for its whole-share retry), if it ever accepted one."""
+    order = executor.get_order_by_client_id(entry.client_order_id)
+    if order is None and entry.kind is EntryKind.NOTIONAL and entry.whole_share_client_order_id:
+        order = executor.get_order_by_client_id(entry.whole_share_client_order_id)
+    return order
+
+
+def _send(executor: OrderExecutor, entry: PlannedEntry) -> EntryResult:
+    """One submit, never repeated: an unclear answer is settled by looking the id up. NotFractionable
+    propagates: the caller decides about the whole-share retry."""
+    try:
+        if entry.kind is EntryKind.NOTIONAL:
+            order = executor.buy_notional(entry.symbol, entry.amount, entry.client_order_id)
+        else:
+            assert entry.qty is not None
+            order = executor.buy_qty(entry.symbol, entry.qty, entry.client_order_id)
+        return EntryResult(entry, EntryStatus.SUBMITTED, order)
+    except NotFractionable:
+        raise
+    except DuplicateClientOrderId:
+        return _look_up(executor, entry, EntryStatus.ALREADY_SUBMITTED, "the broker already has this client order id")
+    except (BrokerUnavailable, RateLimited) as exc:
+        # The order may exist (a 504 or a timeout can hide an accepted order): ask, never resend.
+        return _look_up(executor, entry, EntryStatus.SUBMITTED, f"confirmed by lookup after: {exc}",
+                        missing=f"not resent in this run: {exc}")
+    except BrokerError as exc:
+        return EntryResult(entry, EntryStatus.REJECTED, detail=str(exc))
+
+
+def _look_up(executor: OrderExecutor, entry: PlannedEntry, found: EntryStatus, detail: str,
+             missing: str = "") -> EntryResult:
+    try:
+        order = executor.get_order_by_client_id(entry.client_order_id)
+    except BrokerError as exc:
+        return EntryResult(entry, EntryStatus.UNKNOWN_OUTCOME, detail=f"{detail}; lookup failed too: {exc}")
+    if order is None:
+        return EntryResult(entry, EntryStatus.UNKNOWN_OUTCOME, detail=missing or detail)
+    return EntryResult(entry, found, order, detail)
+
+
+def _report(client: redis.Redis, keys: bus.Keys, result: EntryResult) -> None:
+    entry = result.entry
+    fields = dict(symbol=entry.symbol, client_order_id=entry.client_order_id, entry_kind=entry.kind.value,
+                  amount=str(entry.amount), qty=None if entry.qty is None else str(entry.qty),
+                  order_id=result.order.id if result.order else None,
+                  order_status=result.order.status.value if result.order else None)
+    level = logging.INFO if result.status in (EntryStatus.SUBMITTED, EntryStatus.ALREADY_SUBMITTED) else logging.WARNING
+    logs.event(log, f"entry_{result.status.value.replace(' ', '_')}", level=level, **fields,
+               detail=result.detail or None)
+    if result.status is EntryStatus.SUBMITTED:
+        try:
+            bus.publish(client, keys, "entry_submitted", **fields)
+        except redis.RedisError as exc:  # a lost notification loses nothing: the order is placed
+            logs.event(log, "notification_failed", level=logging.WARNING, symbol=entry.symbol, error=str(exc))
+
+
+def _halted_before_start(keys: bus.Keys) -> dict:
+    logs.event(log, "entries_refused", level=logging.WARNING, reason="halted", halt_key=keys.halt)
+    return {"status": RunStatus.HALTED.value,
+            "reason": f"halt flag {keys.halt} is set; nothing sent (delete the key to resume)",
+            "entries": [], "skips": [], "counts": {}}
+
+
+def _ny(moment) -> str:
+    return moment.astimezone(NEW_YORK).strftime("%Y-%m-%d %H:%M %Z")
+

@@ -1,0 +1,112 @@
+"""`factoryline watch`: one readable line per live notification (fills, protections, exits, alerts).
+
+Notifications are pub/sub hints (`shared.bus.publish`: JSON with a `kind`); a watcher that is not
+running misses them, which loses nothing: the broker and the ledger hold the facts.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import redis
+
+from shared.bus import Keys
+
+NEW_YORK = ZoneInfo("America/New_York")
+
+#: Fields already shown by a kind's own format, or noise for a person.
+_QUIET = {"kind", "symbol", "at"}
+
+
+def _money(value: object) -> str:
+    return "?" if value in (None, "") else f"{value}"
+
+
+def _fill(n: dict) -> str:
+    text = f"{n.get('side', '')} {n.get('qty', '?')} @ {_money(n.get('price'))}".strip()
+    return f"{text}  ({n['client_order_id']})" if n.get("client_order_id") else text
+
+
+def _protected(n: dict) -> str:
+    parts = [f"{n.get('qty', '?')} sh"]
+    if n.get("stop_price"):
+        parts.append(f"stop {n['stop_price']}")
+    if n.get("target_price"):
+        parts.append(f"target {n['target_price']}")
+    if n.get("order_class"):
+        parts.append(f"({n['order_class']})")
+    return " ".join(parts)
+
+
+def _closed(n: dict) -> str:
+    return (f"{n.get('exit_reason', '?')}: {n.get('qty', '?')} sh {_money(n.get('entry_price'))} -> "
+            f"{_money(n.get('exit_price'))}  P/L {_money(n.get('realized_pl'))}")
+
+
+def _fix(n: dict) -> str:
+    return n.get("message") or n.get("action", "")
+
+
+_FORMATS: dict[str, Callable[[dict], str]] = {
+    "fill": _fill,
+    "partial_fill": _fill,
+    "protected": _protected,
+    "position_closed": _closed,
+    "reconcile_fix": _fix,
+    "alert": lambda n: n.get("message", ""),
+}
+
+
+def render(notification: dict, received_at: datetime) -> str:
+    """`HH:MM:SS  KIND            SYMBOL  detail` in New York time."""
+    kind = str(notification.get("kind", "?"))
+    at = received_at
+    if notification.get("at"):
+        try:
+            at = datetime.fromisoformat(str(notification["at"]))
+        except ValueError:
+            pass
+    when = at.astimezone(NEW_YORK).strftime("%H:%M:%S") if at.tzinfo else at.strftime("%H:%M:%S")
+    symbol = str(notification.get("symbol") or "-")
+    formatter = _FORMATS.get(kind)
+    if formatter is not None:
+        detail = formatter(notification)
+    else:
+        detail = " ".join(f"{k}={v}" for k, v in notification.items() if k not in _QUIET)
+    return _printable(f"{when}  {kind.upper():<16} {symbol:<6} {detail}".rstrip())
+
+
+def parse(data: object) -> dict:
+    """A notification payload as a dict; anything that is not a JSON object is shown as text."""
+    try:
+        value = json.loads(data) if isinstance(data, str | bytes) else data
+    except ValueError:
+        return {"kind": "text", "message": str(data)}
+    return value if isinstance(value, dict) else {"kind": "text", "message": str(value)}
+
+
+def watch(client: redis.Redis, keys: Keys, emit: Callable[[str], None], *, limit: int | None = None,
+          raw: bool = False, now: Callable[[], datetime] | None = None) -> int:
+    """Print notifications until interrupted (or `limit` of them); returns how many were shown."""
+    now = now or (lambda: datetime.now(NEW_YORK))
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(keys.notifications)
+    shown = 0
+    try:
+        while limit is None or shown < limit:
+            message = pubsub.get_message(timeout=1.0)
+            if not message or message.get("type") != "message":
+                continue
+            emit(message["data"] if raw else render(parse(message["data"]), now()))
+            shown += 1
+    finally:
+        pubsub.close()
+    return shown
+
+
+def _printable(text: str) -> str:
+    """Notification text comes over Redis: no control characters reach the terminal."""
+    return "".join(c if c.isprintable() else "?" for c in text)

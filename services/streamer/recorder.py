@@ -1,0 +1,264 @@
+"""Writes trade updates into the durable stream exactly once per `event_id`, and never loses one.
+
+Reads: updates handed over by the broker stream (live) and by backfill, in arrival order.
+Decides: an update whose `event_id` is already recorded is a duplicate and is dropped.
+Writes: one entry per new update to `Keys.trade_updates` (format `shared.trade_events`), the last
+event into `Keys.streamer_health`, and a pub/sub mirror for live watchers.
+
+The dedup mark and the entry are written by one Lua script, entry first, so a crash can never
+leave "seen" without the entry. `submit` only queues in memory and returns at once: the broker
+stream is never held up by Redis. A single writer thread drains the queue in order and retries
+with backoff while Redis is down (restarted, unreachable), so no update is dropped meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import redis
+
+from shared import bus, logs
+from shared.bus import Keys
+from shared.models import TradeUpdate
+from shared.trade_events import decode_entry, encode_entry
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAXLEN = 100_000
+DEFAULT_SEEN_TTL = 7 * 24 * 3600
+
+# KEYS: seen mark, stream, health hash. ARGV: seen ttl, maxlen, event id, event time, recorded
+# time, then the entry's field/value pairs. The entry goes first: if XADD fails nothing is marked.
+_RECORD_ONCE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  return false
+end
+local entry_id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 6))
+redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
+redis.call('HSET', KEYS[3], 'last_event_id', ARGV[3], 'last_event_at', ARGV[4],
+           'last_recorded_at', ARGV[5], 'last_entry_id', entry_id)
+return entry_id
+"""
+
+#: Backoff between write attempts while Redis is failing: quick at first, then every 2 s.
+RETRY_FIRST_DELAY = 0.05
+RETRY_MAX_DELAY = 2.0
+
+
+def seen_key(keys: Keys, event_id: str) -> str:
+    return f"{keys.ns}:streamer:seen:{event_id}"
+
+
+@dataclass
+class Batch:
+    """A group of submissions (one backfill) whose completion someone wants to hear about."""
+
+    total: int
+    on_done: Callable[[Batch], None] | None = None
+    written: int = 0
+    added: int = 0
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def _count(self, added: bool) -> None:
+        self.written += 1
+        self.added += int(added)
+        if self.written >= self.total:
+            self._finish()
+
+    def _finish(self) -> None:
+        self.done.set()
+        if self.on_done is not None:
+            try:
+                self.on_done(self)
+            except Exception:  # a reporting callback must never stop the writer
+                log.exception("batch_callback_failed")
+
+
+@dataclass
+class _Pending:
+    update: TradeUpdate
+    source: str
+    batch: Batch | None = None
+
+
+class Recorder:
+    def __init__(
+        self,
+        client: redis.Redis,
+        keys: Keys,
+        *,
+        maxlen: int = DEFAULT_MAXLEN,
+        seen_ttl: int = DEFAULT_SEEN_TTL,
+        on_redis_back: Callable[[], None] | None = None,
+    ):
+        self.client = client
+        self.keys = keys
+        self.maxlen = maxlen
+        self.seen_ttl = seen_ttl
+        self.on_redis_back = on_redis_back
+        self._script = client.register_script(_RECORD_ONCE)
+        self._queue: deque[_Pending] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        #: Set while Redis refuses writes; None when healthy (the health hash shows the outage after it).
+        self.redis_down_since: datetime | None = None
+        self.recorded = 0
+        self.duplicates = 0
+
+    # -- one attempt (the writer thread's unit of work; also usable directly) -------------------
+    def write(self, update: TradeUpdate) -> str | None:
+        """Record `update` once: the new entry id, or None when its event id was already recorded.
+        Raises redis errors; the dedup mark makes a retry after an unknown outcome safe."""
+        fields = encode_entry(update)
+        # What lands in the stream must read back as the same update (the manager validates it).
+        if decode_entry(fields) != update:
+            raise ValueError(f"trade update {update.event_id} does not survive its stream encoding")
+        args: list[str] = [
+            str(self.seen_ttl),
+            str(self.maxlen),
+            update.event_id,
+            update.timestamp.isoformat(),
+            datetime.now(UTC).isoformat(),
+        ]
+        for name, value in fields.items():
+            args += [name, value]
+        keys = [seen_key(self.keys, update.event_id), self.keys.trade_updates, self.keys.streamer_health]
+        entry_id = self._script(keys=keys, args=args)
+        if entry_id is None:
+            return None
+        try:
+            bus.publish(
+                self.client, self.keys, "trade_update",
+                event_id=update.event_id, event=update.event.value, symbol=update.order.symbol,
+                client_order_id=update.order.client_order_id, order_status=update.order.status.value,
+                filled_qty=update.order.filled_qty, price=update.price, entry_id=entry_id,
+            )
+        except redis.RedisError as exc:
+            # Pub/sub is a courtesy for watchers; the durable entry is already written.
+            logs.event(log, "notification_not_sent", level=logging.WARNING, event_id=update.event_id,
+                       error=type(exc).__name__)
+        return entry_id
+
+    # -- queue -------------------------------------------------------------------------------
+    def submit(self, update: TradeUpdate, *, source: str = "live", batch: Batch | None = None) -> None:
+        """Queue an update for recording; never blocks on Redis. Thread-safe."""
+        with self._cond:
+            self._queue.append(_Pending(update, source, batch))
+            self._cond.notify()
+
+    def submit_many(
+        self, updates: Iterable[TradeUpdate], *, source: str, on_done: Callable[[Batch], None] | None = None
+    ) -> Batch:
+        """Queue several updates in order; `on_done(batch)` runs once every one of them is recorded."""
+        items = list(updates)
+        batch = Batch(total=len(items), on_done=on_done)
+        if not items:
+            batch._finish()
+            return batch
+        with self._cond:
+            self._queue.extend(_Pending(u, source, batch) for u in items)
+            self._cond.notify()
+        return batch
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    def idle(self) -> bool:
+        """True when everything submitted so far is in Redis (the in-flight item stays queued)."""
+        return not self._queue
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._queue, timeout)
+
+    # -- writer thread -----------------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._stopping = False
+            self._thread = threading.Thread(target=self._drain, name="streamer-recorder", daemon=True)
+            self._thread.start()
+
+    def stop(self, drain_timeout: float = 5.0) -> int:
+        """Stop the writer after trying to drain for up to `drain_timeout`; returns how many updates
+        were left unwritten (the next leader's backfill covers them: see docs/streamer.md)."""
+        self.wait_idle(drain_timeout)
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=RETRY_MAX_DELAY + 1)
+            self._thread = None
+        left = len(self._queue)
+        if left:
+            logs.event(log, "updates_unwritten_at_exit", level=logging.ERROR, count=left,
+                       event_ids=",".join(p.update.event_id for p in list(self._queue)[:20]))
+        return left
+
+    def _drain(self) -> None:
+        delay = RETRY_FIRST_DELAY
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._queue or self._stopping)
+                if self._stopping:
+                    return
+                item = self._queue[0]
+            try:
+                entry_id = self.write(item.update)
+            except (redis.RedisError, OSError) as exc:
+                self._note_redis_failure(exc)
+                with self._cond:
+                    self._cond.wait_for(lambda: self._stopping, delay)
+                delay = min(delay * 2, RETRY_MAX_DELAY)
+                continue
+            except Exception:
+                # A bug or an update that cannot be encoded: keep it out of the stream, keep it in the log.
+                logs.event(log, "trade_update_unrecordable", level=logging.ERROR, event_id=item.update.event_id,
+                           symbol=item.update.order.symbol, client_order_id=item.update.order.client_order_id,
+                           update=item.update.model_dump_json())
+                log.exception("trade_update_unrecordable")
+                entry_id = None
+            delay = RETRY_FIRST_DELAY
+            if self.redis_down_since is not None:
+                self._note_redis_back()
+            with self._cond:
+                self._queue.popleft()
+                self._cond.notify_all()
+            self._report(item, entry_id)
+            if item.batch is not None:
+                item.batch._count(added=entry_id is not None)
+
+    def _report(self, item: _Pending, entry_id: str | None) -> None:
+        update = item.update
+        if entry_id is None:
+            self.duplicates += 1
+            logs.event(log, "trade_update_duplicate", level=logging.DEBUG, symbol=update.order.symbol,
+                       client_order_id=update.order.client_order_id, trade_event=update.event.value,
+                       event_id=update.event_id, source=item.source)
+            return
+        self.recorded += 1
+        logs.event(log, "trade_update_recorded", symbol=update.order.symbol,
+                   client_order_id=update.order.client_order_id, trade_event=update.event.value,
+                   filled_qty=update.order.filled_qty, event_id=update.event_id, source=item.source,
+                   entry_id=entry_id)
+
+    def _note_redis_failure(self, exc: BaseException) -> None:
+        if self.redis_down_since is None:
+            self.redis_down_since = datetime.now(UTC)
+            logs.event(log, "redis_unavailable_buffering", level=logging.WARNING,
+                       error=f"{type(exc).__name__}: {exc}", buffered=len(self._queue))
+
+    def _note_redis_back(self) -> None:
+        since, self.redis_down_since = self.redis_down_since, None
+        logs.event(log, "redis_back", down_since=since.isoformat() if since else None, buffered=len(self._queue))
+        if self.on_redis_back is not None:
+            try:
+                self.on_redis_back()
+            except Exception:
+                log.exception("redis_back_callback_failed")

@@ -179,6 +179,13 @@ def test_backfill_includes_oco_legs_and_keeps_only_the_latest_copy_of_an_order()
     assert all(not u.order.legs for u in rebuilt)
 
 
+def test_backfill_skips_orders_not_updated_since_its_start_but_keeps_old_orders_that_just_filled():
+    old_stop_filled_now = _order("filled", "10", oid="old-stop", created_at=NOW - timedelta(days=20))
+    untouched = _order("canceled", "0", oid="quiet", updated_at=NOW - timedelta(hours=3))
+    rebuilt = implied_updates([old_stop_filled_now, untouched], since=NOW - timedelta(minutes=1))
+    assert [(u.order.id, u.event.value) for u in rebuilt] == [("old-stop", "fill")]
+
+
 def test_first_start_backfills_from_midnight_new_york_of_the_last_trading_day():
     saturday = date(2026, 11, 28)
     start = trading_day_start(saturday, [date(2026, 11, 25), date(2026, 11, 27)])

@@ -11,7 +11,9 @@ Mapping (event id = order id : event : cumulative filled qty, see `TradeUpdate.e
 - canceled / expired / rejected / done_for_day / replaced -> that event
 - new (and pending_cancel / pending_replace etc. without fills) -> new;  accepted -> accepted;
   pending_new -> pending_new;  held (an OCO/bracket leg not yet active) -> nothing
-Intermediate partial fills the stream missed are not rebuilt: only the latest cumulative quantity
+Alpaca lists orders by submission time, so the broker is asked from `lookback` (35 days) before the
+start and the orders not updated since the start are dropped here: an old GTC protective stop that
+filled during the gap is still found. Intermediate partial fills the stream missed are not rebuilt: only the latest cumulative quantity
 is known, and that is what the manager acts on.
 """
 
@@ -56,15 +58,17 @@ _RESTING_EVENT = {
 }
 
 
-def implied_updates(orders: Iterable[Order]) -> list[TradeUpdate]:
-    """The trade updates the orders' current states imply, oldest first (legs included)."""
+def implied_updates(orders: Iterable[Order], since: datetime | None = None) -> list[TradeUpdate]:
+    """The trade updates the orders' current states imply, oldest first (legs included); with
+    `since`, only for orders updated at or after it."""
     latest: dict[str, Order] = {}
     for parent in orders:
         for order in parent.all_orders():
             known = latest.get(order.id)
             if known is None or order.updated_at >= known.updated_at:
                 latest[order.id] = order
-    updates = [u for order in latest.values() for u in _updates_of(order)]
+    changed = [o for o in latest.values() if since is None or o.updated_at >= since]
+    updates = [u for order in changed for u in _updates_of(order)]
     # Stable sort: an order's partial_fill stays ahead of its cancel at the same instant.
     return sorted(updates, key=lambda u: u.timestamp)
 
@@ -123,10 +127,12 @@ class Backfiller:
         executor: OrderExecutor,
         recorder: Recorder,
         *,
+        lookback: timedelta = timedelta(days=35),
         on_done: Callable[[datetime, int, Batch], None] | None = None,
     ):
         self.executor = executor
         self.recorder = recorder
+        self.lookback = lookback
         self.on_done = on_done
         self._cond = threading.Condition()
         self._pending: object = self._UNSET
@@ -182,8 +188,10 @@ class Backfiller:
     def run_once(self, since: datetime | None) -> Batch:
         """One backfill: ask the broker, queue the implied updates for recording."""
         start = first_start_since(self.executor) if since is None else since
-        orders = self.executor.get_orders_updated_since(start)
-        updates = implied_updates(orders)
+        # Ask from further back: Alpaca lists orders by submission time, so an old GTC stop that
+        # filled during the gap is only found by listing from before it was submitted.
+        orders = self.executor.get_orders_updated_since(start - self.lookback)
+        updates = implied_updates(orders, since=start)
         logs.event(log, "backfill_fetched", since=start.isoformat(), orders=len(orders), updates=len(updates))
 
         def done(batch: Batch) -> None:

@@ -16,7 +16,7 @@ moments for the same reasons. The rules, with worked examples, are written down 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from enum import StrEnum
 
@@ -261,7 +261,9 @@ def soft_exit(state: PositionState, *, price: Decimal, now: datetime, rules: Exi
             f"price {price} <= entry {entry} after the high-water mark {state.high_water_mark} "
             f"armed break-even",
         )
-    held = now - state.first_fill_at
+    # Subtract in UTC: Python subtracts two datetimes that share one tzinfo (both New York) as wall
+    # clock times, so a week spanning a DST change would come out an hour off.
+    held = now.astimezone(UTC) - state.first_fill_at.astimezone(UTC)
     if held > rules.time_stop:
         return ExitDecision(
             ExitReason.TIME_STOP,

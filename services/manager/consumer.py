@@ -147,7 +147,8 @@ class TradeUpdateConsumer:
         block = self.options.block_ms if block_ms is None else block_ms
         if self._retry_at is not None:
             block = max(1, min(block, int((self._retry_at - time.monotonic()) * 1000)))
-        entries = self._read(">", block_ms=block)
+        # BLOCK 0 would wait forever: a zero budget is a plain non-blocking read.
+        entries = self._read(">", block_ms=block if block > 0 else None)
         if entries:
             result = _merge(result, self.handle(entries))
         return result

@@ -46,11 +46,19 @@ def _closed(n: dict) -> str:
             f"{_money(n.get('exit_price'))}  P/L {_money(n.get('realized_pl'))}")
 
 
+def _trade_update(n: dict) -> str:
+    text = f"{n.get('event', '?')}: filled {n.get('filled_qty', '?')}"
+    if n.get("price") not in (None, "", "None"):
+        text += f" @ {n['price']}"
+    return f"{text}  [{n.get('order_status', '?')}]  ({n.get('client_order_id', '?')})"
+
+
 def _fix(n: dict) -> str:
     return n.get("message") or n.get("action", "")
 
 
 _FORMATS: dict[str, Callable[[dict], str]] = {
+    "trade_update": _trade_update,
     "fill": _fill,
     "partial_fill": _fill,
     "protected": _protected,

@@ -278,6 +278,7 @@ class Streamer:
         left = self.recorder.stop(drain_timeout=5.0)
         if was_leading:
             fields = {"role": "stopped", "connected": "no", "buffered": str(left),
+                      "disconnected_at": _iso(self._disconnected_at or datetime.now(UTC)),
                       "heartbeat_at": datetime.now(UTC).isoformat()}
             with self._hw_lock:
                 high_water = self._high_water

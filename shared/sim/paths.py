@@ -1,0 +1,327 @@
+"""Seeded price paths: daily OHLCV per session and minute bars that agree with them.
+
+Prices are integers in ticks of $0.0001 (exact, fast), always on Alpaca's increments: whole cents at
+or above $1, 1/100 cent below. `to_price` turns ticks into the Decimal every caller sees.
+
+A symbol's daily path is a geometric Brownian motion anchored at the asset's base price on the
+anchor session (the engine's start), walked forward and backward lazily with two seeded generators,
+so it depends only on (seed, symbol, anchor) and any range is cheap to ask for. Each session's
+minute path is a seeded bridge from the day's open to its close that touches the day's high and
+low exactly, so minute bars aggregate to the daily bar. A bars CSV can replace the generated days.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+import random
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal
+from pathlib import Path
+
+from shared.errors import InputError
+from shared.market.calendar import NEW_YORK
+from shared.models import TradingDay
+
+TICKS_PER_DOLLAR = 10_000
+_CENT_TICKS = 100
+_MIN_TICKS = 100  # paths never fall below one cent
+
+
+def round_ticks(value: float) -> int:
+    """Nearest valid price in ticks: whole cents at or above $1, 1/100 cent below."""
+    ticks = int(round(value))
+    if ticks >= TICKS_PER_DOLLAR:
+        return int(round(value / _CENT_TICKS)) * _CENT_TICKS
+    return max(ticks, 1)
+
+
+def to_price(ticks: int) -> Decimal:
+    if ticks >= TICKS_PER_DOLLAR:
+        return Decimal(ticks // _CENT_TICKS).scaleb(-2)
+    return Decimal(ticks).scaleb(-4)
+
+
+def to_ticks(price: Decimal) -> int:
+    return round_ticks(float(price * TICKS_PER_DOLLAR))
+
+
+def stable_seed(*parts: object) -> int:
+    """A seed that is the same in every process (Python's hash() is salted per process)."""
+    digest = hashlib.blake2b("|".join(str(p) for p in parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+@dataclass(frozen=True, slots=True)
+class DayBar:
+    """One session's bar for one symbol, in ticks."""
+
+    open: int
+    high: int
+    low: int
+    close: int
+    volume: int
+
+
+#: A minute bar in ticks: (open, high, low, close, volume).
+MinuteBar = tuple[int, int, int, int, int]
+
+
+class SymbolPath:
+    """Daily bars for one symbol over the calendar's sessions, generated lazily from the anchor.
+
+    `sessions` is the engine's list of sessions (shared by every symbol); index `anchor` is the
+    session whose close is the asset's base price. Days given explicitly (CSV replay) win over
+    generated ones; generation continues from the last given close.
+    """
+
+    def __init__(
+        self,
+        symbol: str,
+        seed: int,
+        base_price: float,
+        daily_volatility: float,
+        daily_volume: int,
+        sessions: list[TradingDay],
+        anchor: int,
+        given_days: dict[int, DayBar] | None = None,
+        given_minutes: dict[int, list[MinuteBar]] | None = None,
+    ):
+        self.symbol = symbol
+        self._seed = seed
+        self._sigma = daily_volatility
+        self._volume = daily_volume
+        self._sessions = sessions
+        self._days: dict[int, DayBar] = dict(given_days or {})
+        self._given_minutes = given_minutes or {}
+        self._minute_cache: OrderedDict[int, list[MinuteBar]] = OrderedDict()
+        if self._days:
+            # Replay: generated days continue forward from the last given close, backward not at all.
+            self._lo = min(self._days)
+            self._hi = max(self._days)
+            self._fwd_close = float(self._days[self._hi].close)
+            self._bwd_open = None
+        else:
+            close = float(round_ticks(base_price * TICKS_PER_DOLLAR))
+            first = self._make_day(
+                close_prev=None, close=close, rng=random.Random(stable_seed(seed, symbol, "anchor"))
+            )
+            self._days[anchor] = first
+            self._lo = self._hi = anchor
+            self._fwd_close = float(first.close)
+            self._bwd_open = float(first.open)
+        self._fwd_rng = random.Random(stable_seed(seed, symbol, "forward"))
+        self._bwd_rng = random.Random(stable_seed(seed, symbol, "backward"))
+
+    # -- daily ----------------------------------------------------------------------------
+    def day(self, index: int) -> DayBar | None:
+        """The session's bar, or None before the first replayed day or outside the calendar."""
+        if not 0 <= index < len(self._sessions):
+            return None
+        if index > self._hi:
+            self._extend_forward(index)
+        elif index < self._lo:
+            if self._bwd_open is None:
+                return None
+            self._extend_backward(index)
+        return self._days.get(index)
+
+    def _step(self, rng: random.Random) -> float:
+        return math.exp(-0.5 * self._sigma**2 + self._sigma * rng.gauss(0.0, 1.0))
+
+    def _make_day(self, close_prev: float | None, close: float, rng: random.Random) -> DayBar:
+        sigma = self._sigma
+        reference = close if close_prev is None else close_prev
+        open_ = reference * math.exp(0.25 * sigma * rng.gauss(0.0, 1.0))
+        high = max(open_, close) * math.exp(abs(0.6 * sigma * rng.gauss(0.0, 1.0)))
+        low = min(open_, close) * math.exp(-abs(0.6 * sigma * rng.gauss(0.0, 1.0)))
+        volume = int(self._volume * math.exp(0.35 * rng.gauss(0.0, 1.0)))
+        o, c = round_ticks(max(open_, _MIN_TICKS)), round_ticks(max(close, _MIN_TICKS))
+        h = max(round_ticks(high), o, c)
+        lo = min(max(round_ticks(low), _MIN_TICKS), o, c)
+        return DayBar(o, h, lo, c, max(volume, 100))
+
+    def _extend_forward(self, index: int) -> None:
+        while self._hi < index:
+            close = max(self._fwd_close * self._step(self._fwd_rng), float(_MIN_TICKS))
+            bar = self._make_day(self._fwd_close, close, self._fwd_rng)
+            self._hi += 1
+            self._days[self._hi] = bar
+            self._fwd_close = float(bar.close)
+
+    def _extend_backward(self, index: int) -> None:
+        while self._lo > index:
+            # The previous close is this day's open shifted back by the overnight gap.
+            close = max(self._bwd_open / self._step(self._bwd_rng), float(_MIN_TICKS))
+            bar = self._make_day(None, close, self._bwd_rng)
+            self._lo -= 1
+            self._days[self._lo] = bar
+            self._bwd_open = float(bar.open)
+
+    # -- minutes --------------------------------------------------------------------------
+    def minutes(self, index: int) -> list[MinuteBar]:
+        """Minute bars of the session (one per minute from the open to the close), or []."""
+        cached = self._minute_cache.get(index)
+        if cached is not None:
+            self._minute_cache.move_to_end(index)
+            return cached
+        bars = self._given_minutes.get(index)
+        if bars is None:
+            day = self.day(index)
+            if day is None:
+                return []
+            session = self._sessions[index]
+            count = int((session.close - session.open).total_seconds() // 60)
+            bars = bridge_minutes(
+                day, count, random.Random(stable_seed(self._seed, self.symbol, session.date))
+            )
+        self._minute_cache[index] = bars
+        if len(self._minute_cache) > 64:
+            self._minute_cache.popitem(last=False)
+        return bars
+
+
+def bridge_minutes(day: DayBar, count: int, rng: random.Random) -> list[MinuteBar]:
+    """`count` minute bars from the day's open to its close that touch its high and low exactly."""
+    o, h, lo, c = day.open, day.high, day.low, day.close
+    if count < 3 or h == lo:
+        flat = [(o, max(o, c), min(o, c), c, day.volume // max(count, 1))] * max(count, 1)
+        return flat
+    i_high, i_low = rng.sample(range(1, count), 2)
+    waypoints = sorted([(0, float(o)), (i_high, float(h)), (i_low, float(lo)), (count, float(c))])
+    step_sd = (h - lo) * 0.25 / math.sqrt(count)
+    points = [0.0] * (count + 1)
+    for (a, pa), (b, pb) in zip(waypoints, waypoints[1:], strict=False):
+        span = b - a
+        walk = [0.0]
+        for _ in range(span):
+            walk.append(walk[-1] + rng.gauss(0.0, step_sd))
+        end = walk[-1]
+        for k in range(span + 1):
+            frac = k / span if span else 0.0
+            points[a + k] = pa + (pb - pa) * frac + walk[k] - frac * end
+    ticks = [min(max(round_ticks(p), lo), h) for p in points]
+    ticks[0], ticks[count], ticks[i_high], ticks[i_low] = o, c, h, lo
+    weights = []
+    for k in range(count):
+        u = (k + 0.5) / count
+        weights.append((1.0 + 2.5 * (2 * u - 1) ** 2) * math.exp(0.3 * rng.gauss(0.0, 1.0)))
+    total_weight = sum(weights)
+    bars: list[MinuteBar] = []
+    left = day.volume
+    for k in range(count):
+        bo, bc = ticks[k], ticks[k + 1]
+        wick = abs(rng.gauss(0.0, step_sd * 0.5))
+        bh = min(max(round_ticks(max(bo, bc) + wick), bo, bc), h)
+        bl = max(min(round_ticks(min(bo, bc) - wick), bo, bc), lo)
+        volume = left if k == count - 1 else int(day.volume * weights[k] / total_weight)
+        left -= volume
+        bars.append((bo, bh, bl, bc, max(volume, 0)))
+    return bars
+
+
+# -- CSV replay ---------------------------------------------------------------------------
+
+CSV_COLUMNS = ("symbol", "timestamp", "open", "high", "low", "close", "volume")
+
+
+@dataclass
+class ReplayData:
+    """Bars read from a CSV, keyed by symbol then session index."""
+
+    days: dict[str, dict[int, DayBar]]
+    minutes: dict[str, dict[int, list[MinuteBar]]]
+
+
+def read_bars_csv(path: Path, sessions: list[TradingDay]) -> ReplayData:
+    """Read `symbol,timestamp,open,high,low,close,volume` rows (header required).
+
+    A symbol with one row per session is daily data (timestamp: a date or any time that day); one
+    with several rows in a session is minute data (timestamp: the minute's start), aggregated into
+    its daily bars, with missing minutes filled flat at the previous close. Rows outside regular
+    sessions are ignored. Raises InputError with the file and line for anything unreadable.
+    """
+    index_of = {s.date: i for i, s in enumerate(sessions)}
+    rows: dict[str, dict[int, list[tuple[datetime | None, int, int, int, int, int]]]] = {}
+    try:
+        handle = path.open(newline="", encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read bars CSV ({exc.strerror or exc})") from None
+    with handle:
+        reader = csv.DictReader(handle)
+        missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise InputError(
+                f"{path}: bars CSV needs columns {','.join(CSV_COLUMNS)} (missing {','.join(missing)})"
+            )
+        for line, row in enumerate(reader, start=2):
+            try:
+                symbol = row["symbol"].strip().upper()
+                stamp = row["timestamp"].strip()
+                if len(stamp) == 10:
+                    day, moment = date.fromisoformat(stamp), None
+                else:
+                    moment = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+                    if moment.tzinfo is None:
+                        raise ValueError("timestamp needs a timezone (e.g. Z or -05:00)")
+                    day = moment.astimezone(NEW_YORK).date()
+                prices = [
+                    round_ticks(float(Decimal(row[k])) * TICKS_PER_DOLLAR)
+                    for k in ("open", "high", "low", "close")
+                ]
+                volume = int(Decimal(row["volume"] or "0"))
+            except (ValueError, ArithmeticError, AttributeError) as exc:
+                raise InputError(f"{path}:{line}: unreadable bar row ({exc})") from None
+            if not symbol or day not in index_of:
+                continue
+            rows.setdefault(symbol, {}).setdefault(index_of[day], []).append((moment, *prices, volume))
+    if not rows:
+        raise InputError(f"{path}: no bars on NYSE sessions")
+    data = ReplayData(days={}, minutes={})
+    for symbol, by_day in rows.items():
+        intraday = any(len(entries) > 1 for entries in by_day.values())
+        days: dict[int, DayBar] = {}
+        for index, entries in by_day.items():
+            if not intraday:
+                _, o, h, lo, c, v = entries[0]
+                days[index] = DayBar(o, max(h, o, c), min(lo, o, c), c, v)
+                continue
+            minutes = _minute_grid(sessions[index], entries)
+            if not minutes:
+                continue
+            data.minutes.setdefault(symbol, {})[index] = minutes
+            days[index] = DayBar(
+                minutes[0][0],
+                max(b[1] for b in minutes),
+                min(b[2] for b in minutes),
+                minutes[-1][3],
+                sum(b[4] for b in minutes),
+            )
+        data.days[symbol] = days
+    return data
+
+
+def _minute_grid(session: TradingDay, entries: list[tuple]) -> list[MinuteBar]:
+    count = int((session.close - session.open).total_seconds() // 60)
+    slots: dict[int, MinuteBar] = {}
+    for moment, o, h, lo, c, v in entries:
+        if moment is None:
+            continue
+        k = int((moment - session.open).total_seconds() // 60)
+        if 0 <= k < count:
+            slots[k] = (o, max(h, o, c), min(lo, o, c), c, v)
+    if not slots:
+        return []
+    first = min(slots)
+    previous_close = slots[first][0]
+    bars: list[MinuteBar] = []
+    for k in range(count):
+        bar = slots.get(k)
+        if bar is None:
+            bar = (previous_close, previous_close, previous_close, previous_close, 0)
+        bars.append(bar)
+        previous_close = bar[3]
+    return bars

@@ -262,6 +262,58 @@ class SimHandle:
                 self.process.wait(timeout=5)
 
 
+class TradeUpdateCollector:
+    """alpaca-py's TradingStream in a background thread, collecting every TradeUpdate.
+
+        with TradeUpdateCollector(sim) as updates:
+            ... place orders ...
+            updates.wait_for(lambda u: u.event == "fill")
+    """
+
+    def __init__(self, handle: SimHandle, timeout: float = 5.0):
+        self.handle = handle
+        self.timeout = timeout
+        self.updates: list = []
+        self._stream = handle.trading_stream()
+        self._thread = None
+
+    def __enter__(self) -> TradeUpdateCollector:
+        import threading
+
+        async def on_update(update) -> None:
+            self.updates.append(update)
+
+        self._stream.subscribe_trade_updates(on_update)
+        self._thread = threading.Thread(target=self._stream.run, daemon=True)
+        self._thread.start()
+        self.wait_until_listening()
+        return self
+
+    def wait_until_listening(self) -> None:
+        deadline = time.monotonic() + self.timeout
+        while self.handle.control.state()["stream_connections"] < 1:
+            if time.monotonic() > deadline:
+                raise TimeoutError("the trade stream did not start listening")
+            time.sleep(0.02)
+
+    def wait_for(self, predicate: Callable[[Any], bool], timeout: float | None = None) -> Any:
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while True:
+            for update in list(self.updates):
+                if predicate(update):
+                    return update
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no matching trade update; got {[u.event for u in self.updates]}")
+            time.sleep(0.01)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stream.stop()
+        # alpaca-py polls its stop flag every 5 s; closing the socket from the server side ends it now.
+        self.handle.control.drop_stream()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+
 def start_sim(
     *,
     seed: int = 7,

@@ -1,0 +1,478 @@
+"""The simulated market's engine, in process: prices, clock and sessions, matching, accounting.
+
+Expected prices are read from the market's own public bars (what any client can see), never
+hard-coded: a test states the rule ("a stop fills when a minute's low reaches it"), the data says
+where that happens.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from simhelpers import DEFAULT_START, NEW_YORK
+
+from shared.errors import InputError, InsufficientQty, NotCancelable, NotFound
+from shared.models import OrderClass, OrderStatus, OrderType, Side, TimeInForce
+from shared.money import is_valid_price_increment
+from shared.sim.clock import VirtualClock
+from shared.sim.engine import MarketEngine
+from shared.sim.orders import OrderRequest
+from shared.sim.paths import to_price
+from shared.sim.universe import DEFAULT_SYMBOLS
+
+D = Decimal
+
+
+@pytest.fixture
+def engine() -> MarketEngine:
+    return MarketEngine.create(start=DEFAULT_START)
+
+
+def buy(symbol: str, qty: str | None = None, notional: str | None = None, **kw) -> OrderRequest:
+    return OrderRequest(
+        symbol=symbol,
+        side=Side.BUY,
+        type=kw.pop("type", OrderType.MARKET),
+        time_in_force=kw.pop("tif", TimeInForce.DAY),
+        qty=D(qty) if qty is not None else None,
+        notional=D(notional) if notional is not None else None,
+        **kw,
+    )
+
+
+def sell(symbol: str, qty: str, **kw) -> OrderRequest:
+    return OrderRequest(
+        symbol=symbol,
+        side=Side.SELL,
+        type=kw.pop("type", OrderType.MARKET),
+        time_in_force=kw.pop("tif", TimeInForce.DAY),
+        qty=D(qty),
+        **kw,
+    )
+
+
+def oco(symbol: str, qty: str, stop: str, target: str, tif=TimeInForce.GTC) -> OrderRequest:
+    return OrderRequest(
+        symbol=symbol,
+        side=Side.SELL,
+        type=OrderType.LIMIT,
+        time_in_force=tif,
+        qty=D(qty),
+        order_class=OrderClass.OCO,
+        take_profit_limit_price=D(target),
+        stop_loss_stop_price=D(stop),
+    )
+
+
+def ny(*args: int) -> datetime:
+    return datetime(*args, tzinfo=NEW_YORK)
+
+
+def last_price(engine: MarketEngine, symbol: str) -> Decimal:
+    return to_price(engine.latest_trade(symbol)[0])
+
+
+def events_of(engine: MarketEngine, order_id: str) -> list[str]:
+    return [e.event for e in engine.events_since(0) if e.order.id == order_id]
+
+
+# -- universe and prices ------------------------------------------------------------------------
+
+
+def test_default_universe_has_twenty_plus_tickers_with_whole_share_only_and_sub_dollar_assets(engine):
+    assets = engine.assets()
+    assert len(assets) >= 20
+    assert len({a.symbol for a in assets}) == len(assets)
+    assert len([a for a in assets if not a.fractionable]) >= 2
+    assert any(last_price(engine, a.symbol) < 1 for a in assets)
+
+
+def test_large_universe_adds_deterministic_synthetic_tickers():
+    first = MarketEngine.create(start=DEFAULT_START, universe_size=500)
+    second = MarketEngine.create(start=DEFAULT_START, universe_size=500)
+    symbols = [a.symbol for a in first.assets()]
+    assert len(set(symbols)) == 500
+    assert symbols == [a.symbol for a in second.assets()]
+    assert set(DEFAULT_SYMBOLS) <= set(symbols)
+    extra = symbols[-1]
+    assert first.bars(extra, "1Day", ny(2022, 3, 1), ny(2024, 3, 1)) == second.bars(extra, "1Day", ny(2022, 3, 1), ny(2024, 3, 1))
+
+
+def test_same_seed_gives_the_same_prices_and_another_seed_different_ones():
+    a = MarketEngine.create(seed=11, start=DEFAULT_START)
+    b = MarketEngine.create(seed=11, start=DEFAULT_START)
+    c = MarketEngine.create(seed=12, start=DEFAULT_START)
+    window = (ny(2023, 6, 1), ny(2024, 3, 4, 9, 45))
+    for timeframe in ("1Day", "1Min"):
+        assert a.bars("MSFT", timeframe, *window) == b.bars("MSFT", timeframe, *window)
+        assert a.bars("MSFT", timeframe, *window) != c.bars("MSFT", timeframe, *window)
+
+
+def test_minute_bars_aggregate_exactly_to_the_daily_bar():
+    engine = MarketEngine.create(start=ny(2024, 3, 8, 17, 0))
+    for symbol in ("AAPL", "SENS", "TSLA"):
+        day = engine.bars(symbol, "1Day", ny(2024, 3, 7), ny(2024, 3, 7, 23, 0))[0]
+        minutes = engine.bars(symbol, "1Min", ny(2024, 3, 7), ny(2024, 3, 7, 23, 0))
+        assert len(minutes) == 390
+        assert minutes[0].open == day.open and minutes[-1].close == day.close
+        assert max(m.high for m in minutes) == day.high and min(m.low for m in minutes) == day.low
+        assert sum(m.volume for m in minutes) == day.volume
+
+
+def test_early_close_session_has_minute_bars_only_until_one_pm():
+    engine = MarketEngine.create(start=ny(2024, 12, 2, 9, 0))
+    minutes = engine.bars("AAPL", "1Min", ny(2024, 11, 29), ny(2024, 11, 29, 23, 0))
+    assert len(minutes) == 210
+    assert minutes[-1].t.astimezone(NEW_YORK) == ny(2024, 11, 29, 12, 59)
+
+
+def test_every_price_is_on_alpacas_increment_two_decimals_above_a_dollar_four_below(engine):
+    for symbol in ("AAPL", "SENS", "TELL", "F"):
+        for bar in engine.bars(symbol, "1Min", ny(2024, 3, 1), DEFAULT_START):
+            for ticks in (bar.open, bar.high, bar.low, bar.close):
+                assert is_valid_price_increment(to_price(ticks))
+        quote = engine.latest_quote(symbol)
+        assert is_valid_price_increment(to_price(quote.bid)) and is_valid_price_increment(to_price(quote.ask))
+        assert quote.bid < quote.ask
+
+
+def test_bars_never_include_the_future(engine):
+    minutes = engine.bars("AAPL", "1Min", ny(2024, 3, 4), ny(2024, 3, 5))
+    assert minutes[-1].t.astimezone(NEW_YORK) == ny(2024, 3, 4, 9, 59)
+    days = engine.bars("AAPL", "1Day", ny(2024, 2, 1), ny(2024, 3, 10))
+    assert days[-1].t.astimezone(NEW_YORK).date() == date(2024, 3, 4)
+    # Today's daily bar is the session so far: its close is the last trade.
+    assert to_price(days[-1].close) == last_price(engine, "AAPL")
+
+
+def test_five_minute_bars_aggregate_minute_bars_on_the_clock(engine):
+    five = engine.bars("AAPL", "5Min", ny(2024, 3, 1, 9, 30), ny(2024, 3, 1, 16, 0))
+    ones = engine.bars("AAPL", "1Min", ny(2024, 3, 1, 9, 30), ny(2024, 3, 1, 16, 0))
+    assert len(five) == 78
+    assert [b.t.astimezone(NEW_YORK).minute % 5 for b in five] == [0] * 78
+    assert five[0].open == ones[0].open and five[0].close == ones[4].close
+    assert five[0].high == max(b.high for b in ones[:5])
+
+
+def test_set_price_continues_the_path_from_the_new_price(engine):
+    before = engine.bars("AAPL", "1Min", ny(2024, 3, 4), ny(2024, 3, 5))
+    engine.set_price("AAPL", D("100"))
+    assert last_price(engine, "AAPL") == D("100")
+    engine.advance(3600)
+    assert abs(last_price(engine, "AAPL") - 100) < 10
+    after = engine.bars("AAPL", "1Min", ny(2024, 3, 4), ny(2024, 3, 5))
+    assert after[: len(before)] == before  # history does not change
+
+
+def test_csv_replay_serves_the_csv_daily_bars_and_bridges_minutes_between_them(tmp_path: Path):
+    csv_path = tmp_path / "bars.csv"
+    csv_path.write_text(
+        "symbol,timestamp,open,high,low,close,volume\n"
+        "ACME,2024-03-01,10.00,10.50,9.80,10.20,100000\n"
+        "ACME,2024-03-04,10.25,11.00,10.10,10.90,120000\n"
+        "ACME,2024-03-05,10.90,11.20,10.60,10.70,90000\n"
+    )
+    engine = MarketEngine.create(start=ny(2024, 3, 6, 8, 0), bars_csv=csv_path)
+    assert [a.symbol for a in engine.assets()] == ["ACME"]
+    days = engine.bars("ACME", "1Day", ny(2024, 3, 1), ny(2024, 3, 5, 23, 0))
+    assert [(to_price(d.open), to_price(d.high), to_price(d.low), to_price(d.close), d.volume) for d in days] == [
+        (D("10"), D("10.5"), D("9.8"), D("10.2"), 100000),
+        (D("10.25"), D("11"), D("10.1"), D("10.9"), 120000),
+        (D("10.9"), D("11.2"), D("10.6"), D("10.7"), 90000),
+    ]
+    minutes = engine.bars("ACME", "1Min", ny(2024, 3, 4), ny(2024, 3, 4, 23, 0))
+    assert max(m.high for m in minutes) == days[1].high and min(m.low for m in minutes) == days[1].low
+
+
+def test_unreadable_csv_is_a_one_line_input_error(tmp_path: Path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("symbol,timestamp,open,high,low,close,volume\nACME,2024-03-01,ten,1,1,1,1\n")
+    with pytest.raises(InputError, match=r"bad.csv:2: unreadable bar row"):
+        MarketEngine.create(start=DEFAULT_START, bars_csv=bad)
+    missing = tmp_path / "cols.csv"
+    missing.write_text("symbol,date,close\n")
+    with pytest.raises(InputError, match="needs columns"):
+        MarketEngine.create(start=DEFAULT_START, bars_csv=missing)
+
+
+# -- clock and sessions --------------------------------------------------------------------------
+
+
+def test_frozen_clock_moves_only_when_advanced():
+    wall = [100.0]
+    clock = VirtualClock(DEFAULT_START, speed=0, wall=lambda: wall[0])
+    wall[0] += 3600
+    assert clock.now() == DEFAULT_START
+    assert clock.advance(90) == DEFAULT_START + timedelta(seconds=90)
+    assert clock.advance_to(DEFAULT_START) == DEFAULT_START + timedelta(seconds=90)  # never backward
+
+
+def test_running_clock_follows_wall_time_times_speed_and_keeps_time_on_speed_change():
+    wall = [0.0]
+    clock = VirtualClock(DEFAULT_START, speed=60, wall=lambda: wall[0])
+    wall[0] = 2.0
+    assert clock.now() == DEFAULT_START + timedelta(minutes=2)
+    clock.set_speed(0)
+    wall[0] = 100.0
+    assert clock.now() == DEFAULT_START + timedelta(minutes=2)
+
+
+def test_clock_reports_the_next_open_over_a_weekend_and_the_holiday(engine):
+    engine.advance_to(ny(2024, 7, 3, 13, 30))  # early close day, after the 13:00 close
+    clock = engine.clock_view()
+    assert not clock.is_open
+    assert clock.next_open == ny(2024, 7, 5, 9, 30)  # July 4th is a holiday
+    assert [d.date for d in engine.calendar(date(2024, 7, 1), date(2024, 7, 7))] == [
+        date(2024, 7, 1), date(2024, 7, 2), date(2024, 7, 3), date(2024, 7, 5)
+    ]
+    assert engine.calendar(date(2024, 7, 3), date(2024, 7, 3))[0].close == ny(2024, 7, 3, 13, 0)
+
+
+def test_order_outside_the_session_is_accepted_then_fills_at_the_next_open():
+    engine = MarketEngine.create(start=ny(2024, 3, 1, 18, 0))  # Friday evening
+    order = engine.submit_order(buy("AAPL", "10"))
+    assert order.status is OrderStatus.ACCEPTED
+    engine.advance_to(ny(2024, 3, 4, 9, 29))
+    assert engine.get_order(order.id).status is OrderStatus.ACCEPTED
+    engine.advance_to(ny(2024, 3, 4, 9, 30))
+    filled = engine.get_order(order.id)
+    assert filled.status is OrderStatus.FILLED
+    assert filled.filled_at.astimezone(NEW_YORK).replace(microsecond=0) == ny(2024, 3, 4, 9, 30)
+    engine.advance(60)  # the opening minute's bar is published once the minute is over
+    opening = engine.bars("AAPL", "1Min", ny(2024, 3, 4, 9, 30), ny(2024, 3, 4, 9, 30))[0]
+    assert filled.filled_avg_price >= to_price(opening.open)  # the open, plus the half spread
+    assert filled.filled_avg_price - to_price(opening.open) < D("0.10")
+    assert events_of(engine, order.id) == ["accepted", "new", "fill"]
+
+
+def test_unfilled_day_order_expires_at_the_close(engine):
+    order = engine.submit_order(buy("AAPL", "1", type=OrderType.LIMIT, limit_price=D("1.00")))
+    engine.advance_to(ny(2024, 3, 4, 15, 59))
+    assert engine.get_order(order.id).status is OrderStatus.NEW
+    engine.advance_to(ny(2024, 3, 4, 16, 0))
+    expired = engine.get_order(order.id)
+    assert expired.status is OrderStatus.EXPIRED
+    assert expired.expired_at.astimezone(NEW_YORK).replace(microsecond=0) == ny(2024, 3, 4, 16, 0)
+    assert engine.account().buying_power == engine.account().cash  # its reservation is released
+
+
+def test_day_order_expires_at_an_early_close_and_gtc_order_lives_on():
+    engine = MarketEngine.create(start=ny(2024, 11, 29, 10, 0))
+    day = engine.submit_order(buy("AAPL", "1", type=OrderType.LIMIT, limit_price=D("1.00")))
+    gtc = engine.submit_order(buy("MSFT", "1", type=OrderType.LIMIT, limit_price=D("1.00"), tif=TimeInForce.GTC))
+    engine.advance_to(ny(2024, 11, 29, 13, 0))
+    assert engine.get_order(day.id).status is OrderStatus.EXPIRED
+    engine.advance_to(ny(2024, 12, 6, 17, 0))
+    assert engine.get_order(gtc.id).status is OrderStatus.NEW
+
+
+# -- matching ---------------------------------------------------------------------------------
+
+
+def test_market_buy_fills_at_the_ask_and_market_sell_at_the_bid(engine):
+    quote = engine.latest_quote("MSFT")
+    bought = engine.submit_order(buy("MSFT", "3"))
+    assert engine.get_order(bought.id).filled_avg_price == to_price(quote.ask)
+    sold = engine.submit_order(sell("MSFT", "3"))
+    assert engine.get_order(sold.id).filled_avg_price == to_price(quote.bid)
+
+
+def test_resting_stop_fills_in_the_first_minute_whose_low_reaches_it(engine):
+    engine.submit_order(buy("AAPL", "10"))
+    path = engine.bars("AAPL", "1Min", ny(2024, 3, 4), ny(2024, 3, 5))  # so far: nothing after 10:00
+    assert path
+    stop = last_price(engine, "AAPL") - D("0.50")
+    order = engine.submit_order(sell("AAPL", "10", type=OrderType.STOP, stop_price=stop, tif=TimeInForce.GTC))
+    engine.advance_to(ny(2024, 3, 8, 16, 0))
+    minutes = [b for b in engine.bars("AAPL", "1Min", ny(2024, 3, 4, 10, 0), ny(2024, 3, 8, 16, 0))]
+    first_touch = next(b for b in minutes if to_price(b.low) <= stop)
+    filled = engine.get_order(order.id)
+    assert filled.status is OrderStatus.FILLED
+    assert filled.filled_at.replace(microsecond=0) == first_touch.t + timedelta(minutes=1)
+    assert filled.filled_avg_price <= stop
+
+
+def test_price_forced_below_a_stop_fills_it_at_once(engine):
+    engine.submit_order(buy("AAPL", "10"))
+    order = engine.submit_order(sell("AAPL", "10", type=OrderType.STOP, stop_price=D("150"), tif=TimeInForce.GTC))
+    engine.set_price("AAPL", D("149"))
+    filled = engine.get_order(order.id)
+    assert filled.status is OrderStatus.FILLED
+    assert filled.filled_avg_price < D("149")  # at the bid
+    assert engine.positions() == []
+
+
+def test_oco_target_fill_cancels_the_stop_and_releases_nothing_twice(engine):
+    engine.submit_order(buy("AAPL", "10"))
+    group = engine.submit_order(oco("AAPL", "10", stop="150", target="200"))
+    assert engine.positions()[0].qty_available == 0  # the group holds the shares once
+    engine.set_price("AAPL", D("201"))
+    parent = engine.get_order(group.id)
+    assert parent.status is OrderStatus.FILLED and parent.filled_avg_price >= D("200")
+    assert parent.legs[0].status is OrderStatus.CANCELED
+    assert engine.positions() == []
+
+
+def test_oco_stop_fill_cancels_the_target(engine):
+    engine.submit_order(buy("AAPL", "10"))
+    group = engine.submit_order(oco("AAPL", "10", stop="150", target="200"))
+    engine.set_price("AAPL", D("140"))
+    parent = engine.get_order(group.id)
+    assert parent.status is OrderStatus.CANCELED
+    assert parent.legs[0].status is OrderStatus.FILLED
+    assert [e.event for e in engine.events_since(0)][-2:] == ["fill", "canceled"]
+
+
+def test_resting_limit_buy_fills_at_its_limit_in_the_first_minute_trading_through_it(engine):
+    # The same seed is the same market: a twin engine shows today's low before we place the order.
+    twin = MarketEngine.create(start=DEFAULT_START)
+    twin.advance_to(ny(2024, 3, 4, 16, 0))
+    for symbol in ("NVDA", "AAPL", "MSFT", "TSLA", "AMD", "META"):
+        later = twin.bars(symbol, "1Min", ny(2024, 3, 4, 10, 0), ny(2024, 3, 4, 16, 0))
+        limit = min(to_price(b.low) for b in later) + D("0.05")
+        if limit < to_price(engine.latest_quote(symbol).ask) - D("0.10"):  # not marketable now
+            break
+    else:
+        pytest.fail("no symbol trades below its 10:00 ask later that day")
+    order = engine.submit_order(buy(symbol, "2", type=OrderType.LIMIT, limit_price=limit))
+    engine.advance_to(ny(2024, 3, 4, 16, 0))
+    first_touch = next(b for b in later if to_price(b.low) <= limit)
+    result = engine.get_order(order.id)
+    assert result.status is OrderStatus.FILLED and result.filled_avg_price == limit
+    assert result.filled_at.replace(microsecond=0) == first_touch.t + timedelta(minutes=1)
+
+
+def test_partial_fill_on_demand_then_the_rest(engine):
+    engine.partial_fill_next("AAPL", D("0.3"))
+    order = engine.submit_order(buy("AAPL", "10"))
+    first = engine.get_order(order.id)
+    assert first.status is OrderStatus.PARTIALLY_FILLED and first.filled_qty == 3
+    assert engine.positions()[0].qty == 3
+    engine.fill_order(order.id)
+    done = engine.get_order(order.id)
+    assert done.status is OrderStatus.FILLED and done.filled_qty == 10
+    fills = [e for e in engine.events_since(0) if e.order.id == order.id and e.price is not None]
+    assert [(e.event, e.qty, e.position_qty, e.order.filled_qty) for e in fills] == [
+        ("partial_fill", 3, 3, 3),
+        ("fill", 7, 10, 10),
+    ]
+    assert len({e.execution_id for e in fills}) == 2
+
+
+def test_partially_filled_market_order_fills_the_rest_at_the_next_minute(engine):
+    engine.partial_fill_next("AAPL", D("0.5"))
+    order = engine.submit_order(buy("AAPL", "4"))
+    engine.advance(30)
+    assert engine.get_order(order.id).filled_qty == 2
+    engine.advance(30)
+    assert engine.get_order(order.id).status is OrderStatus.FILLED
+
+
+def test_trade_updates_carry_this_executions_qty_and_price_and_cumulative_order_fields(engine):
+    engine.partial_fill_next("AAPL", D("0.5"))
+    order = engine.submit_order(buy("AAPL", "4"))
+    engine.fill_order(order.id, price=D("180"))
+    second = engine.events_since(0)[-1]
+    assert (second.event, second.qty, second.price) == ("fill", 2, D("180"))
+    first_price = [e for e in engine.events_since(0) if e.event == "partial_fill"][0].price
+    assert second.order.filled_qty == 4
+    assert second.order.filled_avg_price == (2 * first_price + 2 * D("180")) / 4
+
+
+# -- accounting ------------------------------------------------------------------------------
+
+
+def test_default_account_has_200k_cash_and_equal_buying_power_and_equity(engine):
+    account = engine.account()
+    assert (account.cash, account.buying_power, account.equity, account.last_equity) == (D("200000"),) * 4
+
+
+def test_buy_moves_cash_into_a_position_at_its_fill_price(engine):
+    order = engine.submit_order(buy("MSFT", "10"))
+    fill = engine.get_order(order.id).filled_avg_price
+    account = engine.account()
+    assert account.cash == D("200000") - 10 * fill
+    position = engine.position("MSFT")
+    assert (position.qty, position.avg_entry_price, position.cost_basis) == (10, fill, 10 * fill)
+    assert account.equity == account.cash + position.market_value
+
+
+def test_average_entry_price_is_quantity_weighted_over_buys(engine):
+    first = engine.fill_order(engine.submit_order(buy("AAPL", "1", type=OrderType.LIMIT, limit_price=D("100"))).id, price=D("100"))
+    second = engine.fill_order(engine.submit_order(buy("AAPL", "3", type=OrderType.LIMIT, limit_price=D("120"))).id, price=D("120"))
+    assert first.status is second.status is OrderStatus.FILLED
+    assert engine.position("AAPL").avg_entry_price == D("115")
+
+
+def test_open_buy_orders_reserve_buying_power_limit_at_limit_market_with_cushion():
+    engine = MarketEngine.create(start=ny(2024, 3, 2, 12, 0))  # Saturday: nothing fills
+    engine.submit_order(buy("AAPL", "10", type=OrderType.LIMIT, limit_price=D("100")))
+    assert engine.account().buying_power == D("200000") - D("1000")
+    ask = to_price(engine.latest_quote("MSFT").ask)
+    engine.submit_order(buy("MSFT", "10"))
+    expected = D("200000") - D("1000") - 10 * ask * D("1.025")
+    assert engine.account().buying_power == expected.quantize(D("0.01"))
+    engine.submit_order(buy("AAPL", notional="500"))
+    assert engine.account().buying_power == (expected - 500).quantize(D("0.01"))
+    assert engine.account().cash == D("200000")
+
+
+def test_last_equity_is_the_equity_at_the_previous_close(engine):
+    engine.submit_order(buy("AAPL", "100"))
+    engine.advance_to(ny(2024, 3, 4, 16, 0))
+    at_close = engine.account().equity
+    engine.advance_to(ny(2024, 3, 5, 11, 0))
+    account = engine.account()
+    assert account.last_equity == at_close
+    assert account.equity != at_close  # the price moved since
+
+
+def test_sells_reserve_shares_and_a_second_exit_for_them_is_refused(engine):
+    engine.submit_order(buy("AAPL", "10"))
+    engine.submit_order(sell("AAPL", "10", type=OrderType.STOP, stop_price=D("150"), tif=TimeInForce.GTC))
+    assert engine.position("AAPL").qty_available == 0
+    with pytest.raises(InsufficientQty) as refused:
+        engine.submit_order(sell("AAPL", "10", type=OrderType.LIMIT, limit_price=D("250"), tif=TimeInForce.GTC))
+    assert refused.value.available == 0 and refused.value.status == 403
+
+
+def test_cancel_releases_shares_and_a_filled_order_cannot_be_canceled(engine):
+    bought = engine.submit_order(buy("AAPL", "10"))
+    group = engine.submit_order(oco("AAPL", "10", stop="150", target="200"))
+    engine.cancel_order(group.legs[0].id)  # canceling a leg cancels the whole OCO
+    assert engine.get_order(group.id).status is OrderStatus.CANCELED
+    assert engine.position("AAPL").qty_available == 10
+    with pytest.raises(NotCancelable):
+        engine.cancel_order(bought.id)
+    with pytest.raises(NotFound):
+        engine.cancel_order("00000000-0000-0000-0000-000000000000")
+
+
+def test_state_dump_lists_every_order_with_its_history_and_every_fill(engine):
+    engine.submit_order(buy("AAPL", "10"))
+    engine.submit_order(oco("AAPL", "10", stop="150", target="200"))
+    engine.set_price("AAPL", D("140"))
+    state = engine.state()
+    assert [o["order"].symbol for o in state["orders"]] == ["AAPL", "AAPL"]
+    assert [h["event"] for h in state["orders"][0]["history"]] == ["new", "fill"]
+    assert [h["event"] for h in state["orders"][1]["legs"][0]["history"]] == ["new", "fill"]
+    assert [(f["side"], f["qty"], f["position_qty_after"]) for f in state["fills"]] == [("buy", 10, 10), ("sell", 10, 0)]
+
+
+def test_ten_trading_days_with_resting_orders_in_twenty_symbols_process_every_session(engine):
+    symbols = [a.symbol for a in engine.assets() if a.fractionable][:20]
+    for symbol in symbols:
+        engine.submit_order(buy(symbol, notional="1000"))
+    for position in engine.positions():
+        price = last_price(engine, position.symbol)
+        stop = (price * D("0.95")).quantize(D("0.0001") if price < 1 else D("0.01"))
+        engine.submit_order(sell(position.symbol, str(position.qty), type=OrderType.STOP, stop_price=stop))
+    engine.advance_to(ny(2024, 3, 18, 10, 0))
+    expired_or_filled = [o for o in engine.list_orders(status="closed", limit=1000) if o.side is Side.SELL]
+    # Fractional stops are day orders: each expired at the first close unless its stop was hit.
+    assert len(expired_or_filled) == 20
+    assert {o.status for o in expired_or_filled} <= {OrderStatus.EXPIRED, OrderStatus.FILLED}
+    assert engine.clock_view().is_open

@@ -9,7 +9,7 @@ Scheme: `<namespace tag>-<YYYYMMDD>-<SYMBOL>-<kind>[-<part>...]`, at most 48 cha
     fl-20261124-AAPL-entry-whole    its whole-share retry after a "not fractionable" refusal
     fl-20261124-AAPL-stop-r2        (manager) a protective order, revision 2
 
-- The namespace tag is FL_NAMESPACE when it has at most 12 characters, otherwise its first 5
+- The namespace tag is FL_NAMESPACE when it has at most 16 characters, otherwise its first 9
   characters, a dot and 6 hex digits of its hash: two deployments trading one account never claim
   each other's ids.
 - The date is the New York date of the session the order is meant for.
@@ -27,7 +27,8 @@ from datetime import date
 from shared.broker.contract import MAX_CLIENT_ORDER_ID_LEN
 
 DEFAULT_NAMESPACE = "fl"
-MAX_NAMESPACE_TAG_LEN = 12
+#: 16 keeps the longest entry id (10-character ticker, `-entry-whole`) within 48 characters.
+MAX_NAMESPACE_TAG_LEN = 16
 ENTRY = "entry"
 WHOLE_SHARE_RETRY = "whole"
 
@@ -44,7 +45,7 @@ def namespace_tag(namespace: str) -> str:
     """The namespace as it appears in ids: itself when short, else a short prefix plus a hash."""
     if len(namespace) <= MAX_NAMESPACE_TAG_LEN and _ALLOWED.match(namespace):
         return namespace
-    prefix = _DISALLOWED_CHAR.sub("_", namespace[:5])
+    prefix = _DISALLOWED_CHAR.sub("_", namespace[:9]).rstrip("-.")
     return f"{prefix}.{_digest(namespace, 6)}"
 
 

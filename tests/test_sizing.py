@@ -280,3 +280,11 @@ def test_the_same_inputs_always_give_the_same_plan(scenario):
     first = plan_entries(signals, acct, held, pending, assets, prices, cfg, DAY)
     second = plan_entries(list(signals), acct, set(held), set(pending), dict(assets), dict(prices), cfg, DAY)
     assert first == second
+
+
+@given(namespace=st.from_regex(r"[A-Za-z0-9_-]{1,32}", fullmatch=True),
+       symbol=st.from_regex(r"[A-Z][A-Z0-9.]{0,9}", fullmatch=True))
+def test_entry_ids_of_any_namespace_and_ticker_fit_without_being_cut(namespace, symbol):
+    cid = client_ids.whole_share_entry_id(DAY, symbol, namespace)
+    assert CID_CHARS.match(cid) and "-h" not in cid[-10:]
+    assert cid.endswith(f"-20261124-{symbol}-entry-whole")

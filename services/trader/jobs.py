@@ -166,8 +166,8 @@ def enter_signals(
     summary["entries"] = [result.as_dict() for result in results]
     summary["counts"] = dict(Counter(result.status.value for result in results))
     logs.event(log, "entries_done", trade_date=trade_date.isoformat(), dry_run=dry_run,
-               planned=len(plan.orders), skipped=len(plan.skips),
-               **{k.replace(" ", "_"): v for k, v in summary["counts"].items()})
+               entries=len(plan.orders), skipped=len(plan.skips),
+               outcome=",".join(f"{k.replace(' ', '_')}:{v}" for k, v in summary["counts"].items()) or "-")
     return summary
 
 

@@ -53,7 +53,7 @@ DEFAULT_BARS_PAGE = 1_000
 
 def _json_default(value: object) -> object:
     if isinstance(value, Decimal):
-        return format(value, "f")
+        return wire.num(value)
     if isinstance(value, datetime):
         return wire.ts(value)
     if isinstance(value, date):
@@ -223,6 +223,7 @@ class SimServer:
         self.sessions: set[StreamSession] = set()
         self._refuse_streams_until = 0.0
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._ticker: asyncio.Task | None = None
         self._trade_ids = 0
         self.engine = engine
         self._unsubscribe: Callable[[], None] = engine.subscribe(self._on_event)
@@ -302,10 +303,10 @@ class SimServer:
 
     async def _on_startup(self, app: web.Application) -> None:
         self._loop = asyncio.get_running_loop()
-        app["ticker"] = asyncio.create_task(self._tick())
+        self._ticker = asyncio.create_task(self._tick())
 
     async def _on_shutdown(self, app: web.Application) -> None:
-        app["ticker"].cancel()
+        self._ticker.cancel()
         for session in list(self.sessions):
             await session.ws.close(code=1001, message=b"server shutdown")
 

@@ -21,7 +21,7 @@ from shared.sim.engine import AccountView, ClockView, PositionView
 from shared.sim.market import Quote, TimedBar
 from shared.sim.orders import OrderRequest, SimOrder, TradeEvent
 from shared.sim.paths import TICKS_PER_DOLLAR
-from shared.sim.rules import reject
+from shared.sim.rules import plain, reject
 from shared.sim.universe import SimAsset
 
 #: The simulated account's id and number (fixed: one account per simulator).
@@ -278,9 +278,11 @@ def _amount(body: dict, key: str, where: dict | None = None) -> Decimal | None:
     if value is None or value == "":
         return None
     try:
-        return to_decimal(value)
+        amount = to_decimal(value)
     except ValueError:
         raise _invalid(f"invalid {key}: {value!r}") from None
+    # alpaca-py sends 10.0 for 10: keep the amount as Alpaca would echo it.
+    return plain(amount)
 
 
 def _enum(enum_cls, body: dict, key: str, default=None):

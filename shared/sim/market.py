@@ -379,12 +379,15 @@ def bar_series(
     Minute bars are included once complete; the current session's daily bar is the part so far.
     Minute and hour bars are aligned to the New York clock (5Min at :00, :05, ...; 1Hour at :00).
     """
+    if start.tzinfo is None or end.tzinfo is None:
+        raise ValueError("bar start and end must be timezone-aware")
     end = min(end, now)
     if end < start or symbol not in data.assets:
         return []
     first = data.index_on_or_before(start)
     first = 0 if first is None else first
-    last = data.index_on_or_before(end)
+    # A daily bar is stamped at midnight, before its session opens: look up to the session of now.
+    last = data.index_on_or_before(now if unit in ("Day", "Week", "Month") else end)
     if last is None:
         return []
     result: list[TimedBar] = []

@@ -8,23 +8,33 @@ would not be refused by the real broker for a rule the simulator forgot.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
 import threading
 import time
-from datetime import UTC, datetime
-from decimal import Decimal
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
 from pathlib import Path
 
+import pytest
 from conftest import redis_url
+from simhelpers import NEW_YORK, SimHandle, start_sim
 
 from services.manager import ledger, locks
 from services.manager.consumer import ConsumerOptions, TradeUpdateConsumer
+from services.manager.daemon import Manager
 from services.manager.ledger import ClosedTrade
+from services.manager.reconcile import START, TIMER
+from services.manager.settings import ManagerSettings
 from services.manager.watch import parse, render
 from shared import bus
-from shared.exits import ExitReason
+from shared.broker import make_executor
+from shared.broker.simulated import trade_update_model
+from shared.exits import ExitReason, ExitRules
+from shared.models import OrderClass, OrderStatus, OrderType, Side
+from shared.trade_events import encode_entry
 
 D = Decimal
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,3 +215,295 @@ def test_manager_check_with_bad_setting_exits_2_with_one_line_naming_it(tmp_path
                                    FL_MANAGER_MAX_DELIVERIES="0"))
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "FL_MANAGER_MAX_DELIVERIES" in proc.stderr
+
+
+# == against the simulated market ===========================================================================
+#
+# The manager's own objects (consumer, reconcile, Manager.protect) run in the test process; the broker is
+# the simulator over HTTP through alpaca-py (AlpacaExecutor, the production adapter). Trade updates are fed
+# to the stream the way the streamer writes them: `encode_entry` of the simulator's real updates.
+
+
+RULES = ExitRules(stop_loss=D("0.05"), take_profit=D("0.2"), breakeven_arm=D("0.015"), trailing_arm=D("0.02"),
+                  trailing_giveback=D("0.5"), time_stop=timedelta(days=7))
+
+
+def levels(entry: Decimal) -> tuple[Decimal, Decimal]:
+    """-5% rounded up (never looser), +20% rounded down, on the cent grid (prices here are above $1)."""
+    return ((entry * D("0.95")).quantize(D("0.01"), ROUND_CEILING),
+            (entry * D("1.2")).quantize(D("0.01"), ROUND_FLOOR))
+
+
+class Desk:
+    """A simulated broker, the manager wired to it, and the stream in between."""
+
+    def __init__(self, sim: SimHandle, client, keys, **settings: object):
+        self.sim, self.client, self.keys = sim, client, keys
+        self.executor = make_executor(sim.broker_settings())
+        self.updates: list = []
+        self.published = 0
+        sim.engine.subscribe(self.updates.append)
+        self.stream_client = bus.connect(redis_url(), blocking=True)
+        options = dict(FL_MANAGER_CONSUMER="m-test", FL_MANAGER_RETRY_SECONDS=0.01, FL_MANAGER_MAX_DELIVERIES=3)
+        options.update(settings)
+        self.manager = Manager(self.executor, client, self.stream_client, keys, RULES,
+                               ManagerSettings(_env_file=None, **options))
+        self.manager.consumer.start()
+
+    def close(self) -> None:
+        self.manager.close()
+        self.executor.close()
+        self.stream_client.close()
+
+    def publish(self) -> list[str]:
+        """What the streamer does: every new trade update into the stream, as `encode_entry`."""
+        ids = [self.client.xadd(self.keys.trade_updates, encode_entry(trade_update_model(event)))
+               for event in self.updates[self.published:]]
+        self.published = len(self.updates)
+        return ids
+
+    def publish_again(self) -> None:
+        for event in self.updates[:self.published]:
+            self.client.xadd(self.keys.trade_updates, encode_entry(trade_update_model(event)))
+
+    def step(self):
+        self.publish()
+        return self.manager.consumer.poll(block_ms=0)
+
+    def buy(self, symbol: str, qty: str):
+        return self.executor.buy_qty(symbol, D(qty), f"{self.keys.ns}-{symbol}-entry-{len(self.updates)}")
+
+    def protection(self, symbol: str) -> list[tuple]:
+        """The symbol's open sell orders as (class, remaining qty, stop, target, time in force)."""
+        result = []
+        for order in self.executor.get_open_orders(symbol):
+            if order.side is not Side.SELL:
+                continue
+            stop_leg = next((leg for leg in order.legs if leg.type is OrderType.STOP), None)
+            stop = stop_leg.stop_price if stop_leg else order.stop_price
+            target = order.limit_price if order.order_class is OrderClass.OCO else None
+            result.append((order.order_class.value, order.remaining_qty, stop, target, order.time_in_force.value))
+        return sorted(result)
+
+    def sells_ever_submitted(self, symbol: str) -> list[dict]:
+        return [o for o in self.sim.control.state()["orders"] if o["symbol"] == symbol and o["side"] == "sell"]
+
+    def refusals(self) -> list[dict]:
+        return self.sim.control.state()["rejections"]
+
+    def pending(self) -> int:
+        return self.client.xpending(self.keys.trade_updates, "manager")["pending"]
+
+
+@pytest.fixture
+def market():
+    """A fresh simulated market in this process's thread (frozen clock, Monday 10:00 New York, open)."""
+    handle = start_sim()
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture
+def desk(market, redis_client, keys):
+    desk = Desk(market, redis_client, keys)
+    yield desk
+    desk.close()
+
+
+def test_entry_fill_is_protected_by_one_oco_at_minus_5_and_plus_20_percent_of_the_average_entry(desk):
+    desk.buy("AAPL", "10")
+    desk.step()
+    entry = desk.executor.get_position("AAPL").avg_entry_price
+    stop, target = levels(entry)
+    assert desk.protection("AAPL") == [("oco", D("10"), stop, target, "gtc")]
+    assert desk.pending() == 0
+
+
+def test_second_fill_event_for_same_order_places_no_new_orders(desk):
+    desk.buy("AAPL", "10")
+    desk.step()
+    (fill,) = [fields for _id, fields in desk.client.xrange(desk.keys.trade_updates) if fields["event"] == "fill"]
+    desk.client.xadd(desk.keys.trade_updates, fill)
+    desk.client.xadd(desk.keys.trade_updates, fill)
+    result = desk.step()
+    assert result.skipped_duplicates == 2 and desk.pending() == 0
+    assert len(desk.sells_ever_submitted("AAPL")) == 1
+    assert [p[:2] for p in desk.protection("AAPL")] == [("oco", D("10"))]
+
+
+def test_same_fill_twice_in_one_batch_gives_one_protective_set(desk):
+    desk.buy("MSFT", "4")
+    desk.publish()
+    desk.publish_again()  # e.g. a dead replica's copy claimed while the live one is read
+    desk.manager.consumer.poll(block_ms=0)
+    assert len(desk.sells_ever_submitted("MSFT")) == 1
+    assert [p[:2] for p in desk.protection("MSFT")] == [("oco", D("4"))]
+
+
+def test_partial_entry_fill_is_protected_for_the_filled_shares_then_for_the_whole_position(desk):
+    desk.sim.engine.partial_fill_next("AAPL", D("0.3"))
+    entry = desk.buy("AAPL", "10")
+    desk.step()
+    assert desk.executor.get_position("AAPL").qty == D("3")
+    assert [p[:2] for p in desk.protection("AAPL")] == [("oco", D("3"))]
+    # The entry is still working and untouched by the reconcile.
+    assert desk.executor.get_order_by_client_id(entry.client_order_id).status is OrderStatus.PARTIALLY_FILLED
+    desk.sim.control.fill(entry.id)
+    desk.step()
+    position = desk.executor.get_position("AAPL")
+    stop, target = levels(position.avg_entry_price)
+    assert position.qty == D("10")
+    assert desk.protection("AAPL") == [("oco", D("10"), stop, target, "gtc")]
+    assert desk.refusals() == []
+    assert desk.pending() == 0
+
+
+def test_fractional_remainder_waits_for_the_entry_to_finish_then_gets_a_day_stop(desk, caplog):
+    desk.sim.engine.partial_fill_next("NVDA", D("0.3"))
+    entry = desk.buy("NVDA", "10.5")
+    with caplog.at_level(logging.WARNING):
+        desk.step()
+    # 3.15 held: the OCO covers the 3 whole shares; a plain stop for 0.15 would face the still-open
+    # market buy (Alpaca's wash-trade rule), so it waits for the entry's last fill.
+    assert [p[:2] for p in desk.protection("NVDA")] == [("oco", D("3"))]
+    assert any(r.getMessage() == "protection_deferred" for r in caplog.records)
+    assert desk.pending() == 0
+    desk.sim.control.fill(entry.id)
+    desk.step()
+    position = desk.executor.get_position("NVDA")
+    stop, target = levels(position.avg_entry_price)
+    assert desk.protection("NVDA") == [("oco", D("10"), stop, target, "gtc"), ("simple", D("0.5"), stop, None, "day")]
+
+
+def test_fractional_day_stop_expired_at_the_close_is_rearmed_by_the_timer_reconcile(desk):
+    desk.buy("AMZN", "2.5")
+    desk.step()
+    assert [p[:2] for p in desk.protection("AMZN")] == [("oco", D("2")), ("simple", D("0.5"))]
+    desk.sim.engine.advance_to(datetime(2024, 3, 4, 16, 1, tzinfo=NEW_YORK))
+    # The day stop expired with the session; the expiry event is not delivered (missed), the timer runs.
+    assert [p[:2] for p in desk.protection("AMZN")] == [("oco", D("2"))]
+    reports = desk.manager.reconcile_all(TIMER)
+    assert reports["AMZN"].placed and reports["AMZN"].error is None
+    assert [p[:2] for p in desk.protection("AMZN")] == [("oco", D("2")), ("simple", D("0.5"))]
+    desk.sim.engine.advance_to(datetime(2024, 3, 5, 9, 31, tzinfo=NEW_YORK))
+    (stop,) = [o for o in desk.executor.get_open_orders("AMZN") if o.order_class is OrderClass.SIMPLE]
+    assert stop.status is OrderStatus.NEW  # working in the new session
+
+
+def test_position_opened_by_hand_is_adopted_protected_and_reported_loudly(desk, caplog):
+    pubsub = desk.client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(desk.keys.notifications)
+    desk.buy("TSLA", "3")  # its fill never reaches the stream: nobody told the manager
+    with caplog.at_level(logging.WARNING):
+        reports = desk.manager.reconcile_all(START)
+    assert reports["TSLA"].adopted
+    assert [p[:2] for p in desk.protection("TSLA")] == [("oco", D("3"))]
+    fixes = [r for r in caplog.records if r.getMessage() == "reconcile_fix" and r.levelno == logging.WARNING]
+    assert any(r.fields["symbol"] == "TSLA" and r.fields["action"] == "position_adopted" for r in fixes)
+    kinds = {_next_message(pubsub)["kind"] for _ in range(2)}
+    assert "reconcile_fix" in kinds and "protected" in kinds
+
+
+def test_missing_protection_is_rearmed_and_a_stray_sell_canceled_by_reconcile_all(desk):
+    desk.buy("AAPL", "10")
+    desk.step()
+    (oco,) = [o for o in desk.executor.get_open_orders("AAPL") if o.side is Side.SELL]
+    desk.executor.cancel_order(oco.id)  # someone canceled the protection by hand
+    stray = desk.executor.submit_protective_exit("AAPL", D("4"), D("150.00"), None, f"{desk.keys.ns}-stray")
+    reports = desk.manager.reconcile_all(TIMER)
+    assert stray.id in reports["AAPL"].canceled
+    assert [p[:2] for p in desk.protection("AAPL")] == [("oco", D("10"))]
+    assert desk.refusals() == []
+
+
+def test_stop_fill_closes_the_position_into_the_ledger_once_as_a_stop_loss(desk):
+    desk.buy("AAPL", "10")
+    desk.step()
+    position = desk.executor.get_position("AAPL")
+    stop, _target = levels(position.avg_entry_price)
+    desk.sim.control.set_price("AAPL", stop - D("1"))
+    desk.step()
+    assert desk.executor.get_position("AAPL") is None
+    (trade,) = ledger.read(desk.client, desk.keys)
+    assert trade.exit_reason is ExitReason.STOP_LOSS and trade.qty == D("10")
+    assert trade.entry_price == position.avg_entry_price
+    assert trade.realized_pl == (trade.exit_price - trade.entry_price) * 10 < 0
+    assert desk.client.get(desk.keys.position_state("AAPL")) is None
+    # Replaying every update and a full reconcile adds nothing.
+    desk.publish_again()
+    desk.manager.consumer.poll(block_ms=0)
+    desk.manager.reconcile_all(TIMER)
+    assert len(ledger.read(desk.client, desk.keys)) == 1
+    assert desk.executor.get_open_orders("AAPL") == []
+
+
+def test_target_fill_is_recorded_as_take_profit_with_its_gain(desk):
+    desk.buy("MSFT", "5")
+    desk.step()
+    _stop, target = levels(desk.executor.get_position("MSFT").avg_entry_price)
+    desk.sim.control.set_price("MSFT", target + D("1"))
+    desk.step()
+    (trade,) = ledger.read(desk.client, desk.keys)
+    assert trade.exit_reason is ExitReason.TAKE_PROFIT and trade.qty == D("5")
+    assert trade.exit_price >= target and trade.realized_pl > 0
+    assert trade.entry_client_order_id and trade.protective_client_order_id
+
+
+def test_fill_event_is_acknowledged_only_after_the_broker_accepted_the_protection(desk):
+    desk.buy("AAPL", "10")
+    desk.sim.control.fail_requests(1, 500, path_prefix="/v2/orders", method="POST")
+    first = desk.step()
+    assert first.failed == 1 and desk.pending() == 1
+    assert desk.protection("AAPL") == []
+    time.sleep(0.05)
+    desk.manager.consumer.poll(block_ms=0)
+    assert desk.pending() == 0
+    assert [p[:2] for p in desk.protection("AAPL")] == [("oco", D("10"))]
+
+
+def test_protective_order_created_although_the_answer_was_lost_is_not_sent_twice(desk):
+    desk.buy("AAPL", "10")
+    # The broker creates the OCO, then answers 500: the manager looks the client order id up.
+    desk.sim.control.fail_requests(1, 500, path_prefix="/v2/orders", method="POST", when="after")
+    desk.step()
+    assert desk.pending() == 0
+    assert len(desk.sells_ever_submitted("AAPL")) == 1
+    assert [p[:2] for p in desk.protection("AAPL")] == [("oco", D("10"))]
+
+
+def test_update_that_keeps_failing_goes_to_dead_letters_with_an_error_and_an_alert(desk, caplog):
+    pubsub = desk.client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(desk.keys.notifications)
+    desk.buy("AAPL", "10")
+    desk.sim.control.fail_requests(50, 503, path_prefix="/v2/positions")
+    with caplog.at_level(logging.WARNING):
+        desk.step()
+        deadline = time.monotonic() + 10
+        while not desk.client.xlen(desk.keys.dead_letters) and time.monotonic() < deadline:
+            desk.manager.consumer.poll(block_ms=10)
+    (_id, dead), = desk.client.xrange(desk.keys.dead_letters)
+    assert dead["symbol"] == "AAPL" and dead["event"] == "fill" and dead["deliveries"] == "3"
+    assert "BrokerUnavailable" in dead["reason"]
+    assert desk.pending() == 0
+    assert any(r.getMessage() == "trade_update_dead_lettered" and r.levelno == logging.ERROR for r in caplog.records)
+    assert _next_message(pubsub)["kind"] == "alert"
+    # The position is still covered: the timer reconcile looks at every position.
+    desk.sim.control.clear_faults()
+    desk.manager.reconcile_all(TIMER)
+    assert [p[:2] for p in desk.protection("AAPL")] == [("oco", D("10"))]
+
+
+def test_reconcile_command_protects_an_unprotected_position_and_then_finds_nothing_to_do(market, redis_client, keys):
+    sim = market
+    executor = make_executor(sim.broker_settings())
+    executor.buy_qty("AAPL", D("6"), f"{keys.ns}-hand")
+    env = _env(FL_NAMESPACE=keys.ns, REDIS_URL=redis_url(), **sim.broker_env())
+    first = subprocess.run(factoryline("reconcile"), cwd=ROOT, env=env, text=True, capture_output=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    assert "AAPL: position 6, adopted" in first.stdout and "placed oco 6" in first.stdout
+    second = subprocess.run(factoryline("reconcile", "--symbol", "aapl"), cwd=ROOT, env=env, text=True,
+                            capture_output=True, timeout=60)
+    assert second.returncode == 0, second.stderr
+    assert "AAPL: position 6, kept 1 protective order(s)" in second.stdout
+    assert len([o for o in executor.get_open_orders("AAPL") if o.side is Side.SELL]) == 1
+    executor.close()

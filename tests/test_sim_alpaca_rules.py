@@ -587,3 +587,17 @@ def test_state_dump_records_orders_fills_and_refusals_for_audits(sim, client):
     assert [r["message"] for r in state["rejections"]] == [
         "insufficient qty available for order (requested: 10, available: 0)"]
     assert state["positions"][0]["qty_available"] == "0"
+
+
+def test_running_clock_fills_and_streams_without_any_request():
+    sim = start_sim(start=datetime(2024, 3, 4, 9, 29, 0, tzinfo=NEW_YORK), speed=40)  # the open in 1.5 s
+    try:
+        client = sim.trading_client()
+        with TradeUpdateCollector(sim) as stream:
+            order = market_buy(client, "AAPL", qty=1)
+            assert order.status == OrderStatus.ACCEPTED
+            fill = stream.wait_for(lambda u: u.event == "fill", timeout=5)
+        assert fill.order.id == order.id
+        assert fill.timestamp.astimezone(NEW_YORK).replace(microsecond=0) == datetime(2024, 3, 4, 9, 30, tzinfo=NEW_YORK)
+    finally:
+        sim.stop()

@@ -7,6 +7,7 @@ where that happens.
 
 from __future__ import annotations
 
+import time
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -476,3 +477,49 @@ def test_ten_trading_days_with_resting_orders_in_twenty_symbols_process_every_se
     assert len(expired_or_filled) == 20
     assert {o.status for o in expired_or_filled} <= {OrderStatus.EXPIRED, OrderStatus.FILLED}
     assert engine.clock_view().is_open
+
+
+# -- the in-process adapter ------------------------------------------------------------------------
+
+
+def test_simulated_executor_raises_the_typed_errors_an_alpaca_adapter_would(engine):
+    from shared.broker.simulated import SimulatedExecutor
+    from shared.errors import DuplicateClientOrderId, FractionalRuleViolation, NotFractionable
+
+    executor = SimulatedExecutor(engine)
+    executor.buy_qty("AAPL", D("10"), "entry-1")
+    with pytest.raises(NotFractionable):
+        executor.buy_notional("FUBO", D("500"), "entry-2")
+    with pytest.raises(DuplicateClientOrderId):
+        executor.buy_qty("MSFT", D("1"), "entry-1")
+    executor.submit_protective_exit("AAPL", D("10"), D("150"), D("250"), "protect-1")
+    with pytest.raises(InsufficientQty) as held:
+        executor.submit_protective_exit("AAPL", D("10"), D("150"), None, "protect-2")
+    assert held.value.available == 0
+    with pytest.raises(FractionalRuleViolation):
+        executor.sell_market("MSFT", D("0.5"), "short-1")
+    assert executor.get_order_by_client_id("entry-2") is None
+
+
+def test_simulated_trade_stream_connects_before_updates_and_delivers_new_then_fill(engine):
+    import threading
+
+    from shared.broker.simulated import SimulatedExecutor
+
+    executor = SimulatedExecutor(engine)
+    stream = executor.trade_update_stream()
+    updates, connected = [], threading.Event()
+    runner = threading.Thread(target=stream.run, args=(updates.append, connected.set), daemon=True)
+    runner.start()
+    assert connected.wait(5)
+    order = executor.buy_qty("AAPL", D("2"), "stream-1")
+    deadline = time.monotonic() + 5
+    while len(updates) < 2 and time.monotonic() < deadline:
+        runner.join(0.01)
+    stream.stop()
+    runner.join(5)
+    assert [(u.event.value, u.order.id, u.qty, u.position_qty) for u in updates] == [
+        ("new", order.id, None, None),
+        ("fill", order.id, 2, 2),
+    ]
+    assert updates[1].execution_id is not None and updates[1].order.filled_qty == 2

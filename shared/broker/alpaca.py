@@ -108,6 +108,9 @@ READ_RETRIES = 2
 READ_RETRY_WAIT_SECONDS = 1.0
 #: Alpaca's maximum page size for GET /v2/orders.
 ORDERS_PAGE_LIMIT = 500
+#: How far before `since` the order backfill looks for orders that may have changed since: Alpaca
+#: cancels GTC orders 90 days after creation, so nothing older can still change.
+ORDER_HISTORY_LOOKBACK = timedelta(days=90)
 #: Symbols per market-data request: keeps the query string far below any URL length limit.
 SYMBOLS_PER_REQUEST = 200
 #: How long the trade stream waits for the "listening" acknowledgement before calling on_connect.
@@ -423,10 +426,12 @@ class AlpacaExecutor(OrderExecutor):
         read_retries: int = READ_RETRIES,
         read_retry_wait: float = READ_RETRY_WAIT_SECONDS,
         cancel_poll_seconds: float = 0.1,
+        order_history_lookback: timedelta = ORDER_HISTORY_LOOKBACK,
     ):
         self._settings = settings
         self._timeout = settings.FL_BROKER_TIMEOUT_SECONDS
         self._cancel_poll_seconds = cancel_poll_seconds
+        self._history_lookback = order_history_lookback
         key = settings.ALPACA_API_KEY.get_secret_value()
         secret = settings.ALPACA_SECRET_KEY.get_secret_value()
         self._secrets = (key, secret)
@@ -555,7 +560,7 @@ class AlpacaExecutor(OrderExecutor):
         self, symbols: Iterable[str], timeframe: Timeframe, start: datetime, end: datetime
     ) -> dict[str, list[Bar]]:
         wanted = _unique(symbols)
-        frame = TimeFrame.Minute() if Timeframe(timeframe) is Timeframe.MINUTE else TimeFrame.Day()
+        frame = TimeFrame.Minute if Timeframe(timeframe) is Timeframe.MINUTE else TimeFrame.Day
         bars: dict[str, list[Bar]] = {symbol: [] for symbol in wanted}
         for chunk in _chunks(wanted, SYMBOLS_PER_REQUEST):
             request = self._request(
@@ -704,22 +709,16 @@ class AlpacaExecutor(OrderExecutor):
     def get_orders_updated_since(self, since: datetime) -> list[Order]:
         if since.tzinfo is None:
             raise InputError("get_orders_updated_since: `since` must be timezone-aware")
-        # `after` filters on submission time and is exclusive: start a microsecond early so an
-        # order submitted exactly at `since` is included.
-        recent = self._list_orders(
-            "list orders updated since", QueryOrderStatus.ALL, after=since - timedelta(microseconds=1)
+        # Alpaca filters listings on submission time only (`after`, exclusive), but an order
+        # submitted before `since` can still change after it: a GTC stop that fills days later.
+        # GTC orders live at most 90 days, so list everything submitted since `since - lookback`
+        # and keep what was submitted or changed (itself or a leg) at or after `since`.
+        listed = self._list_orders(
+            "list orders updated since",
+            QueryOrderStatus.ALL,
+            after=since - self._history_lookback - timedelta(microseconds=1),
         )
-        # An older order still open may have (partially) filled since: add those too. (An older
-        # order that already closed is not listed by submission time; the manager's reconcile
-        # re-reads positions, which covers it.)
-        ids = {str(order.id) for order in recent}
-        older_open = [
-            order
-            for order in self._list_orders("list open orders", QueryOrderStatus.OPEN)
-            if str(order.id) not in ids and _aware(order.updated_at) >= since
-        ]
-        merged = sorted([*older_open, *recent], key=lambda order: _aware(order.submitted_at))
-        return orders_from_alpaca(merged)
+        return orders_from_alpaca(order for order in listed if _changed_since(order, since))
 
     def get_order_by_client_id(self, client_order_id: str) -> Order | None:
         try:
@@ -783,6 +782,13 @@ class AlpacaExecutor(OrderExecutor):
     def close(self) -> None:
         for client in (self._trading, self._submitter, self._data):
             client._session.close()
+
+
+def _changed_since(order: alpaca_models.Order, since: datetime) -> bool:
+    return any(
+        _aware(member.submitted_at) >= since or _aware(member.updated_at) >= since
+        for member in (order, *(order.legs or []))
+    )
 
 
 def _orders_to_cancel(open_orders: list[Order], requested: set[str]) -> list[str]:

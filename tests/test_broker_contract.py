@@ -1,0 +1,529 @@
+"""The broker contract: what every `OrderExecutor` guarantees, run unchanged against each adapter.
+
+- "simulated": `SimulatedExecutor` driving a `MarketEngine` in this process.
+- "alpaca-over-http": the production `AlpacaExecutor` (alpaca-py over HTTP and WebSocket) talking to
+  the Alpaca-compatible simulator server.
+
+Both start from the same fresh, deterministic market: seed 7, $200,000 cash, the clock frozen on
+Monday 2024-03-04 10:00 New York (market open). Time moves only when a test advances it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from simhelpers import DEFAULT_START, start_sim
+
+from shared.broker.alpaca import AlpacaExecutor
+from shared.broker.contract import OrderExecutor
+from shared.broker.simulated import SimulatedExecutor
+from shared.errors import (
+    DuplicateClientOrderId,
+    InsufficientQty,
+    NotCancelable,
+    NotFound,
+    NotFractionable,
+)
+from shared.market.calendar import NEW_YORK, nyse
+from shared.models import (
+    Order,
+    OrderClass,
+    OrderStatus,
+    OrderType,
+    PriceSource,
+    Side,
+    Timeframe,
+    TimeInForce,
+    TradeEventType,
+    TradeUpdate,
+)
+from shared.money import round_price, whole_shares
+from shared.sim.engine import MarketEngine
+
+CASH = Decimal("200000")
+FRACTIONABLE = "AAPL"
+WHOLE_SHARES_ONLY = "FUBO"
+
+
+class Market:
+    """How a test moves the simulated market; one implementation per adapter."""
+
+    def advance(self, seconds: float) -> None:
+        raise NotImplementedError
+
+    def set_price(self, symbol: str, price: Decimal) -> None:
+        raise NotImplementedError
+
+    def set_ask_missing(self, symbol: str) -> None:
+        raise NotImplementedError
+
+
+class EngineMarket(Market):
+    def __init__(self, engine: MarketEngine):
+        self.engine = engine
+
+    def advance(self, seconds: float) -> None:
+        self.engine.advance(seconds)
+
+    def set_price(self, symbol: str, price: Decimal) -> None:
+        self.engine.set_price(symbol, price)
+
+    def set_ask_missing(self, symbol: str) -> None:
+        self.engine.set_ask_missing(symbol)
+
+
+class ControlMarket(Market):
+    """The simulator's `/sim` control endpoints, over HTTP like the executor itself."""
+
+    def __init__(self, control):
+        self.control = control
+
+    def advance(self, seconds: float) -> None:
+        self.control.advance(seconds=seconds)
+
+    def set_price(self, symbol: str, price: Decimal) -> None:
+        self.control.set_price(symbol, price)
+
+    def set_ask_missing(self, symbol: str) -> None:
+        self.control.set_ask_missing(symbol)
+
+
+@dataclass
+class Broker:
+    name: str
+    executor: OrderExecutor
+    market: Market
+
+
+@pytest.fixture(params=["simulated", "alpaca-over-http"])
+def broker(request, clean_env) -> Iterator[Broker]:
+    if request.param == "simulated":
+        engine = MarketEngine.create(seed=7, start=DEFAULT_START, cash=CASH)
+        executor = SimulatedExecutor(engine)
+        yield Broker(request.param, executor, EngineMarket(engine))
+        executor.close()
+        return
+    handle = start_sim(seed=7, start=DEFAULT_START, cash=CASH)
+    executor = AlpacaExecutor(handle.broker_settings(FL_BROKER_TIMEOUT_SECONDS=10))
+    try:
+        yield Broker(request.param, executor, ControlMarket(handle.control))
+    finally:
+        executor.close()
+        handle.stop()
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+
+
+def wait_for_order(
+    executor: OrderExecutor, client_order_id: str, done: Callable[[Order], bool], timeout: float = 5.0
+) -> Order:
+    """The order once `done(order)` holds (a real broker fills asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        order = executor.get_order_by_client_id(client_order_id)
+        if order is not None and done(order):
+            return order
+        if time.monotonic() > deadline:
+            raise AssertionError(f"order {client_order_id} did not get there: {order}")
+        time.sleep(0.02)
+
+
+def filled(order: Order) -> bool:
+    return order.status is OrderStatus.FILLED
+
+
+def buy_filled(executor: OrderExecutor, symbol: str, qty: Decimal, client_order_id: str) -> Order:
+    executor.buy_qty(symbol, qty, client_order_id)
+    return wait_for_order(executor, client_order_id, filled)
+
+
+def protective_prices(executor: OrderExecutor, symbol: str) -> tuple[Decimal, Decimal]:
+    """A stop 5% under and a target 20% over the current price, at the broker's increments."""
+    price = executor.get_latest_prices([symbol])[symbol].price
+    return round_price(price * Decimal("0.95")), round_price(price * Decimal("1.20"))
+
+
+# -- account ---------------------------------------------------------------------------------------
+
+
+def test_fresh_account_shows_200k_cash_and_no_positions(broker):
+    account = broker.executor.get_account()
+
+    assert account.cash == CASH
+    assert account.equity == CASH
+    assert account.buying_power >= CASH
+    assert broker.executor.get_positions() == []
+    assert broker.executor.get_position(FRACTIONABLE) is None
+
+
+def test_asset_facts_tell_fractionable_from_whole_share_only(broker):
+    assert broker.executor.get_asset(FRACTIONABLE).fractionable is True
+    assert broker.executor.get_asset(WHOLE_SHARES_ONLY).fractionable is False
+    with pytest.raises(NotFound):
+        broker.executor.get_asset("NOSUCHTICKER")
+
+
+# -- entries ---------------------------------------------------------------------------------------
+
+
+def test_notional_buy_of_fractionable_asset_fills_for_the_amount(broker):
+    broker.executor.buy_notional(FRACTIONABLE, Decimal("1000"), "contract-notional-1")
+
+    order = wait_for_order(broker.executor, "contract-notional-1", filled)
+    position = broker.executor.get_position(FRACTIONABLE)
+
+    assert order.notional == Decimal("1000")
+    assert abs(order.filled_qty * order.filled_avg_price - Decimal("1000")) <= Decimal("0.01")
+    assert order.filled_qty != whole_shares(order.filled_qty)  # fractional shares were bought
+    assert position is not None and position.qty == order.filled_qty
+
+
+def test_notional_buy_of_non_fractionable_asset_raises_not_fractionable(broker):
+    with pytest.raises(NotFractionable):
+        broker.executor.buy_notional(WHOLE_SHARES_ONLY, Decimal("100"), "contract-notional-2")
+
+    assert broker.executor.get_order_by_client_id("contract-notional-2") is None
+
+
+def test_fractional_quantity_of_non_fractionable_asset_raises_not_fractionable(broker):
+    with pytest.raises(NotFractionable):
+        broker.executor.buy_qty(WHOLE_SHARES_ONLY, Decimal("1.5"), "contract-qty-frac")
+
+
+def test_whole_share_buy_fills_the_quantity(broker):
+    accepted = broker.executor.buy_qty(WHOLE_SHARES_ONLY, Decimal("10"), "contract-whole-1")
+
+    order = wait_for_order(broker.executor, "contract-whole-1", filled)
+
+    assert accepted.side is Side.BUY and accepted.type is OrderType.MARKET
+    assert accepted.time_in_force is TimeInForce.DAY
+    assert order.filled_qty == Decimal("10")
+    assert broker.executor.get_position(WHOLE_SHARES_ONLY).qty == Decimal("10")
+
+
+def test_duplicate_client_order_id_raises_and_the_original_is_found(broker):
+    broker.executor.buy_qty(FRACTIONABLE, Decimal("1"), "contract-dup-1")
+
+    with pytest.raises(DuplicateClientOrderId):
+        broker.executor.buy_qty(FRACTIONABLE, Decimal("2"), "contract-dup-1")
+
+    original = broker.executor.get_order_by_client_id("contract-dup-1")
+    assert original is not None and original.qty == Decimal("1")
+
+
+def test_unknown_client_order_id_is_none(broker):
+    assert broker.executor.get_order_by_client_id("contract-never-sent") is None
+
+
+# -- protection ------------------------------------------------------------------------------------
+
+
+def test_protective_exit_for_whole_shares_is_an_oco_with_the_stop_as_nested_leg(broker):
+    buy_filled(broker.executor, FRACTIONABLE, Decimal("10"), "contract-oco-entry")
+    stop, target = protective_prices(broker.executor, FRACTIONABLE)
+
+    exit_order = broker.executor.submit_protective_exit(
+        FRACTIONABLE, Decimal("10"), stop, target, "contract-oco-1"
+    )
+
+    assert exit_order.order_class is OrderClass.OCO
+    assert exit_order.side is Side.SELL and exit_order.type is OrderType.LIMIT
+    assert exit_order.time_in_force is TimeInForce.GTC
+    assert exit_order.limit_price == target
+    [listed] = broker.executor.get_open_orders(FRACTIONABLE)
+    assert listed.client_order_id == "contract-oco-1"
+    [leg] = listed.legs
+    assert leg.type is OrderType.STOP and leg.stop_price == stop and leg.status.is_open
+    position = broker.executor.get_position(FRACTIONABLE)
+    assert position.qty == Decimal("10") and position.qty_available == Decimal("0")
+
+
+def test_second_protective_exit_for_the_same_shares_raises_insufficient_qty(broker):
+    buy_filled(broker.executor, FRACTIONABLE, Decimal("10"), "contract-twice-entry")
+    stop, target = protective_prices(broker.executor, FRACTIONABLE)
+    broker.executor.submit_protective_exit(FRACTIONABLE, Decimal("10"), stop, target, "contract-twice-1")
+
+    with pytest.raises(InsufficientQty) as refused:
+        broker.executor.submit_protective_exit(FRACTIONABLE, Decimal("10"), stop, target, "contract-twice-2")
+
+    assert refused.value.available == Decimal("0")
+    assert len(broker.executor.get_open_orders(FRACTIONABLE)) == 1
+
+
+def test_fractional_remainder_gets_a_day_stop_and_every_share_is_covered(broker):
+    broker.executor.buy_notional(FRACTIONABLE, Decimal("2000"), "contract-frac-entry")
+    qty = wait_for_order(broker.executor, "contract-frac-entry", filled).filled_qty
+    whole, remainder = whole_shares(qty), qty - whole_shares(qty)
+    stop, target = protective_prices(broker.executor, FRACTIONABLE)
+
+    oco = broker.executor.submit_protective_exit(FRACTIONABLE, whole, stop, target, "contract-frac-oco")
+    day_stop = broker.executor.submit_protective_exit(
+        FRACTIONABLE, remainder, stop, target, "contract-frac-stop"
+    )
+
+    assert oco.order_class is OrderClass.OCO
+    assert day_stop.order_class is OrderClass.SIMPLE and day_stop.type is OrderType.STOP
+    assert day_stop.time_in_force is TimeInForce.DAY
+    assert day_stop.qty == remainder and day_stop.stop_price == stop
+    assert broker.executor.get_position(FRACTIONABLE).qty_available == Decimal("0")
+
+
+def test_protective_exit_without_a_target_is_a_gtc_stop(broker):
+    buy_filled(broker.executor, FRACTIONABLE, Decimal("3"), "contract-stoponly-entry")
+    stop, _ = protective_prices(broker.executor, FRACTIONABLE)
+
+    order = broker.executor.submit_protective_exit(
+        FRACTIONABLE, Decimal("3"), stop, None, "contract-stoponly"
+    )
+
+    assert order.order_class is OrderClass.SIMPLE and order.type is OrderType.STOP
+    assert order.time_in_force is TimeInForce.GTC
+
+
+def test_sell_of_more_than_the_free_shares_raises_insufficient_qty(broker):
+    buy_filled(broker.executor, FRACTIONABLE, Decimal("2"), "contract-oversell-entry")
+
+    with pytest.raises(InsufficientQty):
+        broker.executor.sell_market(FRACTIONABLE, Decimal("3"), "contract-oversell")
+
+
+def test_protective_stop_fills_when_the_price_falls_through_it(broker):
+    buy_filled(broker.executor, FRACTIONABLE, Decimal("5"), "contract-stopfill-entry")
+    stop, target = protective_prices(broker.executor, FRACTIONABLE)
+    broker.executor.submit_protective_exit(FRACTIONABLE, Decimal("5"), stop, target, "contract-stopfill")
+
+    broker.market.set_price(FRACTIONABLE, round_price(stop * Decimal("0.98")))
+
+    assert wait_for_order(broker.executor, "contract-stopfill", lambda o: not o.status.is_open) is not None
+    assert broker.executor.get_position(FRACTIONABLE) is None
+    assert broker.executor.get_open_orders(FRACTIONABLE) == []
+
+
+# -- cancels ---------------------------------------------------------------------------------------
+
+
+def test_cancel_all_for_symbol_releases_the_shares(broker):
+    broker.executor.buy_notional(FRACTIONABLE, Decimal("2000"), "contract-release-entry")
+    qty = wait_for_order(broker.executor, "contract-release-entry", filled).filled_qty
+    stop, target = protective_prices(broker.executor, FRACTIONABLE)
+    broker.executor.submit_protective_exit(
+        FRACTIONABLE, whole_shares(qty), stop, target, "contract-release-oco"
+    )
+    broker.executor.submit_protective_exit(
+        FRACTIONABLE, qty - whole_shares(qty), stop, None, "contract-release-stop"
+    )
+    buy_filled(broker.executor, "MSFT", Decimal("1"), "contract-release-other")
+    other_stop, _ = protective_prices(broker.executor, "MSFT")
+    broker.executor.submit_protective_exit(
+        "MSFT", Decimal("1"), other_stop, None, "contract-release-other-stop"
+    )
+
+    position = broker.executor.cancel_all_for_symbol(FRACTIONABLE, timeout=5)
+
+    assert position is not None
+    assert position.qty == qty and position.qty_available == qty
+    assert broker.executor.get_open_orders(FRACTIONABLE) == []
+    assert [o.client_order_id for o in broker.executor.get_open_orders("MSFT")] == [
+        "contract-release-other-stop"
+    ]
+    oco = broker.executor.get_order_by_client_id("contract-release-oco")
+    assert oco.status is OrderStatus.CANCELED
+
+
+def test_cancel_all_for_a_flat_symbol_returns_none(broker):
+    assert broker.executor.cancel_all_for_symbol("MSFT", timeout=5) is None
+
+
+def test_cancel_of_a_filled_order_raises_not_cancelable(broker):
+    order = buy_filled(broker.executor, FRACTIONABLE, Decimal("1"), "contract-cancel-filled")
+
+    with pytest.raises(NotCancelable):
+        broker.executor.cancel_order(order.id)
+
+
+# -- market data -----------------------------------------------------------------------------------
+
+
+def test_latest_price_is_the_ask_and_falls_back_to_the_last_trade_when_the_ask_is_missing(broker):
+    broker.market.set_ask_missing("MSFT")
+
+    prices = broker.executor.get_latest_prices([FRACTIONABLE, "MSFT", "NOSUCHTICKER"])
+
+    assert set(prices) == {FRACTIONABLE, "MSFT"}
+    assert prices[FRACTIONABLE].source is PriceSource.ASK
+    assert prices[FRACTIONABLE].price == prices[FRACTIONABLE].ask
+    assert prices[FRACTIONABLE].bid < prices[FRACTIONABLE].ask
+    assert prices["MSFT"].source is PriceSource.LAST_TRADE
+    assert prices["MSFT"].price == prices["MSFT"].last_trade > 0
+    assert prices["MSFT"].ask is None
+
+
+def test_latest_prices_for_a_long_symbol_list_cover_every_known_symbol(broker):
+    known = ["AAPL", "MSFT", "NVDA", "KO", "F", "TELL"]
+    unknown = [f"ZZ{i:03d}" for i in range(300)]
+
+    prices = broker.executor.get_latest_prices(unknown[:150] + known + unknown[150:])
+
+    assert set(prices) == set(known)
+    assert prices["TELL"].price < 1 and prices["TELL"].price == prices["TELL"].price.quantize(
+        Decimal("0.0001")
+    )
+
+
+def test_latest_prices_follow_a_price_change(broker):
+    broker.market.set_price("KO", Decimal("70.00"))
+
+    price = broker.executor.get_latest_prices(["KO"])["KO"]
+
+    assert Decimal("69.50") < price.price < Decimal("70.50")
+    assert isinstance(price.price, Decimal)
+
+
+def test_minute_bars_of_several_sessions_come_back_complete_and_oldest_first(broker):
+    # [Mon 2024-02-12 09:30, Fri 2024-03-01 16:00]: 14 sessions (Presidents' Day is inside).
+    # 2 symbols x 14 x 390 minutes = 10,920 bars: more than one 10,000-bar page over HTTP.
+    start = datetime(2024, 2, 12, 9, 30, tzinfo=NEW_YORK)
+    end = datetime(2024, 3, 1, 16, 0, tzinfo=NEW_YORK)
+    sessions = nyse().sessions(start.date(), end.date())
+    assert len(sessions) == 14
+
+    bars = broker.executor.get_bars([FRACTIONABLE, "MSFT"], Timeframe.MINUTE, start, end)
+
+    for symbol in (FRACTIONABLE, "MSFT"):
+        series = bars[symbol]
+        assert len(series) == 14 * 390
+        assert all(a.t < b.t for a, b in zip(series, series[1:], strict=False))
+        assert series[0].t == start and series[-1].t == end - timedelta(minutes=1)
+        assert all(b.l <= min(b.o, b.c) and b.h >= max(b.o, b.c) for b in series)
+        assert all(isinstance(b.c, Decimal) for b in series[:10])
+
+
+def test_daily_bars_are_one_per_session_oldest_first(broker):
+    start = datetime(2024, 1, 22, 0, 0, tzinfo=NEW_YORK)
+    end = datetime(2024, 3, 1, 16, 0, tzinfo=NEW_YORK)
+
+    bars = broker.executor.get_bars(["KO"], Timeframe.DAY, start, end)["KO"]
+
+    sessions = nyse().sessions(start.date(), end.date())
+    assert [b.t.astimezone(NEW_YORK).date() for b in bars] == [s.date for s in sessions]
+
+
+# -- clock and calendar ----------------------------------------------------------------------------
+
+
+def test_clock_is_the_markets_time_and_follows_advances(broker):
+    clock = broker.executor.get_clock()
+
+    assert clock.timestamp == DEFAULT_START
+    assert clock.is_open is True
+    assert clock.next_close == datetime(2024, 3, 4, 16, 0, tzinfo=NEW_YORK)
+    assert clock.next_open == datetime(2024, 3, 5, 9, 30, tzinfo=NEW_YORK)
+
+    broker.market.advance(7 * 3600)  # 17:00, after the close
+
+    later = broker.executor.get_clock()
+    assert later.is_open is False
+    assert later.next_open == datetime(2024, 3, 5, 9, 30, tzinfo=NEW_YORK)
+
+
+def test_calendar_agrees_with_nyse_on_holidays_and_early_closes(broker):
+    days = broker.executor.get_calendar(date(2024, 3, 25), date(2024, 7, 5))
+
+    expected = nyse().sessions(date(2024, 3, 25), date(2024, 7, 5))
+    assert [(d.date, d.open, d.close) for d in days] == [(s.date, s.open, s.close) for s in expected]
+    dates = {d.date for d in days}
+    assert date(2024, 3, 29) not in dates  # Good Friday
+    assert date(2024, 7, 4) not in dates  # Independence Day
+    early = next(d for d in days if d.date == date(2024, 7, 3))
+    assert early.close == datetime(2024, 7, 3, 13, 0, tzinfo=NEW_YORK)
+    assert all(d.open.tzinfo is not None for d in days)
+
+
+# -- order history ---------------------------------------------------------------------------------
+
+
+def test_orders_updated_since_are_listed_oldest_first_and_skip_older_ones(broker):
+    buy_filled(broker.executor, FRACTIONABLE, Decimal("1"), "contract-hist-before")
+    broker.market.advance(60)
+    since = broker.executor.get_clock().timestamp
+    for name in ("first", "second", "third"):
+        buy_filled(broker.executor, FRACTIONABLE, Decimal("1"), f"contract-hist-{name}")
+
+    orders = broker.executor.get_orders_updated_since(since)
+
+    assert [o.client_order_id for o in orders] == [
+        "contract-hist-first",
+        "contract-hist-second",
+        "contract-hist-third",
+    ]
+    assert all(o.status is OrderStatus.FILLED for o in orders)
+
+
+def test_order_history_longer_than_one_page_is_complete(broker):
+    # Alpaca pages order listings by 500; 520 orders need two pages.
+    since = broker.executor.get_clock().timestamp
+    sent = [f"contract-page-{i:03d}" for i in range(520)]
+    for client_order_id in sent:
+        broker.executor.buy_qty("F", Decimal("1"), client_order_id)
+
+    orders = broker.executor.get_orders_updated_since(since)
+
+    assert [o.client_order_id for o in orders] == sent
+    assert broker.executor.get_position("F").qty == Decimal("520")
+
+
+def test_orders_updated_since_include_an_older_order_that_changed(broker):
+    buy_filled(broker.executor, FRACTIONABLE, Decimal("4"), "contract-hist-entry")
+    stop, target = protective_prices(broker.executor, FRACTIONABLE)
+    broker.executor.submit_protective_exit(FRACTIONABLE, Decimal("4"), stop, target, "contract-hist-oco")
+    broker.market.advance(60)
+    since = broker.executor.get_clock().timestamp
+
+    broker.executor.cancel_all_for_symbol(FRACTIONABLE, timeout=5)
+
+    orders = broker.executor.get_orders_updated_since(since)
+    assert [o.client_order_id for o in orders] == ["contract-hist-oco"]
+    assert orders[0].status is OrderStatus.CANCELED
+
+
+# -- trade updates ---------------------------------------------------------------------------------
+
+
+def test_trade_update_stream_delivers_new_and_fill_after_on_connect(broker):
+    stream = broker.executor.trade_update_stream()
+    updates: list[TradeUpdate] = []
+    connected = threading.Event()
+    disconnected = threading.Event()
+    runner = threading.Thread(
+        target=stream.run,
+        args=(updates.append,),
+        kwargs={"on_connect": connected.set, "on_disconnect": disconnected.set},
+        daemon=True,
+    )
+    runner.start()
+    try:
+        assert connected.wait(10), "on_connect was not called"
+        broker.executor.buy_qty(FRACTIONABLE, Decimal("2"), "contract-stream-1")
+
+        deadline = time.monotonic() + 10
+        while not any(u.event is TradeEventType.FILL for u in updates) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        stream.stop()
+        runner.join(10)
+
+    ours = [u for u in updates if u.order.client_order_id == "contract-stream-1"]
+    assert [u.event for u in ours] == [TradeEventType.NEW, TradeEventType.FILL]
+    fill = ours[-1]
+    assert fill.qty == Decimal("2") and fill.position_qty == Decimal("2")
+    assert fill.price == fill.order.filled_avg_price
+    assert fill.order.status is OrderStatus.FILLED
+    assert not runner.is_alive()
+    assert disconnected.is_set()

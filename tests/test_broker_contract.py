@@ -63,6 +63,10 @@ class Market:
     def set_ask_missing(self, symbol: str) -> None:
         raise NotImplementedError
 
+    def drop_stream(self, stream) -> None:
+        """Break the trade-update connection the way the network would."""
+        raise NotImplementedError
+
 
 class EngineMarket(Market):
     def __init__(self, engine: MarketEngine):
@@ -76,6 +80,9 @@ class EngineMarket(Market):
 
     def set_ask_missing(self, symbol: str) -> None:
         self.engine.set_ask_missing(symbol)
+
+    def drop_stream(self, stream) -> None:
+        stream.drop()
 
 
 class ControlMarket(Market):
@@ -92,6 +99,9 @@ class ControlMarket(Market):
 
     def set_ask_missing(self, symbol: str) -> None:
         self.control.set_ask_missing(symbol)
+
+    def drop_stream(self, stream) -> None:
+        assert self.control.drop_stream() == 1
 
 
 @dataclass
@@ -208,6 +218,19 @@ def test_whole_share_buy_fills_the_quantity(broker):
     assert broker.executor.get_position(WHOLE_SHARES_ONLY).qty == Decimal("10")
 
 
+def test_buy_after_the_close_waits_for_the_next_open(broker):
+    broker.market.advance(7 * 3600)  # Monday 17:00
+
+    accepted = broker.executor.buy_qty(FRACTIONABLE, Decimal("1"), "contract-overnight")
+
+    assert accepted.status is OrderStatus.ACCEPTED
+    assert broker.executor.get_position(FRACTIONABLE) is None
+    broker.market.advance(17 * 3600)  # Tuesday 10:00
+    order = wait_for_order(broker.executor, "contract-overnight", filled)
+    tuesday_open = datetime(2024, 3, 5, 9, 30, tzinfo=NEW_YORK)
+    assert tuesday_open <= order.filled_at < tuesday_open + timedelta(minutes=1)
+
+
 def test_duplicate_client_order_id_raises_and_the_original_is_found(broker):
     broker.executor.buy_qty(FRACTIONABLE, Decimal("1"), "contract-dup-1")
 
@@ -273,6 +296,23 @@ def test_fractional_remainder_gets_a_day_stop_and_every_share_is_covered(broker)
     assert day_stop.time_in_force is TimeInForce.DAY
     assert day_stop.qty == remainder and day_stop.stop_price == stop
     assert broker.executor.get_position(FRACTIONABLE).qty_available == Decimal("0")
+
+
+def test_fractional_day_stop_ends_at_the_close_and_the_gtc_oco_stays(broker):
+    broker.executor.buy_notional(FRACTIONABLE, Decimal("1500"), "contract-eod-entry")
+    qty = wait_for_order(broker.executor, "contract-eod-entry", filled).filled_qty
+    stop, target = protective_prices(broker.executor, FRACTIONABLE)
+    broker.executor.submit_protective_exit(FRACTIONABLE, whole_shares(qty), stop, target, "contract-eod-oco")
+    broker.executor.submit_protective_exit(
+        FRACTIONABLE, qty - whole_shares(qty), stop, None, "contract-eod-stop"
+    )
+
+    broker.market.advance(7 * 3600)  # Monday 17:00
+
+    day_stop = broker.executor.get_order_by_client_id("contract-eod-stop")
+    assert day_stop.status.is_terminal and day_stop.status is not OrderStatus.FILLED
+    assert [o.client_order_id for o in broker.executor.get_open_orders(FRACTIONABLE)] == ["contract-eod-oco"]
+    assert broker.executor.get_position(FRACTIONABLE).qty_available == qty - whole_shares(qty)
 
 
 def test_protective_exit_without_a_target_is_a_gtc_stop(broker):
@@ -527,3 +567,46 @@ def test_trade_update_stream_delivers_new_and_fill_after_on_connect(broker):
     assert fill.order.status is OrderStatus.FILLED
     assert not runner.is_alive()
     assert disconnected.is_set()
+
+
+def test_trade_update_stream_reconnects_after_a_drop_and_calls_on_connect_again(broker):
+    stream = broker.executor.trade_update_stream()
+    updates: list[TradeUpdate] = []
+    connects: list[float] = []
+    disconnects: list[float] = []
+    runner = threading.Thread(
+        target=stream.run,
+        args=(updates.append,),
+        kwargs={
+            "on_connect": lambda: connects.append(time.monotonic()),
+            "on_disconnect": lambda: disconnects.append(time.monotonic()),
+        },
+        daemon=True,
+    )
+    runner.start()
+    try:
+        wait_until(lambda: len(connects) == 1, "first connect")
+        broker.market.drop_stream(stream)
+        wait_until(lambda: len(disconnects) >= 1 and len(connects) == 2, "reconnect after the drop")
+        broker.executor.buy_qty(FRACTIONABLE, Decimal("1"), "contract-stream-again")
+        wait_until(
+            lambda: any(
+                u.event is TradeEventType.FILL and u.order.client_order_id == "contract-stream-again"
+                for u in updates
+            ),
+            "fill after the reconnect",
+        )
+    finally:
+        stream.stop()
+        runner.join(10)
+
+    assert disconnects[0] <= connects[1]
+    assert not runner.is_alive()
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for: {what}")
+        time.sleep(0.02)

@@ -601,3 +601,27 @@ def test_running_clock_fills_and_streams_without_any_request():
         assert fill.timestamp.astimezone(NEW_YORK).replace(microsecond=0) == datetime(2024, 3, 4, 9, 30, tzinfo=NEW_YORK)
     finally:
         sim.stop()
+
+
+def test_close_all_positions_answers_207_per_symbol_and_cancels_orders_first(client):
+    market_buy(client, "AAPL", qty=10)
+    market_buy(client, "MSFT", qty=2)
+    oco_exit(client, "AAPL", 10, stop=150, target=250)
+    responses = client.close_all_positions(cancel_orders=True)
+    assert sorted((r.symbol, r.status) for r in responses) == [("AAPL", 200), ("MSFT", 200)]
+    assert client.get_all_positions() == []
+    assert client.get_orders() == []
+
+
+def test_assets_are_listed_and_found_by_symbol_or_id_with_alpacas_fields(sim, client):
+    assets = client.get_all_assets()
+    assert len(assets) == 25
+    fubo = client.get_asset("FUBO")
+    assert (fubo.fractionable, fubo.tradable, fubo.exchange.value) == (False, True, "NYSE")
+    assert client.get_asset(str(fubo.id)).symbol == "FUBO"
+    sim.control.set_asset("AAPL", fractionable=False, listed_fractionable=True)
+    assert client.get_asset("AAPL").fractionable is True  # the list says yes ...
+    assert refused(lambda: market_buy(client, "AAPL", notional=100)).message == "requested asset is not fractionable"
+    market_buy(client, "AAPL", qty=1)
+    position = client.get_open_position("AAPL")
+    assert client.get_open_position(str(position.asset_id)).symbol == "AAPL"

@@ -231,7 +231,8 @@ class SimServer:
 
     # -- engine events -------------------------------------------------------------------------
     def _on_event(self, event: TradeEvent) -> None:
-        listeners = [s for s in self.sessions if s.listening]
+        # tuple() copies the set in one step: the engine may call this from another thread.
+        listeners = [s for s in tuple(self.sessions) if s.listening]
         if not listeners:
             return
         frame = _dumps(wire.trade_update_json(event)).encode()

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime
+from decimal import Decimal
 
 import pytest
 from conftest import redis_url
@@ -70,23 +71,29 @@ def test_whole_share_retry_is_found_on_the_next_run_even_if_the_asset_became_fra
     assert entries_per_symbol(trader) == dict.fromkeys(FIVE, 1)
 
 
-def test_broker_refusing_a_reused_id_is_reported_as_already_submitted(trader, redis_client, keys):  # noqa: F811
-    from alpaca.trading.requests import LimitOrderRequest
+def test_entry_sent_by_another_run_after_the_listing_is_refused_by_the_broker_and_reported(
+        trader, keys):  # noqa: F811
+    from alpaca.trading.requests import MarketOrderRequest
 
-    # An earlier entry with the id was placed and canceled (no position, no open order), and the lookup
-    # misses it (a stale answer, say): the broker's "client_order_id must be unique" is the last line.
-    client = trader.trading_client()
-    earlier = client.submit_order(LimitOrderRequest(
-        symbol="AAPL", qty=1, limit_price=100, side="buy", time_in_force="day",
-        client_order_id=f"{keys.ns}-20240304-AAPL-entry"))
-    client.cancel_order_by_id(earlier.id)
-    trader.control.fail_requests(1, 404, path_prefix="/v2/orders:by_client_order_id", method="GET")
-    rank_today(redis_client, keys, FIVE)
-    summary = trade_signals()
-    aapl = next(e for e in summary["entries"] if e["symbol"] == "AAPL")
-    assert aapl["status"] == "already submitted" and "already has this client order id" in aapl["detail"]
-    assert aapl["order_status"] == "canceled"
-    assert entries_per_symbol(trader) == dict.fromkeys(FIVE, 1)
+    from services.trader.jobs import enter_once
+    from shared.broker import make_executor
+    from shared.sizing import EntryKind, PlannedEntry
+
+    cid = f"{keys.ns}-20240304-AAPL-entry"
+    entry = PlannedEntry(symbol="AAPL", kind=EntryKind.NOTIONAL, amount=Decimal("38800.00"), qty=None,
+                         reference_price=Decimal("190"), client_order_id=cid, allocation=Decimal("38800.00"),
+                         whole_share_qty=Decimal("204"), whole_share_client_order_id=f"{cid}-whole")
+    # Our listing of recent orders came back empty; then a second run sent the same entry first.
+    trader.trading_client().submit_order(MarketOrderRequest(
+        symbol="AAPL", notional=38800, side="buy", time_in_force="day", client_order_id=cid))
+    executor = make_executor(trader.broker_settings())
+    try:
+        result = enter_once(executor, entry, known={})
+    finally:
+        executor.close()
+    assert result.status.value == "already submitted"
+    assert "already has this client order id" in result.detail and result.order.client_order_id == cid
+    assert entries_per_symbol(trader) == {"AAPL": 1}
 
 
 @pytest.fixture

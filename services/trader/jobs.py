@@ -4,17 +4,19 @@ Reads the halt flag, the broker's clock, today's ranked signals (Redis, or a CSV
 the account, positions, open orders, assets and latest prices (one batched call); decides with
 `shared.sizing.plan_entries`; sends each entry at most once and publishes `entry_submitted` per order.
 
-Never twice: each entry's client order id is deterministic (`shared.client_ids`), and before sending it the
-broker is asked whether an order with that id (or its whole-share retry's id) exists. A timeout on a
-submit is looked up, never re-sent in the same run; a later run finds it (or its position) and skips it.
+Never twice: each entry's client order id is deterministic (`shared.client_ids`). Tickers held or with an
+open order are skipped; one listing of the recent orders tells which entries (or their whole-share
+retries) the broker already has; and the broker itself refuses a reused id. A timeout on a submit is
+looked up by id, never re-sent in the same run; a later run finds it (or its position) and skips it.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
-from datetime import date
+from datetime import date, datetime, time, timedelta
 from enum import StrEnum
 
 import redis
@@ -53,7 +55,7 @@ class EntryStatus(StrEnum):
     ALREADY_SUBMITTED = "already submitted"
     UNKNOWN_OUTCOME = "unknown outcome"  # the broker did not answer and has no order with the id (yet)
     REJECTED = "rejected"
-    NOT_SENT = "not sent"  # halted mid-run, or the broker could not be asked whether it was sent
+    NOT_SENT = "not sent"  # the halt flag was set during the run
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,20 +151,26 @@ def enter_signals(
     for skip in plan.skips:
         logs.event(log, "signal_skipped", symbol=skip.symbol, reason=skip.reason.value, detail=skip.detail)
 
+    # One listing of the recent orders answers "was this entry already sent?" for every entry at once.
+    known = recent_orders_by_client_id(executor, trade_date) if plan.orders else {}
+    results = []
+    for entry in plan.orders:
+        existing = find_existing(entry, known)
+        if existing is not None:
+            result = existing
+        elif dry_run:
+            result = EntryResult(entry, EntryStatus.PLANNED)
+        elif client.exists(keys.halt):
+            result = EntryResult(entry, EntryStatus.NOT_SENT, detail="halt flag set during the run")
+        else:
+            result = enter_once(executor, entry, known)
+        results.append(result)
+        if not dry_run:
+            _report(client, keys, result)
     if dry_run:
-        results = [EntryResult(entry, EntryStatus.PLANNED) for entry in plan.orders]
+        summary["status"] = RunStatus.DRY_RUN.value
         if not clock.is_open:
             summary["reason"] = f"dry run while the market is closed (next open {_ny(clock.next_open)})"
-        summary["status"] = RunStatus.DRY_RUN.value
-    else:
-        results = []
-        for entry in plan.orders:
-            if client.exists(keys.halt):
-                results.append(EntryResult(entry, EntryStatus.NOT_SENT, detail="halt flag set during the run"))
-                continue
-            result = enter_once(executor, entry)
-            results.append(result)
-            _report(client, keys, result)
     summary["entries"] = [result.as_dict() for result in results]
     summary["counts"] = dict(Counter(result.status.value for result in results))
     logs.event(log, "entries_done", trade_date=trade_date.isoformat(), dry_run=dry_run,
@@ -178,39 +186,62 @@ def session_date(clock: MarketClock) -> date:
     return moment.astimezone(NEW_YORK).date()
 
 
+#: How far back the "already sent?" listing looks. An id carries its session's date and is created at
+#: the earliest after the previous session's close (`--queue-for-open`): a week covers any weekend
+#: plus holidays.
+LOOKBACK_DAYS = 7
+
+
 def _plan(executor: OrderExecutor, ranked: list[signals.Signal], settings: config.TraderSettings,
           trade_date: date, namespace: str) -> tuple[Account, EntryPlan]:
     """Read everything the planner needs from the broker (prices in one batched call), then plan."""
     account = executor.get_account()
-    positions = executor.get_positions()
-    open_orders = executor.get_open_orders()
-    symbols = list(dict.fromkeys(signal.ticker for signal in ranked))
+    held = {p.symbol for p in executor.get_positions() if p.qty != 0}
+    pending = {o.symbol for o in executor.get_open_orders()}
+    # Held and pending tickers are skipped whatever their asset or price: no need to ask for those.
+    candidates = [t for t in dict.fromkeys(signal.ticker for signal in ranked) if t not in held | pending]
     assets = {}
-    for symbol in symbols:
+    for symbol in candidates:
         try:
             assets[symbol] = executor.get_asset(symbol)
         except NotFound:
             pass  # the planner skips it as an unknown asset
-    prices = executor.get_latest_prices(symbols) if symbols else {}
+    prices = executor.get_latest_prices(candidates) if candidates else {}
     return account, plan_entries(
-        ranked, account,
-        held_symbols={p.symbol for p in positions if p.qty != 0},
-        open_order_symbols={o.symbol for o in open_orders},
-        assets=assets, prices=prices, settings=settings, trade_date=trade_date, namespace=namespace,
+        ranked, account, held_symbols=held, open_order_symbols=pending, assets=assets, prices=prices,
+        settings=settings, trade_date=trade_date, namespace=namespace,
     )
 
 
-def enter_once(executor: OrderExecutor, entry: PlannedEntry) -> EntryResult:
-    """Send one planned entry unless the broker already has it; retry a notional order refused as not
-    fractionable once as whole shares."""
-    try:
-        existing = find_existing(executor, entry)
-    except BrokerError as exc:
-        return EntryResult(entry, EntryStatus.NOT_SENT,
-                           detail=f"could not check for an earlier order, so nothing sent: {exc}")
-    if existing is not None:
-        sent_as = entry if existing.client_order_id == entry.client_order_id else whole_share_retry(entry) or entry
-        return EntryResult(sent_as, EntryStatus.ALREADY_SUBMITTED, existing, "found at the broker by client order id")
+def recent_orders_by_client_id(executor: OrderExecutor, trade_date: date) -> dict[str, Order]:
+    """Every order (open or closed, legs included) submitted since LOOKBACK_DAYS before the session,
+    by client order id."""
+    since = datetime.combine(trade_date - timedelta(days=LOOKBACK_DAYS), time.min, tzinfo=NEW_YORK)
+    return {o.client_order_id: o for order in executor.get_orders_updated_since(since) for o in order.all_orders()}
+
+
+def find_existing(entry: PlannedEntry, known: Mapping[str, Order]) -> EntryResult | None:
+    """`already submitted` when the broker has an order with the entry's id or its whole-share retry's."""
+    found = "found at the broker by client order id"
+    if (order := known.get(entry.client_order_id)) is not None:
+        return EntryResult(entry, EntryStatus.ALREADY_SUBMITTED, order, found)
+    # Checked whatever today's plan says about whole shares: an earlier run may have sent the retry.
+    if entry.whole_share_client_order_id and (order := known.get(entry.whole_share_client_order_id)):
+        qty = order.qty if order.qty is not None else entry.whole_share_qty
+        sent = replace(entry, kind=EntryKind.QTY, client_order_id=order.client_order_id, qty=qty,
+                       amount=qty * entry.reference_price)
+        return EntryResult(sent, EntryStatus.ALREADY_SUBMITTED, order, found)
+    return None
+
+
+def enter_once(executor: OrderExecutor, entry: PlannedEntry, known: Mapping[str, Order]) -> EntryResult:
+    """Send one planned entry the broker does not have (`known`: its recent orders by client order id);
+    retry a notional order refused as not fractionable once as whole shares.
+
+    Should another run send the same entry after `known` was read, the broker refuses the id as a
+    duplicate and the order is looked up and reported instead."""
+    if (existing := find_existing(entry, known)) is not None:
+        return existing
     try:
         return _send(executor, entry)
     except NotFractionable as exc:
@@ -229,14 +260,6 @@ def enter_once(executor: OrderExecutor, entry: PlannedEntry) -> EntryResult:
     if retried.status is EntryStatus.SUBMITTED:
         return replace(retried, detail="notional order refused as not fractionable; sent as whole shares")
     return retried
-
-
-def find_existing(executor: OrderExecutor, entry: PlannedEntry) -> Order | None:
-    """The broker's order for this entry (or for its whole-share retry), if it ever accepted one."""
-    order = executor.get_order_by_client_id(entry.client_order_id)
-    if order is None and entry.kind is EntryKind.NOTIONAL and entry.whole_share_client_order_id:
-        order = executor.get_order_by_client_id(entry.whole_share_client_order_id)
-    return order
 
 
 def _send(executor: OrderExecutor, entry: PlannedEntry) -> EntryResult:

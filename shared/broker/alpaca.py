@@ -413,7 +413,22 @@ def _chunks(items: Sequence[str], size: int) -> Iterable[list[str]]:
 
 
 def _unique(symbols: Iterable[str]) -> list[str]:
-    return list(dict.fromkeys(s.strip() for s in symbols if s and s.strip()))
+    """Tickers as Alpaca keys its answers: upper case, each once, in the order given."""
+    return list(dict.fromkeys(s.strip().upper() for s in symbols if s and s.strip()))
+
+
+def _require_positive(action: str, **amounts: Decimal | None) -> None:
+    """Sizes and prices must be finite and > 0; checked here because a NaN would only fail while
+    serializing the request, which would read as "outcome unknown"."""
+    for name, amount in amounts.items():
+        if amount is None:
+            continue
+        try:
+            positive = to_decimal(amount) > ZERO
+        except ValueError:
+            positive = False
+        if not positive:
+            raise InputError(f"{action}: {name} must be a positive number, got {amount}")
 
 
 class AlpacaExecutor(OrderExecutor):
@@ -490,9 +505,12 @@ class AlpacaExecutor(OrderExecutor):
         """Build an alpaca-py request model; its validation errors are our input errors."""
         try:
             return build()
-        except (ValidationError, ValueError) as exc:
-            reason = str(exc).splitlines()
-            raise InputError(f"{action}: {reason[-1].strip() if reason else 'invalid request'}") from None
+        except ValidationError as exc:
+            first = exc.errors()[0] if exc.errors() else {}
+            reason = str(first.get("msg", "invalid request")).removeprefix("Value error, ")
+        except ValueError as exc:
+            reason = " ".join(str(exc).split()) or "invalid request"
+        raise InputError(f"{action}: {reason}")
 
     def _submit(self, action: str, symbol: str, client_order_id: str, build: Callable[[], Any]) -> Order:
         request = self._request(action, build)
@@ -579,6 +597,7 @@ class AlpacaExecutor(OrderExecutor):
 
     # -- orders ---------------------------------------------------------------------------
     def buy_notional(self, symbol: str, notional: Decimal, client_order_id: str) -> Order:
+        _require_positive(f"buy {symbol}", notional=notional)
         return self._submit(
             f"buy ${notional} of {symbol} (client_order_id={client_order_id})",
             symbol,
@@ -593,6 +612,7 @@ class AlpacaExecutor(OrderExecutor):
         )
 
     def buy_qty(self, symbol: str, qty: Decimal, client_order_id: str) -> Order:
+        _require_positive(f"buy {symbol}", qty=qty)
         return self._submit(
             f"buy {qty} {symbol} (client_order_id={client_order_id})",
             symbol,
@@ -614,6 +634,7 @@ class AlpacaExecutor(OrderExecutor):
         target_price: Decimal | None,
         client_order_id: str,
     ) -> Order:
+        _require_positive(f"protect {symbol}", qty=qty, stop_price=stop_price, target_price=target_price)
         fractional = not is_whole(qty)
         if target_price is not None and not fractional:
             # OCO: the take-profit limit is the parent, the stop its child leg; one cancels the other.
@@ -650,6 +671,7 @@ class AlpacaExecutor(OrderExecutor):
         )
 
     def sell_market(self, symbol: str, qty: Decimal, client_order_id: str) -> Order:
+        _require_positive(f"sell {symbol}", qty=qty)
         return self._submit(
             f"sell {qty} {symbol} at market (client_order_id={client_order_id})",
             symbol,
@@ -883,6 +905,10 @@ class AlpacaTradeUpdateStream(TradeUpdateStream):
     `run` blocks in its own event loop and reconnects with alpaca-py's backoff until `stop`.
     Callbacks run one at a time in a worker thread, so a slow backfill in `on_connect` never
     stalls the socket's keepalive; updates that arrive meanwhile wait and follow in order.
+    `on_connect` runs once the server has acknowledged `listen`, so nothing published after the
+    backfill's read can be missed. If `on_connect` raises, the connection is closed and retried
+    with alpaca-py's backoff (so the backfill is retried too). An exception in `on_update` is
+    logged by alpaca-py and the stream carries on.
     """
 
     def __init__(self, settings: BrokerSettings):

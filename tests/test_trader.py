@@ -282,3 +282,18 @@ def test_worker_check_fails_in_one_line_with_wrong_keys(trader, namespace, tmp_p
     assert result.returncode == 2
     assert result.stderr.startswith("trader: error:") and result.stderr.strip().count("\n") == 0
     assert "wrong-secret" not in result.stderr
+
+
+def test_job_enqueued_on_the_trader_queue_runs_in_the_worker_and_returns_its_summary(trader, redis_client, keys):
+    from shared.bus import connect_rq
+    from shared.queues import enqueue, run_worker
+
+    rank_today(redis_client, keys, FIVE[:2])
+    connection = connect_rq(redis_url())
+    job = enqueue(connection, keys, "trader", "services.trader.jobs.trade_signals", kwargs={"dry_run": False})
+    run_worker(connection, keys, "trader", burst=True)
+    job.refresh()
+    assert job.get_status() == "finished", job.latest_result()
+    assert job.return_value()["counts"] == {"submitted": 2}
+    assert sorted(o["symbol"] for o in buy_orders(trader)) == sorted(FIVE[:2])
+    connection.close()

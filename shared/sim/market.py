@@ -89,6 +89,7 @@ class MarketData:
         self.sessions = sessions
         self._opens = [s.open for s in sessions]
         self._index_of_date = {s.date: i for i, s in enumerate(sessions)}
+        self._day_stamps: dict[int, datetime] = {}
         self.seed = seed
         self.assets: dict[str, SimAsset] = {a.symbol: a for a in assets}
         self._paths: dict[str, SymbolPath] = {}
@@ -329,14 +330,29 @@ class MarketData:
         if day is None:
             return None
         return TimedBar(
-            daily_bar_time(self.sessions[index].date),
-            day.open,
-            day.high,
-            day.low,
-            day.close,
-            day.volume,
-            trade_count(day.volume),
+            self.day_stamp(index), day.open, day.high, day.low, day.close, day.volume, trade_count(day.volume)
         )
+
+    def day_stamp(self, index: int) -> datetime:
+        stamp = self._day_stamps.get(index)
+        if stamp is None:
+            stamp = self._day_stamps[index] = daily_bar_time(self.sessions[index].date)
+        return stamp
+
+    def completed_daily_bars(self, symbol: str, first: int, last: int) -> list[TimedBar] | None:
+        """Daily bars of sessions first..last, all closed, when no price control touches them
+        (the fast path for long histories); None when the general path is needed."""
+        if self._adjust.get(symbol):
+            return None
+        path = self.path(symbol)
+        bars = []
+        for i in range(first, last + 1):
+            day = path.day(i)
+            if day is not None:
+                bars.append(
+                    TimedBar(self.day_stamp(i), day.open, day.high, day.low, day.close, day.volume, trade_count(day.volume))
+                )
+        return bars
 
 
 def daily_bar_time(day: date) -> datetime:
@@ -392,11 +408,15 @@ def bar_series(
         return []
     result: list[TimedBar] = []
     if unit in ("Day", "Week", "Month"):
-        days = []
-        for i in range(first, last + 1):
-            bar = data.daily_timed_bar(symbol, i, now)
-            if bar is not None:
-                days.append(bar)
+        # Sessions closed by now take the fast path; the one in progress is built from its minutes.
+        closed_last = last if now >= data.sessions[last].close else last - 1
+        days = data.completed_daily_bars(symbol, first, closed_last)
+        if days is None:
+            days = [b for i in range(first, closed_last + 1) if (b := data.daily_timed_bar(symbol, i, now))]
+        if closed_last < last:
+            current = data.daily_timed_bar(symbol, last, now)
+            if current is not None:
+                days.append(current)
         if unit == "Day":
             return [b for b in days if start <= b.t <= end]
         return [b for b in _group(days, _week_key if unit == "Week" else _month_key) if start <= b.t <= end]

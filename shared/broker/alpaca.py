@@ -36,6 +36,7 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 import requests
+import websockets
 from alpaca.common.enums import Sort
 from alpaca.common.exceptions import APIError
 from alpaca.data.enums import DataFeed
@@ -891,6 +892,14 @@ class _HookedTradingStream(TradingStream):
         finally:
             if was_open:
                 await self._on_closed()
+
+    async def _consume(self) -> None:
+        try:
+            await super()._consume()
+        except websockets.WebSocketException:
+            if self._should_run:
+                raise  # a real drop: alpaca-py logs it and reconnects
+            await self.close()  # the socket stop_ws() closed: a requested stop, not an error
 
     async def stop_ws(self) -> None:
         await super().stop_ws()

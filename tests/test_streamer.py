@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from simhelpers import start_sim
 
 from services.streamer.backfill import implied_updates, trading_day_start
 from services.streamer.leader import LeaderLock
@@ -284,3 +285,98 @@ def test_order_status_enum_still_matches_the_backfill_table():
     mapped = set(_RESTING_EVENT) | set(_TERMINAL_EVENT) | {OrderStatus.FILLED, OrderStatus.PARTIALLY_FILLED,
                                                            OrderStatus.HELD, OrderStatus.PENDING_REVIEW}
     assert mapped == set(OrderStatus)
+
+
+# -- end to end: alpaca-py against the simulated market ----------------------------------------------
+
+def _eventually(predicate, timeout: float = 20.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _sim_event_ids(events: list[dict], kinds: set[str] | None = None) -> list[str]:
+    """The event ids of the simulator's own trade updates (what the broker really sent)."""
+    return [f"{e['order']['id']}:{e['event']}:{Decimal(e['order']['filled_qty']).normalize()}"
+            for e in events if kinds is None or e["event"] in kinds]
+
+
+def _stream_event_ids(client, keys) -> list[str]:
+    return [fields["event_id"] for _, fields in client.xrange(keys.trade_updates)]
+
+
+@pytest.fixture
+def market():
+    """A fresh simulated market in this process (frozen clock, Monday 2024-03-04 10:00 New York)."""
+    handle = start_sim()
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture
+def running_streamer(market, redis_client, keys):
+    import threading
+
+    from services.streamer.daemon import Streamer
+    from shared.broker import make_executor
+
+    settings = StreamerSettings(_env_file=None, FL_STREAMER_LOCK_TTL_SECONDS=3, FL_STREAMER_LOCK_REFRESH_SECONDS=1)
+    executor = make_executor(market.broker_settings())
+    streamer = Streamer(executor, redis_client, keys, settings)
+    thread = threading.Thread(target=streamer.run, daemon=True)
+    thread.start()
+    _eventually(lambda: redis_client.hget(keys.streamer_health, "connected") == "yes"
+                and market.control.state()["stream_connections"] == 1, what="the streamer to connect")
+    _eventually(lambda: redis_client.hget(keys.streamer_health, "last_backfill_at"), what="the first backfill")
+    yield streamer, executor
+    streamer.stop()
+    thread.join(timeout=20)
+    executor.close()
+    assert not thread.is_alive()
+
+
+def test_every_update_the_simulator_sends_lands_in_the_stream_once(market, running_streamer, redis_client, keys):
+    _, executor = running_streamer
+    trading = market.trading_client()
+    from alpaca.trading.enums import OrderSide, TimeInForce
+    from alpaca.trading.requests import LimitOrderRequest
+
+    executor.buy_qty("AAPL", Decimal("3"), "e2e-aapl-entry")                     # new, fill
+    market.control.partial_fill_next("MSFT", "0.5")
+    executor.buy_qty("MSFT", Decimal("4"), "e2e-msft-entry")                     # new, partial_fill 2
+    market.control.fill(client_order_id="e2e-msft-entry")                           # fill 4
+    oco = executor.submit_protective_exit("AAPL", Decimal("3"), Decimal("150"), Decimal("250"), "e2e-aapl-oco")
+    executor.cancel_order(oco.id)                                                # canceled (parent and leg)
+    trading.submit_order(LimitOrderRequest(symbol="KO", qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.DAY,
+                                           limit_price=1.00, client_order_id="e2e-ko-day-limit"))
+    market.control.advance(to="2024-03-04T16:30:00-05:00")                          # expired at the close
+    executor.buy_qty("PFE", Decimal("1"), "e2e-pfe-after-close")                 # accepted (queued)
+
+    sent = _sim_event_ids(market.control.events(0))
+    assert {e.split(":")[1] for e in sent} >= {"new", "fill", "partial_fill", "canceled", "expired", "accepted"}
+    _eventually(lambda: set(_stream_event_ids(redis_client, keys)) >= set(sent), what="every update in the stream")
+    recorded = _stream_event_ids(redis_client, keys)
+    assert sorted(recorded) == sorted(sent), "each update once, nothing invented"
+    for _, fields in redis_client.xrange(keys.trade_updates):
+        update = decode_entry(fields)
+        assert fields["symbol"] == update.order.symbol and fields["client_order_id"] == update.order.client_order_id
+
+
+def test_reconnect_backfill_of_already_delivered_updates_adds_nothing(market, running_streamer, redis_client, keys):
+    _, executor = running_streamer
+    for n, symbol in enumerate(("AAPL", "KO", "PFE")):
+        executor.buy_qty(symbol, Decimal("2"), f"dup-{n}")
+    sent = _sim_event_ids(market.control.events(0))
+    _eventually(lambda: set(_stream_event_ids(redis_client, keys)) >= set(sent), what="the live updates")
+    before = redis_client.hget(keys.streamer_health, "last_backfill_at")
+    market.control.drop_stream()
+    _eventually(lambda: redis_client.hget(keys.streamer_health, "last_backfill_at") != before,
+                what="the reconnect backfill")
+    health = redis_client.hgetall(keys.streamer_health)
+    assert int(health["last_backfill_count"]) >= 3 and health["last_backfill_added"] == "0"
+    assert sorted(_stream_event_ids(redis_client, keys)) == sorted(sent)

@@ -42,8 +42,19 @@ KEY, SECRET = "sim-key", "sim-secret"
 
 def start_server() -> tuple[subprocess.Popen, str]:
     command = [
-        sys.executable, "-m", "services.sim", "--port", "0", "--speed", "0", "--rate-limit", "0",
-        "--cash", "100000000", "--start", START.isoformat(),
+        sys.executable,
+        "-m",
+        "services.sim",
+        "--port",
+        "0",
+        "--speed",
+        "0",
+        "--rate-limit",
+        "0",
+        "--cash",
+        "100000000",
+        "--start",
+        START.isoformat(),
     ]
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     line = proc.stdout.readline()
@@ -71,13 +82,20 @@ def bench_http(base_url: str, orders: int) -> None:
     started = time.perf_counter()
     for i in range(orders):
         client.submit_order(
-            MarketOrderRequest(symbol="AAPL", qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.DAY,
-                               client_order_id=f"bench-{i}")
+            MarketOrderRequest(
+                symbol="AAPL",
+                qty=1,
+                side=OrderSide.BUY,
+                time_in_force=TimeInForce.DAY,
+                client_order_id=f"bench-{i}",
+            )
         )
     rate = orders / (time.perf_counter() - started)
     print(f"HTTP floor (GET /v2/clock, same client):     {floor:8.0f} requests/s")
-    print(f"market buys accepted through alpaca-py:      {rate:8.0f} orders/s   (target >= 200: "
-          f"{'ok' if rate >= 200 else 'MISSED'})")
+    print(
+        f"market buys accepted through alpaca-py:      {rate:8.0f} orders/s   (target >= 200: "
+        f"{'ok' if rate >= 200 else 'MISSED'})"
+    )
     print(f"ratio orders/s to floor:                     {rate / floor:8.2f}")
 
 
@@ -99,8 +117,11 @@ def bench_stream(base_url: str, orders: int) -> None:
     probe = 0
     while not listening.is_set() and time.monotonic() < deadline:
         cid = f"probe-{probe}"
-        client.submit_order(MarketOrderRequest(symbol="MSFT", qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.DAY,
-                                               client_order_id=cid))
+        client.submit_order(
+            MarketOrderRequest(
+                symbol="MSFT", qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.DAY, client_order_id=cid
+            )
+        )
         time.sleep(0.05)
         if cid in received:
             listening.set()
@@ -112,8 +133,11 @@ def bench_stream(base_url: str, orders: int) -> None:
     for i in range(orders):
         cid = f"lat-{i}"
         sent[cid] = time.perf_counter()
-        client.submit_order(MarketOrderRequest(symbol="MSFT", qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.DAY,
-                                               client_order_id=cid))
+        client.submit_order(
+            MarketOrderRequest(
+                symbol="MSFT", qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.DAY, client_order_id=cid
+            )
+        )
         answered[cid] = time.perf_counter()
     deadline = time.monotonic() + 10
     while len([c for c in sent if c in received]) < orders and time.monotonic() < deadline:
@@ -122,12 +146,18 @@ def bench_stream(base_url: str, orders: int) -> None:
     from_answer = [(received[c] - answered[c]) * 1000 for c in sent if c in received]
     round_trip = [(answered[c] - sent[c]) * 1000 for c in sent]
     print(f"fill updates received over the WebSocket:    {len(from_send)}/{orders}")
-    print(f"submit round trip (alpaca-py):               p50 {statistics.median(round_trip):6.2f} ms   "
-          f"p99 {percentile(round_trip, 99):6.2f} ms")
-    print(f"order sent -> fill update received:          p50 {statistics.median(from_send):6.2f} ms   "
-          f"p99 {percentile(from_send, 99):6.2f} ms")
-    print(f"order accepted (answer) -> fill update:      p50 {statistics.median(from_answer):6.2f} ms   "
-          f"p99 {percentile(from_answer, 99):6.2f} ms")
+    print(
+        f"submit round trip (alpaca-py):               p50 {statistics.median(round_trip):6.2f} ms   "
+        f"p99 {percentile(round_trip, 99):6.2f} ms"
+    )
+    print(
+        f"order sent -> fill update received:          p50 {statistics.median(from_send):6.2f} ms   "
+        f"p99 {percentile(from_send, 99):6.2f} ms"
+    )
+    print(
+        f"order accepted (answer) -> fill update:      p50 {statistics.median(from_answer):6.2f} ms   "
+        f"p99 {percentile(from_answer, 99):6.2f} ms"
+    )
     stream.stop()
 
 
@@ -146,14 +176,18 @@ def bench_advance() -> None:
         position = next(p for p in engine.positions() if p.symbol == symbol)
         price = position.current_price
         stop = (price * Decimal("0.8")).quantize(Decimal("0.01") if price >= 1 else Decimal("0.0001"))
-        engine.submit_order(OrderRequest(symbol, Side.SELL, OrderType.STOP, Tif.GTC, qty=Decimal(10), stop_price=stop))
+        engine.submit_order(
+            OrderRequest(symbol, Side.SELL, OrderType.STOP, Tif.GTC, qty=Decimal(10), stop_price=stop)
+        )
     started = time.perf_counter()
     end = datetime(2024, 3, 18, 10, 0, tzinfo=NEW_YORK)  # 10 trading days later
     engine.advance_to(end)
     elapsed = time.perf_counter() - started
     sessions = len(engine.calendar(START.date(), end.date())) - 1
     print(f"engine created (calendar loaded):            {created:8.3f} s")
-    print(f"advance {sessions} trading days, 20 symbols, 20 stops: {elapsed:8.3f} s   (demo target well under 60 s)")
+    print(
+        f"advance {sessions} trading days, 20 symbols, 20 stops: {elapsed:8.3f} s   (demo target well under 60 s)"
+    )
 
 
 def main() -> int:

@@ -73,7 +73,9 @@ class SimControl:
     # -- time ----------------------------------------------------------------------------------
     def advance(self, seconds: float | None = None, to: datetime | str | None = None) -> datetime:
         """Move virtual time forward (everything in between happens); returns the new now."""
-        body: dict[str, Any] = {"seconds": seconds} if to is None else {"to": to if isinstance(to, str) else to.isoformat()}
+        body: dict[str, Any] = (
+            {"seconds": seconds} if to is None else {"to": to if isinstance(to, str) else to.isoformat()}
+        )
         return datetime.fromisoformat(self._post("/sim/clock/advance", body)["now"].replace("Z", "+00:00"))
 
     def set_speed(self, speed: float) -> None:
@@ -97,7 +99,11 @@ class SimControl:
     ) -> dict:
         """`fractionable`: what orders enforce; `listed_fractionable`: what GET /v2/assets says."""
         body: dict[str, Any] = {"symbol": symbol}
-        for key, value in (("fractionable", fractionable), ("listed_fractionable", listed_fractionable), ("tradable", tradable)):
+        for key, value in (
+            ("fractionable", fractionable),
+            ("listed_fractionable", listed_fractionable),
+            ("tradable", tradable),
+        ):
             if value is not None:
                 body[key] = value
         return self._post("/sim/asset", body)
@@ -129,7 +135,13 @@ class SimControl:
         return self._post("/sim/faults/drop_stream", {"refuse_seconds": refuse_seconds})["dropped"]
 
     def delay_requests(
-        self, count: int, seconds: float, *, path_prefix: str = "/v2/", method: str | None = None, when: str = "before"
+        self,
+        count: int,
+        seconds: float,
+        *,
+        path_prefix: str = "/v2/",
+        method: str | None = None,
+        when: str = "before",
     ) -> None:
         self._post(
             "/sim/faults/delay",
@@ -137,7 +149,13 @@ class SimControl:
         )
 
     def fail_requests(
-        self, count: int, status: int = 500, *, path_prefix: str = "/v2/", method: str | None = None, when: str = "before"
+        self,
+        count: int,
+        status: int = 500,
+        *,
+        path_prefix: str = "/v2/",
+        method: str | None = None,
+        when: str = "before",
     ) -> None:
         """The next `count` matching requests answer `status`. when="after": processed first
         (an order is then created although the client saw the error)."""
@@ -265,9 +283,9 @@ class SimHandle:
 class TradeUpdateCollector:
     """alpaca-py's TradingStream in a background thread, collecting every TradeUpdate.
 
-        with TradeUpdateCollector(sim) as updates:
-            ... place orders ...
-            updates.wait_for(lambda u: u.event == "fill")
+    with TradeUpdateCollector(sim) as updates:
+        ... place orders ...
+        updates.wait_for(lambda u: u.event == "fill")
     """
 
     def __init__(self, handle: SimHandle, timeout: float = 5.0):
@@ -331,8 +349,16 @@ def start_sim(
     """Start a simulated market on 127.0.0.1 (a free port unless `port` is given)."""
     if process:
         return _start_process(
-            seed=seed, start=start, cash=cash, speed=speed, rate_limit=rate_limit, universe_size=universe_size,
-            bars_csv=bars_csv, port=port, api_key=api_key, secret_key=secret_key,
+            seed=seed,
+            start=start,
+            cash=cash,
+            speed=speed,
+            rate_limit=rate_limit,
+            universe_size=universe_size,
+            bars_csv=bars_csv,
+            port=port,
+            api_key=api_key,
+            secret_key=secret_key,
         )
     from services.sim.server import ServerThread, SimServer
     from shared.sim.engine import MarketEngine
@@ -355,11 +381,29 @@ def start_sim(
 _LISTENING = re.compile(r"listening on (http://[0-9.]+:[0-9]+)")
 
 
-def _start_process(*, seed, start, cash, speed, rate_limit, universe_size, bars_csv, port, api_key, secret_key) -> SimHandle:
+def _start_process(
+    *, seed, start, cash, speed, rate_limit, universe_size, bars_csv, port, api_key, secret_key
+) -> SimHandle:
     command = [
-        sys.executable, "-m", "services.sim",
-        "--port", str(port), "--seed", str(seed), "--start", start.isoformat(), "--speed", str(speed),
-        "--cash", str(cash), "--rate-limit", str(rate_limit), "--api-key", api_key, "--secret-key", secret_key,
+        sys.executable,
+        "-m",
+        "services.sim",
+        "--port",
+        str(port),
+        "--seed",
+        str(seed),
+        "--start",
+        start.isoformat(),
+        "--speed",
+        str(speed),
+        "--cash",
+        str(cash),
+        "--rate-limit",
+        str(rate_limit),
+        "--api-key",
+        api_key,
+        "--secret-key",
+        secret_key,
     ]
     if universe_size is not None:
         command += ["--universe-size", str(universe_size)]
@@ -376,8 +420,13 @@ def _start_process(*, seed, start, cash, speed, rate_limit, universe_size, bars_
         match = _LISTENING.search(line)
         if match:
             base_url = match.group(1)
-            return SimHandle(base_url=base_url, control=SimControl(base_url), api_key=api_key,
-                             secret_key=secret_key, process=proc)
+            return SimHandle(
+                base_url=base_url,
+                control=SimControl(base_url),
+                api_key=api_key,
+                secret_key=secret_key,
+                process=proc,
+            )
         if not line and proc.poll() is not None:
             break
     proc.kill()

@@ -53,13 +53,17 @@ def client(sim):
 
 def market_buy(client, symbol: str, qty=None, notional=None, **kw):
     return client.submit_order(
-        MarketOrderRequest(symbol=symbol, qty=qty, notional=notional, side=OrderSide.BUY, time_in_force=TimeInForce.DAY, **kw)
+        MarketOrderRequest(
+            symbol=symbol, qty=qty, notional=notional, side=OrderSide.BUY, time_in_force=TimeInForce.DAY, **kw
+        )
     )
 
 
 def stop_sell(client, symbol: str, qty, stop, tif=TimeInForce.GTC, **kw):
     return client.submit_order(
-        StopOrderRequest(symbol=symbol, qty=qty, side=OrderSide.SELL, time_in_force=tif, stop_price=stop, **kw)
+        StopOrderRequest(
+            symbol=symbol, qty=qty, side=OrderSide.SELL, time_in_force=tif, stop_price=stop, **kw
+        )
     )
 
 
@@ -118,7 +122,11 @@ def test_fractional_qty_buy_of_non_fractionable_asset_is_refused(client):
 def test_fractional_order_must_be_a_day_order(client):
     market_buy(client, "AAPL", qty=2)
     error = refused(lambda: stop_sell(client, "AAPL", 0.5, 150, tif=TimeInForce.GTC))
-    assert (error.status_code, error.code, error.message) == (422, 42210000, "fractional orders must be DAY orders")
+    assert (error.status_code, error.code, error.message) == (
+        422,
+        42210000,
+        "fractional orders must be DAY orders",
+    )
     assert stop_sell(client, "AAPL", 0.5, 150, tif=TimeInForce.DAY).status == OrderStatus.NEW
 
 
@@ -129,14 +137,26 @@ def test_fractional_oco_exit_is_refused_as_not_simple(client):
 
 
 def test_fractional_sell_that_would_go_short_is_refused(client):
-    error = refused(lambda: client.submit_order(
-        MarketOrderRequest(symbol="AAPL", qty=0.5, side=OrderSide.SELL, time_in_force=TimeInForce.DAY)))
+    error = refused(
+        lambda: client.submit_order(
+            MarketOrderRequest(symbol="AAPL", qty=0.5, side=OrderSide.SELL, time_in_force=TimeInForce.DAY)
+        )
+    )
     assert (error.status_code, error.message) == (403, "fractional orders are not allowed to short")
 
 
 def test_qty_and_notional_together_or_neither_is_refused(sim):
-    both = raw_post_order(sim, {"symbol": "AAPL", "qty": 1, "notional": 100, "side": "buy", "type": "market",
-                                "time_in_force": "day"})
+    both = raw_post_order(
+        sim,
+        {
+            "symbol": "AAPL",
+            "qty": 1,
+            "notional": 100,
+            "side": "buy",
+            "type": "market",
+            "time_in_force": "day",
+        },
+    )
     neither = raw_post_order(sim, {"symbol": "AAPL", "side": "buy", "type": "market", "time_in_force": "day"})
     assert (both.status_code, both.json()["code"]) == (422, 40010001)
     assert (neither.status_code, neither.json()["message"]) == (422, "qty or notional is required")
@@ -180,15 +200,23 @@ def test_one_oco_protects_the_whole_position_where_two_plain_exits_cannot(client
     market_buy(client, "AAPL", qty=10)
     group = oco_exit(client, "AAPL", 10, stop=150, target=250)
     assert group.order_class == OrderClass.OCO and group.status == OrderStatus.NEW
-    assert [(leg.type.value, leg.stop_price, leg.status) for leg in group.legs] == [("stop", "150", OrderStatus.HELD)]
+    assert [(leg.type.value, leg.stop_price, leg.status) for leg in group.legs] == [
+        ("stop", "150", OrderStatus.HELD)
+    ]
     assert client.get_open_position("AAPL").qty_available == "0"
 
 
 def test_selling_more_than_held_is_refused(client):
     market_buy(client, "AAPL", qty=3)
-    error = refused(lambda: client.submit_order(
-        MarketOrderRequest(symbol="AAPL", qty=5, side=OrderSide.SELL, time_in_force=TimeInForce.DAY)))
-    assert (error.status_code, error.message) == (403, "insufficient qty available for order (requested: 5, available: 3)")
+    error = refused(
+        lambda: client.submit_order(
+            MarketOrderRequest(symbol="AAPL", qty=5, side=OrderSide.SELL, time_in_force=TimeInForce.DAY)
+        )
+    )
+    assert (error.status_code, error.message) == (
+        403,
+        "insufficient qty available for order (requested: 5, available: 3)",
+    )
     assert client.get_open_position("AAPL").qty == "3"
 
 
@@ -210,14 +238,19 @@ def test_client_order_id_reuse_after_fill_is_422(client):
     first = market_buy(client, "AAPL", qty=1, client_order_id="entry-aapl-1")
     assert client.get_order_by_id(first.id).status == OrderStatus.FILLED
     error = refused(lambda: market_buy(client, "MSFT", qty=1, client_order_id="entry-aapl-1"))
-    assert (error.status_code, body(error)) == (422, {"code": 40010001, "message": "client_order_id must be unique"})
+    assert (error.status_code, body(error)) == (
+        422,
+        {"code": 40010001, "message": "client_order_id must be unique"},
+    )
     assert client.get_order_by_client_id("entry-aapl-1").id == first.id
 
 
 def test_client_order_id_reuse_after_cancel_is_422(client):
     order = limit_order(client, "AAPL", 1, 100, side=OrderSide.BUY, client_order_id="limit-1")
     client.cancel_order_by_id(order.id)
-    error = refused(lambda: limit_order(client, "AAPL", 1, 100, side=OrderSide.BUY, client_order_id="limit-1"))
+    error = refused(
+        lambda: limit_order(client, "AAPL", 1, 100, side=OrderSide.BUY, client_order_id="limit-1")
+    )
     assert error.status_code == 422 and error.message == "client_order_id must be unique"
 
 
@@ -229,7 +262,9 @@ def test_market_buy_while_a_sell_limit_rests_is_a_wash_trade(client):
     limit_order(client, "AAPL", 10, 250)
     error = refused(lambda: market_buy(client, "AAPL", qty=1))
     assert (error.status_code, body(error)) == (
-        403, {"code": 40310000, "message": "potential wash trade detected. use complex orders"})
+        403,
+        {"code": 40310000, "message": "potential wash trade detected. use complex orders"},
+    )
 
 
 def test_buy_limit_while_a_sell_stop_rests_is_a_wash_trade(client):
@@ -258,7 +293,11 @@ def test_buy_beyond_buying_power_is_refused(client):
     error = refused(lambda: market_buy(client, "MSFT", qty=1000))  # ~$410k with $200k cash
     assert error.status_code == 403
     refusal = body(error)
-    assert (refusal["code"], refusal["message"], refusal["buying_power"]) == (40310000, "insufficient buying power", "200000")
+    assert (refusal["code"], refusal["message"], refusal["buying_power"]) == (
+        40310000,
+        "insufficient buying power",
+        "200000",
+    )
     assert D(refusal["cost_basis"]) > 200000
 
 
@@ -273,7 +312,12 @@ def test_open_limit_buy_reserves_buying_power_until_canceled(client):
 def test_sub_penny_limit_price_is_422_and_sub_dollar_prices_take_four_decimals(client):
     error = refused(lambda: limit_order(client, "AAPL", 1, 150.123, side=OrderSide.BUY))
     assert (error.status_code, body(error)) == (
-        422, {"code": 42210000, "message": "invalid limit_price 150.123. sub-penny increment does not fulfill minimum pricing criteria"})
+        422,
+        {
+            "code": 42210000,
+            "message": "invalid limit_price 150.123. sub-penny increment does not fulfill minimum pricing criteria",
+        },
+    )
     assert limit_order(client, "SENS", 10, 0.4123, side=OrderSide.BUY).limit_price == "0.4123"
     assert refused(lambda: limit_order(client, "SENS", 10, 0.41234, side=OrderSide.BUY)).status_code == 422
 
@@ -281,33 +325,70 @@ def test_sub_penny_limit_price_is_422_and_sub_dollar_prices_take_four_decimals(c
 def test_sell_stop_above_the_market_is_refused(client):
     market_buy(client, "AAPL", qty=1)
     error = refused(lambda: stop_sell(client, "AAPL", 1, 500))
-    assert error.status_code == 422 and error.message.startswith("stop price must be less than base_price - 0.01")
+    assert error.status_code == 422 and error.message.startswith(
+        "stop price must be less than base_price - 0.01"
+    )
 
 
 # -- OCO rules and behaviour ------------------------------------------------------------------------
 
 
 def test_oco_is_for_exits_only(client):
-    error = refused(lambda: client.submit_order(LimitOrderRequest(
-        symbol="AAPL", qty=1, side=OrderSide.BUY, time_in_force=TimeInForce.GTC, order_class=OrderClass.OCO,
-        take_profit=TakeProfitRequest(limit_price=150), stop_loss=StopLossRequest(stop_price=250))))
+    error = refused(
+        lambda: client.submit_order(
+            LimitOrderRequest(
+                symbol="AAPL",
+                qty=1,
+                side=OrderSide.BUY,
+                time_in_force=TimeInForce.GTC,
+                order_class=OrderClass.OCO,
+                take_profit=TakeProfitRequest(limit_price=150),
+                stop_loss=StopLossRequest(stop_price=250),
+            )
+        )
+    )
     assert (error.status_code, error.message) == (422, "oco orders must be exit orders")
 
 
 def test_oco_stop_must_sit_below_the_take_profit_for_a_sell(client):
     market_buy(client, "AAPL", qty=10)
     error = refused(lambda: oco_exit(client, "AAPL", 10, stop=200, target=199.99))
-    assert error.status_code == 422 and error.message.startswith("stop price must be less than base_price - 0.01")
+    assert error.status_code == 422 and error.message.startswith(
+        "stop price must be less than base_price - 0.01"
+    )
 
 
 def test_oco_must_be_a_limit_order_with_both_legs(sim, client):
     market_buy(client, "AAPL", qty=10)
-    market_type = raw_post_order(sim, {"symbol": "AAPL", "qty": 10, "side": "sell", "type": "market", "time_in_force": "gtc",
-                                       "order_class": "oco", "take_profit": {"limit_price": 250},
-                                       "stop_loss": {"stop_price": 150}})
-    one_leg = raw_post_order(sim, {"symbol": "AAPL", "qty": 10, "side": "sell", "type": "limit", "time_in_force": "gtc",
-                                   "order_class": "oco", "take_profit": {"limit_price": 250}})
-    assert (market_type.status_code, market_type.json()["message"]) == (422, "oco orders must be limit orders")
+    market_type = raw_post_order(
+        sim,
+        {
+            "symbol": "AAPL",
+            "qty": 10,
+            "side": "sell",
+            "type": "market",
+            "time_in_force": "gtc",
+            "order_class": "oco",
+            "take_profit": {"limit_price": 250},
+            "stop_loss": {"stop_price": 150},
+        },
+    )
+    one_leg = raw_post_order(
+        sim,
+        {
+            "symbol": "AAPL",
+            "qty": 10,
+            "side": "sell",
+            "type": "limit",
+            "time_in_force": "gtc",
+            "order_class": "oco",
+            "take_profit": {"limit_price": 250},
+        },
+    )
+    assert (market_type.status_code, market_type.json()["message"]) == (
+        422,
+        "oco orders must be limit orders",
+    )
     assert one_leg.status_code == 422 and "stop_loss.stop_price" in one_leg.json()["message"]
 
 
@@ -316,8 +397,9 @@ def test_oco_exit_fill_of_target_cancels_stop(sim, client):
     group = oco_exit(client, "AAPL", 10, stop=150, target=200)
     sim.control.set_price("AAPL", "205")
     parent = client.get_order_by_id(group.id, filter=None)
-    nested = client.get_orders(GetOrdersRequest(status=QueryOrderStatus.CLOSED, nested=True, symbols=["AAPL"],
-                                                side=OrderSide.SELL))
+    nested = client.get_orders(
+        GetOrdersRequest(status=QueryOrderStatus.CLOSED, nested=True, symbols=["AAPL"], side=OrderSide.SELL)
+    )
     assert parent.status == OrderStatus.FILLED and D(parent.filled_avg_price) >= 200
     assert [o.id for o in nested] == [group.id]
     assert [leg.status for leg in nested[0].legs] == [OrderStatus.CANCELED]
@@ -348,7 +430,9 @@ def test_unknown_order_is_404(client):
     error = refused(lambda: client.get_order_by_id("11111111-2222-3333-4444-555555555555"))
     assert (error.status_code, body(error)) == (404, {"code": 40410000, "message": "order not found"})
     assert refused(lambda: client.get_order_by_client_id("never-sent")).status_code == 404
-    assert refused(lambda: client.cancel_order_by_id("11111111-2222-3333-4444-555555555555")).status_code == 404
+    assert (
+        refused(lambda: client.cancel_order_by_id("11111111-2222-3333-4444-555555555555")).status_code == 404
+    )
 
 
 def test_no_position_is_404(client):
@@ -368,8 +452,11 @@ def test_cancel_all_answers_207_with_each_canceled_order(client):
 def test_orders_listing_pages_by_submission_time_with_after_exclusive(client):
     orders = [limit_order(client, "AAPL", 1, 100 + i, side=OrderSide.BUY) for i in range(5)]
     first_page = client.get_orders(GetOrdersRequest(status=QueryOrderStatus.ALL, direction="asc", limit=2))
-    rest = client.get_orders(GetOrdersRequest(status=QueryOrderStatus.ALL, direction="asc", limit=500,
-                                              after=first_page[-1].submitted_at))
+    rest = client.get_orders(
+        GetOrdersRequest(
+            status=QueryOrderStatus.ALL, direction="asc", limit=500, after=first_page[-1].submitted_at
+        )
+    )
     assert [o.id for o in first_page + rest] == [o.id for o in orders]
     assert [o.id for o in client.get_orders()] == [o.id for o in reversed(orders)]  # default: newest first
 
@@ -387,7 +474,9 @@ def test_market_closed_order_is_queued_then_filled_at_the_open():
         sim.control.advance(to=datetime(2024, 3, 4, 9, 30, tzinfo=NEW_YORK))
         filled = client.get_order_by_id(order.id)
         assert filled.status == OrderStatus.FILLED
-        assert filled.filled_at.astimezone(NEW_YORK).replace(microsecond=0) == datetime(2024, 3, 4, 9, 30, tzinfo=NEW_YORK)
+        assert filled.filled_at.astimezone(NEW_YORK).replace(microsecond=0) == datetime(
+            2024, 3, 4, 9, 30, tzinfo=NEW_YORK
+        )
         assert client.get_clock().is_open is True
     finally:
         sim.stop()
@@ -439,7 +528,9 @@ def test_latest_endpoints_and_snapshot_parse_in_alpaca_py(sim):
 def test_bars_pagination_terminates_and_returns_every_bar_oldest_first(sim):
     data = sim.data_client()
     start, end = datetime(2024, 2, 1, tzinfo=NEW_YORK), DEFAULT_START
-    request = StockBarsRequest(symbol_or_symbols=["AAPL", "MSFT"], timeframe=TimeFrame.Minute, start=start, end=end)
+    request = StockBarsRequest(
+        symbol_or_symbols=["AAPL", "MSFT"], timeframe=TimeFrame.Minute, start=start, end=end
+    )
     bars = data.get_stock_bars(request).data
     expected = {s: sim.engine.bars(s, "1Min", start, end) for s in ("AAPL", "MSFT")}
     assert sum(len(v) for v in expected.values()) > 10_000  # more than one page of alpaca-py's 10,000
@@ -451,11 +542,21 @@ def test_bars_pagination_terminates_and_returns_every_bar_oldest_first(sim):
 
 def test_bars_page_token_walks_small_pages_to_the_end(sim):
     headers = {"APCA-API-KEY-ID": sim.api_key, "APCA-API-SECRET-KEY": sim.secret_key}
-    params = {"symbols": "AAPL,MSFT,SENS", "timeframe": "1Day", "start": "2024-01-01", "end": "2024-03-04", "limit": 7}
+    params = {
+        "symbols": "AAPL,MSFT,SENS",
+        "timeframe": "1Day",
+        "start": "2024-01-01",
+        "end": "2024-03-04",
+        "limit": 7,
+    }
     seen, pages, token = [], 0, None
     while True:
-        response = requests.get(f"{sim.base_url}/v2/stocks/bars", params={**params, "page_token": token},
-                                headers=headers, timeout=10).json()
+        response = requests.get(
+            f"{sim.base_url}/v2/stocks/bars",
+            params={**params, "page_token": token},
+            headers=headers,
+            timeout=10,
+        ).json()
         seen += [(s, b["t"]) for s, bars in response["bars"].items() for b in bars]
         pages += 1
         token = response["next_page_token"]
@@ -520,7 +621,12 @@ def test_trade_updates_delivered_over_the_websocket_with_every_field_alpaca_py_r
     new = next(u for u in stream.updates if u.event == "new")
     assert new.order.id == order.id and new.timestamp is not None and new.execution_id is None
     assert (partial.qty, partial.position_qty, partial.order.filled_qty) == (4, 4, "4")
-    assert (fill.qty, fill.position_qty, fill.order.filled_qty, fill.order.status) == (6, 10, "10", OrderStatus.FILLED)
+    assert (fill.qty, fill.position_qty, fill.order.filled_qty, fill.order.status) == (
+        6,
+        10,
+        "10",
+        OrderStatus.FILLED,
+    )
     assert partial.execution_id != fill.execution_id
     assert partial.timestamp <= fill.timestamp
     expected_avg = (D(str(partial.price)) * 4 + D(str(fill.price)) * 6) / 10
@@ -531,8 +637,12 @@ def test_second_trade_stream_connection_is_refused_while_one_listens(sim):
     with TradeUpdateCollector(sim):
         upgrade = requests.get(
             sim.stream_url.replace("ws://", "http://"),
-            headers={"Connection": "Upgrade", "Upgrade": "websocket", "Sec-WebSocket-Version": "13",
-                     "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="},
+            headers={
+                "Connection": "Upgrade",
+                "Upgrade": "websocket",
+                "Sec-WebSocket-Version": "13",
+                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+            },
             timeout=10,
         )
         assert upgrade.status_code == 429
@@ -585,7 +695,8 @@ def test_state_dump_records_orders_fills_and_refusals_for_audits(sim, client):
     assert [h["event"] for h in state["orders"][0]["history"]] == ["new", "fill"]
     assert [f["qty"] for f in state["fills"]] == ["10"]
     assert [r["message"] for r in state["rejections"]] == [
-        "insufficient qty available for order (requested: 10, available: 0)"]
+        "insufficient qty available for order (requested: 10, available: 0)"
+    ]
     assert state["positions"][0]["qty_available"] == "0"
 
 
@@ -598,7 +709,9 @@ def test_running_clock_fills_and_streams_without_any_request():
             assert order.status == OrderStatus.ACCEPTED
             fill = stream.wait_for(lambda u: u.event == "fill", timeout=5)
         assert fill.order.id == order.id
-        assert fill.timestamp.astimezone(NEW_YORK).replace(microsecond=0) == datetime(2024, 3, 4, 9, 30, tzinfo=NEW_YORK)
+        assert fill.timestamp.astimezone(NEW_YORK).replace(microsecond=0) == datetime(
+            2024, 3, 4, 9, 30, tzinfo=NEW_YORK
+        )
     finally:
         sim.stop()
 
@@ -621,7 +734,10 @@ def test_assets_are_listed_and_found_by_symbol_or_id_with_alpacas_fields(sim, cl
     assert client.get_asset(str(fubo.id)).symbol == "FUBO"
     sim.control.set_asset("AAPL", fractionable=False, listed_fractionable=True)
     assert client.get_asset("AAPL").fractionable is True  # the list says yes ...
-    assert refused(lambda: market_buy(client, "AAPL", notional=100)).message == "requested asset is not fractionable"
+    assert (
+        refused(lambda: market_buy(client, "AAPL", notional=100)).message
+        == "requested asset is not fractionable"
+    )
     market_buy(client, "AAPL", qty=1)
     position = client.get_open_position("AAPL")
     assert client.get_open_position(str(position.asset_id)).symbol == "AAPL"

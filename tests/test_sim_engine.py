@@ -99,7 +99,9 @@ def test_large_universe_adds_deterministic_synthetic_tickers():
     assert symbols == [a.symbol for a in second.assets()]
     assert set(DEFAULT_SYMBOLS) <= set(symbols)
     extra = symbols[-1]
-    assert first.bars(extra, "1Day", ny(2022, 3, 1), ny(2024, 3, 1)) == second.bars(extra, "1Day", ny(2022, 3, 1), ny(2024, 3, 1))
+    assert first.bars(extra, "1Day", ny(2022, 3, 1), ny(2024, 3, 1)) == second.bars(
+        extra, "1Day", ny(2022, 3, 1), ny(2024, 3, 1)
+    )
 
 
 def test_same_seed_gives_the_same_prices_and_another_seed_different_ones():
@@ -179,7 +181,9 @@ def test_csv_replay_serves_the_csv_daily_bars_and_bridges_minutes_between_them(t
     engine = MarketEngine.create(start=ny(2024, 3, 6, 8, 0), bars_csv=csv_path)
     assert [a.symbol for a in engine.assets()] == ["ACME"]
     days = engine.bars("ACME", "1Day", ny(2024, 3, 1), ny(2024, 3, 5, 23, 0))
-    assert [(to_price(d.open), to_price(d.high), to_price(d.low), to_price(d.close), d.volume) for d in days] == [
+    assert [
+        (to_price(d.open), to_price(d.high), to_price(d.low), to_price(d.close), d.volume) for d in days
+    ] == [
         (D("10"), D("10.5"), D("9.8"), D("10.2"), 100000),
         (D("10.25"), D("11"), D("10.1"), D("10.9"), 120000),
         (D("10.9"), D("11.2"), D("10.6"), D("10.7"), 90000),
@@ -227,7 +231,10 @@ def test_clock_reports_the_next_open_over_a_weekend_and_the_holiday(engine):
     assert not clock.is_open
     assert clock.next_open == ny(2024, 7, 5, 9, 30)  # July 4th is a holiday
     assert [d.date for d in engine.calendar(date(2024, 7, 1), date(2024, 7, 7))] == [
-        date(2024, 7, 1), date(2024, 7, 2), date(2024, 7, 3), date(2024, 7, 5)
+        date(2024, 7, 1),
+        date(2024, 7, 2),
+        date(2024, 7, 3),
+        date(2024, 7, 5),
     ]
     assert engine.calendar(date(2024, 7, 3), date(2024, 7, 3))[0].close == ny(2024, 7, 3, 13, 0)
 
@@ -263,7 +270,9 @@ def test_unfilled_day_order_expires_at_the_close(engine):
 def test_day_order_expires_at_an_early_close_and_gtc_order_lives_on():
     engine = MarketEngine.create(start=ny(2024, 11, 29, 10, 0))
     day = engine.submit_order(buy("AAPL", "1", type=OrderType.LIMIT, limit_price=D("1.00")))
-    gtc = engine.submit_order(buy("MSFT", "1", type=OrderType.LIMIT, limit_price=D("1.00"), tif=TimeInForce.GTC))
+    gtc = engine.submit_order(
+        buy("MSFT", "1", type=OrderType.LIMIT, limit_price=D("1.00"), tif=TimeInForce.GTC)
+    )
     engine.advance_to(ny(2024, 11, 29, 13, 0))
     assert engine.get_order(day.id).status is OrderStatus.EXPIRED
     engine.advance_to(ny(2024, 12, 6, 17, 0))
@@ -298,7 +307,9 @@ def test_resting_stop_fills_in_the_first_minute_whose_low_reaches_it(engine):
 
 def test_price_forced_below_a_stop_fills_it_at_once(engine):
     engine.submit_order(buy("AAPL", "10"))
-    order = engine.submit_order(sell("AAPL", "10", type=OrderType.STOP, stop_price=D("150"), tif=TimeInForce.GTC))
+    order = engine.submit_order(
+        sell("AAPL", "10", type=OrderType.STOP, stop_price=D("150"), tif=TimeInForce.GTC)
+    )
     engine.set_price("AAPL", D("149"))
     filled = engine.get_order(order.id)
     assert filled.status is OrderStatus.FILLED
@@ -402,8 +413,12 @@ def test_buy_moves_cash_into_a_position_at_its_fill_price(engine):
 
 
 def test_average_entry_price_is_quantity_weighted_over_buys(engine):
-    first = engine.fill_order(engine.submit_order(buy("AAPL", "1", type=OrderType.LIMIT, limit_price=D("100"))).id, price=D("100"))
-    second = engine.fill_order(engine.submit_order(buy("AAPL", "3", type=OrderType.LIMIT, limit_price=D("120"))).id, price=D("120"))
+    first = engine.fill_order(
+        engine.submit_order(buy("AAPL", "1", type=OrderType.LIMIT, limit_price=D("100"))).id, price=D("100")
+    )
+    second = engine.fill_order(
+        engine.submit_order(buy("AAPL", "3", type=OrderType.LIMIT, limit_price=D("120"))).id, price=D("120")
+    )
     assert first.status is second.status is OrderStatus.FILLED
     assert engine.position("AAPL").avg_entry_price == D("115")
 
@@ -436,7 +451,9 @@ def test_sells_reserve_shares_and_a_second_exit_for_them_is_refused(engine):
     engine.submit_order(sell("AAPL", "10", type=OrderType.STOP, stop_price=D("150"), tif=TimeInForce.GTC))
     assert engine.position("AAPL").qty_available == 0
     with pytest.raises(InsufficientQty) as refused:
-        engine.submit_order(sell("AAPL", "10", type=OrderType.LIMIT, limit_price=D("250"), tif=TimeInForce.GTC))
+        engine.submit_order(
+            sell("AAPL", "10", type=OrderType.LIMIT, limit_price=D("250"), tif=TimeInForce.GTC)
+        )
     assert refused.value.available == 0 and refused.value.status == 403
 
 
@@ -460,7 +477,10 @@ def test_state_dump_lists_every_order_with_its_history_and_every_fill(engine):
     assert [o["order"].symbol for o in state["orders"]] == ["AAPL", "AAPL"]
     assert [h["event"] for h in state["orders"][0]["history"]] == ["new", "fill"]
     assert [h["event"] for h in state["orders"][1]["legs"][0]["history"]] == ["new", "fill"]
-    assert [(f["side"], f["qty"], f["position_qty_after"]) for f in state["fills"]] == [("buy", 10, 10), ("sell", 10, 0)]
+    assert [(f["side"], f["qty"], f["position_qty_after"]) for f in state["fills"]] == [
+        ("buy", 10, 10),
+        ("sell", 10, 0),
+    ]
 
 
 def test_ten_trading_days_with_resting_orders_in_twenty_symbols_process_every_session(engine):

@@ -48,8 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--start", help="virtual start time, ISO 8601 (default: now; no offset = New York)")
     parser.add_argument("--speed", type=float, help="virtual seconds per wall second (default 1; 0 = frozen)")
     parser.add_argument("--cash", help="starting cash in dollars (default 200000)")
-    parser.add_argument("--rate-limit", type=int, help="requests per minute per key and API (default 200; 0 = off)")
-    parser.add_argument("--bars-csv", help="replay bars from this CSV (symbol,timestamp,open,high,low,close,volume)")
+    parser.add_argument(
+        "--rate-limit", type=int, help="requests per minute per key and API (default 200; 0 = off)"
+    )
+    parser.add_argument(
+        "--bars-csv", help="replay bars from this CSV (symbol,timestamp,open,high,low,close,volume)"
+    )
     parser.add_argument("--universe-size", type=int, help="number of tickers (default: the 25 built-in ones)")
     parser.add_argument("--api-key", help="API key clients must send (default sim-key)")
     parser.add_argument("--secret-key", help="secret key clients must send (default sim-secret)")

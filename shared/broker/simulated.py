@@ -141,7 +141,10 @@ class SimulatedExecutor(OrderExecutor):
     def get_asset(self, symbol: str) -> Asset:
         asset = self._call(f"get asset {symbol}", self.engine.asset, symbol)
         return Asset(
-            symbol=asset.symbol, fractionable=asset.advertised_fractionable, tradable=asset.tradable, name=asset.name
+            symbol=asset.symbol,
+            fractionable=asset.advertised_fractionable,
+            tradable=asset.tradable,
+            name=asset.name,
         )
 
     # -- market data ----------------------------------------------------------------------
@@ -320,7 +323,9 @@ class SimulatedExecutor(OrderExecutor):
             if not open_orders:
                 position = self.get_position(symbol)
                 if position is None or position.qty_available == position.qty:
-                    logs.event(log, "symbol_orders_cleared", symbol=symbol, qty=position.qty if position else ZERO)
+                    logs.event(
+                        log, "symbol_orders_cleared", symbol=symbol, qty=position.qty if position else ZERO
+                    )
                     return position
             for order in open_orders:
                 try:

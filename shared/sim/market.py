@@ -350,7 +350,15 @@ class MarketData:
             day = path.day(i)
             if day is not None:
                 bars.append(
-                    TimedBar(self.day_stamp(i), day.open, day.high, day.low, day.close, day.volume, trade_count(day.volume))
+                    TimedBar(
+                        self.day_stamp(i),
+                        day.open,
+                        day.high,
+                        day.low,
+                        day.close,
+                        day.volume,
+                        trade_count(day.volume),
+                    )
                 )
         return bars
 

@@ -378,16 +378,16 @@ def test_unknown_client_order_id_is_none(clean_env, fake_alpaca):
     "send",
     [
         lambda ex: ex.buy_qty("AAPL", Decimal("NaN"), "fl-bad-1"),
-        lambda ex: ex.buy_notional("AAPL", Decimal("0"), "fl-bad-2"),
-        lambda ex: ex.sell_market("AAPL", Decimal("-1"), "fl-bad-3"),
-        lambda ex: ex.submit_protective_exit("AAPL", Decimal("1"), Decimal("Infinity"), None, "fl-bad-4"),
+        lambda ex: ex.buy_notional("AAPL", Decimal("Infinity"), "fl-bad-2"),
+        lambda ex: ex.sell_market("AAPL", Decimal("-Infinity"), "fl-bad-3"),
+        lambda ex: ex.submit_protective_exit("AAPL", Decimal("1"), Decimal("NaN"), None, "fl-bad-4"),
     ],
-    ids=["nan-qty", "zero-notional", "negative-qty", "infinite-stop"],
+    ids=["nan-qty", "infinite-notional", "minus-infinite-qty", "nan-stop"],
 )
-def test_impossible_sizes_and_prices_are_refused_before_anything_is_sent(clean_env, fake_alpaca, send):
+def test_non_finite_sizes_and_prices_are_refused_before_anything_is_sent(clean_env, fake_alpaca, send):
     executor = make_executor(fake_alpaca.url)
 
-    with pytest.raises(InputError, match="must be a positive number"):
+    with pytest.raises(InputError, match="must be a finite number"):
         send(executor)
 
     assert fake_alpaca.calls == []

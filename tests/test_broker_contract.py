@@ -29,6 +29,7 @@ from shared.errors import (
     NotCancelable,
     NotFound,
     NotFractionable,
+    OrderRejected,
 )
 from shared.market.calendar import NEW_YORK, nyse
 from shared.models import (
@@ -239,6 +240,14 @@ def test_duplicate_client_order_id_raises_and_the_original_is_found(broker):
 
     original = broker.executor.get_order_by_client_id("contract-dup-1")
     assert original is not None and original.qty == Decimal("1")
+
+
+@pytest.mark.parametrize("qty", [Decimal("0"), Decimal("-1")])
+def test_a_quantity_that_is_not_positive_is_refused_and_nothing_is_created(broker, qty):
+    with pytest.raises(OrderRejected):
+        broker.executor.buy_qty(FRACTIONABLE, qty, "contract-bad-qty")
+
+    assert broker.executor.get_order_by_client_id("contract-bad-qty") is None
 
 
 def test_unknown_client_order_id_is_none(broker):

@@ -135,7 +135,7 @@ _REJECTION_RULES: tuple[tuple[tuple[str, ...], type[OrderRejected]], ...] = (
     (("insufficient buying power",), InsufficientBuyingPower),
     (("wash trade",), WashTrade),
     (("not cancelable", "not cancellable"), NotCancelable),
-    (("fractional", "qty must be integer"), FractionalRuleViolation),
+    (("fractional", "notional orders", "qty must be integer"), FractionalRuleViolation),
     (
         (
             "sub-penny",
@@ -418,18 +418,16 @@ def _unique(symbols: Iterable[str]) -> list[str]:
     return list(dict.fromkeys(s.strip().upper() for s in symbols if s and s.strip()))
 
 
-def _require_positive(action: str, **amounts: Decimal | None) -> None:
-    """Sizes and prices must be finite and > 0; checked here because a NaN would only fail while
-    serializing the request, which would read as "outcome unknown"."""
+def _require_finite(action: str, **amounts: Decimal | None) -> None:
+    """NaN and infinity cannot even be serialized: refused here, or the JSON error would read as
+    "outcome unknown". Zero and negative amounts go to the broker, which refuses them (422)."""
     for name, amount in amounts.items():
         if amount is None:
             continue
         try:
-            positive = to_decimal(amount) > ZERO
+            to_decimal(amount)
         except ValueError:
-            positive = False
-        if not positive:
-            raise InputError(f"{action}: {name} must be a positive number, got {amount}")
+            raise InputError(f"{action}: {name} must be a finite number, got {amount}") from None
 
 
 class AlpacaExecutor(OrderExecutor):
@@ -598,7 +596,7 @@ class AlpacaExecutor(OrderExecutor):
 
     # -- orders ---------------------------------------------------------------------------
     def buy_notional(self, symbol: str, notional: Decimal, client_order_id: str) -> Order:
-        _require_positive(f"buy {symbol}", notional=notional)
+        _require_finite(f"buy {symbol}", notional=notional)
         return self._submit(
             f"buy ${notional} of {symbol} (client_order_id={client_order_id})",
             symbol,
@@ -613,7 +611,7 @@ class AlpacaExecutor(OrderExecutor):
         )
 
     def buy_qty(self, symbol: str, qty: Decimal, client_order_id: str) -> Order:
-        _require_positive(f"buy {symbol}", qty=qty)
+        _require_finite(f"buy {symbol}", qty=qty)
         return self._submit(
             f"buy {qty} {symbol} (client_order_id={client_order_id})",
             symbol,
@@ -635,7 +633,7 @@ class AlpacaExecutor(OrderExecutor):
         target_price: Decimal | None,
         client_order_id: str,
     ) -> Order:
-        _require_positive(f"protect {symbol}", qty=qty, stop_price=stop_price, target_price=target_price)
+        _require_finite(f"protect {symbol}", qty=qty, stop_price=stop_price, target_price=target_price)
         fractional = not is_whole(qty)
         if target_price is not None and not fractional:
             # OCO: the take-profit limit is the parent, the stop its child leg; one cancels the other.
@@ -672,7 +670,7 @@ class AlpacaExecutor(OrderExecutor):
         )
 
     def sell_market(self, symbol: str, qty: Decimal, client_order_id: str) -> Order:
-        _require_positive(f"sell {symbol}", qty=qty)
+        _require_finite(f"sell {symbol}", qty=qty)
         return self._submit(
             f"sell {qty} {symbol} at market (client_order_id={client_order_id})",
             symbol,

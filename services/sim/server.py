@@ -366,8 +366,11 @@ class SimServer:
             response = _error(status, 40010001 if status == 422 else None, str(exc))
         except FactoryLineError as exc:
             response = _error(400, None, str(exc))
-        except web.HTTPException:
-            raise
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            # Unknown paths and methods answer JSON, like Alpaca's API.
+            response = _error(exc.status, exc.status * 100000, exc.reason.lower())
         except Exception:  # noqa: BLE001 - a bug answers 500 like a real server, and is logged
             log.exception("sim request failed: %s %s", request.method, request.path)
             response = _error(500, 50010000, "internal server error")

@@ -17,6 +17,7 @@ from decimal import Decimal
 import pytest
 import requests
 from alpaca.common.exceptions import APIError
+from simhelpers import start_sim
 
 from shared.broker.alpaca import AlpacaExecutor, error_from_api_error
 from shared.config import BrokerSettings
@@ -274,7 +275,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture
 def fake_alpaca() -> Iterator[FakeAlpaca]:
     server = FakeAlpaca()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
     yield server
     server.shutdown()
@@ -391,3 +392,38 @@ def test_non_finite_sizes_and_prices_are_refused_before_anything_is_sent(clean_e
         send(executor)
 
     assert fake_alpaca.calls == []
+
+
+# -- against the simulated market --------------------------------------------------------------
+
+
+@pytest.fixture
+def market(clean_env):
+    handle = start_sim()
+    yield handle
+    handle.stop()
+
+
+def test_wrong_keys_name_the_settings_and_never_echo_the_secret(market):
+    executor = AlpacaExecutor(market.broker_settings(ALPACA_SECRET_KEY="wrong-secret-value-123"))
+
+    with pytest.raises(BrokerError) as refused:
+        executor.get_account()
+
+    assert type(refused.value) is BrokerError
+    assert "ALPACA_API_KEY" in str(refused.value)
+    assert "wrong-secret-value-123" not in str(refused.value)
+
+
+def test_submit_whose_answer_is_lost_is_unknown_and_then_found_by_client_order_id(market):
+    # The broker creates the order, then the client sees a gateway timeout.
+    market.control.fail_requests(1, 504, path_prefix="/v2/orders", method="POST", when="after")
+    executor = AlpacaExecutor(market.broker_settings())
+
+    with pytest.raises(BrokerUnavailable, match="outcome unknown"):
+        executor.buy_qty("AAPL", Decimal("3"), "fl-lost-answer")
+
+    found = executor.get_order_by_client_id("fl-lost-answer")
+    assert found is not None and found.qty == Decimal("3")
+    orders = [o for o in market.control.state()["orders"] if o["client_order_id"] == "fl-lost-answer"]
+    assert len(orders) == 1  # sent once, never resent

@@ -124,9 +124,17 @@ def test_waiting_for_a_busy_symbol_gives_up_with_a_one_line_error(redis_client, 
 
 
 def test_lock_of_a_killed_holder_expires_on_its_own(redis_client, keys):
-    assert locks.try_acquire(redis_client, keys, "AAPL", ttl_ms=50) is not None
+    # A killed process no longer extends its lock.
+    assert locks.try_acquire(redis_client, keys, "AAPL", ttl_ms=200, keep_alive=False) is not None
     with locks.symbol_lock(redis_client, keys, "AAPL", wait_seconds=2.0):
         pass
+
+
+def test_live_holder_keeps_its_lock_past_the_ttl_while_a_broker_call_is_slow(redis_client, keys):
+    with locks.symbol_lock(redis_client, keys, "AAPL", ttl_ms=1500):
+        time.sleep(2.5)  # longer than the TTL: only the keeper's extensions keep it
+        assert locks.try_acquire(redis_client, keys, "AAPL", keep_alive=False) is None
+    assert locks.try_acquire(redis_client, keys, "AAPL", keep_alive=False) is not None
 
 
 # -- consumer plumbing that needs no broker -----------------------------------------------------------

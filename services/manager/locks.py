@@ -5,12 +5,17 @@ on one symbol at once; each would read the broker, see nothing protecting the sh
 set, so the account would get two. The lock makes "read the broker, decide, cancel, place" one step
 per symbol across processes: `SET key token NX PX ttl`, released only by its holder
 (compare-and-delete in Lua), and expiring on its own if the holder dies.
+
+The TTL is short (5 s) so a killed holder leaves its symbols unprotectable only briefly; a live holder
+keeps its locks by a keeper thread that extends them (compare-and-pexpire) every second, however long
+a broker call takes.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,9 +28,10 @@ from shared.errors import FactoryLineError
 
 log = logging.getLogger(__name__)
 
-#: Longer than a reconcile can take (reads, cancel, wait for the release, place), so a live holder
-#: never loses it; short enough that a killed holder blocks the symbol only briefly.
-LOCK_TTL_MS = 30_000
+#: How long a lock outlives its holder's last sign of life. The keeper extends held locks every
+#: KEEP_ALIVE_SECONDS, so a live holder never loses one however long the broker takes.
+LOCK_TTL_MS = 5_000
+KEEP_ALIVE_SECONDS = 1.0
 WAIT_SECONDS = 20.0
 
 _RELEASE = """
@@ -34,6 +40,52 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+_EXTEND = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
+class _Keeper:
+    """Extends every lock this process holds until it is released (one daemon thread per process)."""
+
+    def __init__(self) -> None:
+        self._held: dict[tuple[int, str], tuple[redis.Redis, str, int]] = {}
+        self._mutex = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def hold(self, client: redis.Redis, key: str, token: str, ttl_ms: int) -> None:
+        with self._mutex:
+            self._held[(id(client), key)] = (client, token, ttl_ms)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="symbol-lock-keeper", daemon=True)
+                self._thread.start()
+
+    def drop(self, client: redis.Redis, key: str) -> None:
+        with self._mutex:
+            self._held.pop((id(client), key), None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(KEEP_ALIVE_SECONDS)
+            with self._mutex:
+                held = list(self._held.items())
+            for (client_id, key), (client, token, ttl_ms) in held:
+                try:
+                    kept = client.eval(_EXTEND, 1, key, token, ttl_ms)
+                except redis.RedisError:
+                    continue  # Redis away: the next round tries again; the TTL is the safety net
+                if not kept:
+                    with self._mutex:
+                        self._held.pop((client_id, key), None)
+                    logs.event(log, "symbol_lock_lost", level=logging.WARNING, key=key,
+                               reason="expired before it could be extended")
+
+
+_KEEPER = _Keeper()
 
 
 class SymbolBusy(FactoryLineError):
@@ -44,15 +96,24 @@ def lock_key(keys: Keys, symbol: str) -> str:
     return f"{keys.ns}:lock:symbol:{symbol}"
 
 
-def try_acquire(client: redis.Redis, keys: Keys, symbol: str, ttl_ms: int = LOCK_TTL_MS) -> str | None:
-    """The lock's token when we got it, else None (someone else holds it)."""
+def try_acquire(client: redis.Redis, keys: Keys, symbol: str, ttl_ms: int = LOCK_TTL_MS, *,
+                keep_alive: bool = True) -> str | None:
+    """The lock's token when we got it, else None (someone else holds it). With `keep_alive` the
+    process keeps extending it until `release`."""
     token = secrets.token_hex(12)
-    return token if client.set(lock_key(keys, symbol), token, nx=True, px=ttl_ms) else None
+    key = lock_key(keys, symbol)
+    if not client.set(key, token, nx=True, px=ttl_ms):
+        return None
+    if keep_alive:
+        _KEEPER.hold(client, key, token, ttl_ms)
+    return token
 
 
 def release(client: redis.Redis, keys: Keys, symbol: str, token: str) -> bool:
     """Delete the lock only if it is still ours (it may have expired and been taken by another)."""
-    return bool(client.eval(_RELEASE, 1, lock_key(keys, symbol), token))
+    key = lock_key(keys, symbol)
+    _KEEPER.drop(client, key)
+    return bool(client.eval(_RELEASE, 1, key, token))
 
 
 @contextmanager

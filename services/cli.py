@@ -16,10 +16,13 @@ from shared.errors import FactoryLineError
 
 #: command -> (module defining register(subparsers), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("services.demo.cli", "run the line end to end on the built-in simulated market, offline"),
     "config": ("services.configcmd", "validate settings from the environment and .env and print them"),
     "sim": ("services.sim.cli", "run the Alpaca-compatible simulated market"),
     "rank": ("services.ranker.cli", "rank the scanner logs now and write actionable_signals.csv"),
     "trade": ("services.trader.cli", "enter today's ranked signals now (--dry-run prints the plan)"),
+    "reconcile": ("services.manager.cli", "check every position's protective orders now and fix them"),
+    "watch": ("services.manager.cli", "follow live notifications (fills, protections, exits)"),
 }
 
 

@@ -115,13 +115,18 @@ def test_config_command_masks_secrets(tmp_path):
 
 
 def test_every_setting_is_documented_in_env_example():
+    import importlib
+
     from shared import config
 
+    modules = [config] + [importlib.import_module(m) for m in
+                          ("services.sim.cli", "services.streamer.settings", "services.manager.settings")]
     documented = {
         line.split("=", 1)[0].strip()
         for line in (Path(__file__).resolve().parents[1] / ".env.example").read_text().splitlines()
         if "=" in line and not line.lstrip().startswith("#")
     }
-    groups = [cls for cls in vars(config).values() if isinstance(cls, type) and issubclass(cls, config._Settings)]
+    groups = [cls for module in modules for cls in vars(module).values()
+              if isinstance(cls, type) and issubclass(cls, config._Settings)]
     fields = {name for cls in groups for name in cls.model_fields}
     assert fields - documented == set()

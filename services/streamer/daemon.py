@@ -110,7 +110,8 @@ class Streamer:
                     if now >= next_beat or self._wake.is_set():
                         self._heartbeat()
                         next_beat = now + HEARTBEAT_SECONDS
-                self._wake.wait(min(standby_poll, HEARTBEAT_SECONDS))
+                due = min(next_lock, next_beat if self._leading else next_lock)
+                self._wake.wait(min(max(due - time.monotonic(), 0.01), standby_poll))
                 self._wake.clear()
         finally:
             self._shutdown()

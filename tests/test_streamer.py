@@ -380,3 +380,37 @@ def test_reconnect_backfill_of_already_delivered_updates_adds_nothing(market, ru
     health = redis_client.hgetall(keys.streamer_health)
     assert int(health["last_backfill_count"]) >= 3 and health["last_backfill_added"] == "0"
     assert sorted(_stream_event_ids(redis_client, keys)) == sorted(sent)
+
+
+def test_leader_that_loses_its_lock_drops_the_broker_connection_at_once(market, running_streamer, redis_client, keys):
+    streamer, _ = running_streamer
+    redis_client.set(keys.streamer_leader, "another-replica", px=60_000)
+    _eventually(lambda: market.control.state()["stream_connections"] == 0, timeout=10,
+                what="the deposed leader to disconnect")
+    assert not streamer.is_leader
+    redis_client.delete(keys.streamer_leader)  # the other replica went away without its lock
+    _eventually(lambda: market.control.state()["stream_connections"] == 1 and streamer.is_leader, timeout=10,
+                what="the lock to be taken back")
+
+
+def test_check_passes_when_redis_and_the_broker_answer(market, namespace, tmp_path):
+    from conftest import redis_url
+
+    env = _bare_env(tmp_path) | market.broker_env() | {"REDIS_URL": redis_url(), "FL_NAMESPACE": namespace}
+    result = subprocess.run([sys.executable, "-m", "services.streamer", "--check"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("streamer: ok: config valid, Redis answers, broker answers")
+
+
+def test_check_with_unreachable_broker_exits_2_with_one_line(namespace, tmp_path):
+    from conftest import redis_url
+
+    env = _bare_env(tmp_path) | {"ALPACA_API_KEY": "key-AAAA1111", "ALPACA_SECRET_KEY": "secret-BBBB2222",
+                                 "ALPACA_ENDPOINT": "http://127.0.0.1:1", "REDIS_URL": redis_url(),
+                                 "FL_NAMESPACE": namespace}
+    result = subprocess.run([sys.executable, "-m", "services.streamer", "--check"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.startswith("streamer: error: ")
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr

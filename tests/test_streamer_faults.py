@@ -257,6 +257,7 @@ def test_standby_takes_over_from_a_killed_leader_and_backfills_the_gap(market, s
     executor.buy_qty("AAPL", Decimal("1"), "failover-live-0")
     _eventually(lambda: set(_stream_ids(redis_client, keys)) >= set(_fill_ids(market.control.events(0))),
                 what="the live fill")
+    _eventually(lambda: redis_client.hget(keys.streamer_health, "event_high_water"), what="the leader's checkpoint")
 
     streamers.processes[leader_pid].send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
@@ -273,7 +274,10 @@ def test_standby_takes_over_from_a_killed_leader_and_backfills_the_gap(market, s
     _eventually(lambda: set(_stream_ids(redis_client, keys)) >= set(fills), what="the gap's fills")
     assert sorted(e for e in _stream_ids(redis_client, keys) if ":fill:" in e) == sorted(fills)
     assert market.control.state()["stream_connections"] == 1
-    assert "leader_elected token=" in streamers.log("second" if standby_pid == second.pid else "first")
+    standby_log = streamers.log("second" if standby_pid == second.pid else "first")
+    assert "leader_elected token=" in standby_log
+    # The new leader backfilled from the dead one's checkpoint (minus the margin), not from the day's start.
+    assert "backfill_since=2024-03-04T14:59" in standby_log, "the checkpoint was not used"
 
 
 def test_redis_restarted_mid_burst_loses_no_fill_and_keeps_the_broker_stream(market, throwaway_redis, tmp_path):

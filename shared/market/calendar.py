@@ -7,6 +7,7 @@ cheap and nothing downstream touches pandas.
 from __future__ import annotations
 
 import bisect
+import warnings
 from datetime import date, datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
@@ -26,7 +27,11 @@ class NyseCalendar:
             kwargs["start"] = start.isoformat()
         if end is not None:
             kwargs["end"] = end.isoformat()
-        cal = xcals.get_calendar("XNYS", **kwargs)
+        with warnings.catch_warnings():
+            # exchange_calendars 4.13 uses a pandas API that pandas 3.1 deprecates; harmless here.
+            warnings.simplefilter("ignore", category=FutureWarning)
+            warnings.simplefilter("ignore", category=DeprecationWarning)
+            cal = xcals.get_calendar("XNYS", **kwargs)
         sched = cal.schedule
         self._days: dict[date, TradingDay] = {}
         for label, row in zip(sched.index, sched.itertuples(index=False), strict=True):

@@ -24,6 +24,7 @@ from shared.errors import InputError
 from shared.market.calendar import NEW_YORK, nyse
 from shared.money import fmt_money, fmt_qty
 from shared.sim.engine import MarketEngine
+from shared.texttable import table
 
 #: A fixed, ordinary trading day: with the same seed the demo prints the same numbers.
 DEFAULT_DAY = date(2026, 11, 2)
@@ -160,10 +161,10 @@ def _ledger_table(redis_url: str, namespace: str) -> str:
     trades = ledger.read(bus.connect(redis_url), bus.Keys(namespace))
     if not trades:
         return "no closed trades"
-    rows = [("symbol", "qty", "entry", "exit", "realized P/L", "reason")]
-    rows += [(t.symbol, fmt_qty(t.qty), fmt_money(t.entry_price), fmt_money(t.exit_price), fmt_money(t.realized_pl),
+    header = ("symbol", "qty", "entry", "exit", "realized P/L", "reason")
+    rows = [(t.symbol, fmt_qty(t.qty), fmt_money(t.entry_price), fmt_money(t.exit_price), fmt_money(t.realized_pl),
               t.exit_reason.value) for t in trades]
-    return _columns(rows)
+    return "\n".join(table(header, rows))
 
 
 def _positions_table(executor) -> str:
@@ -175,15 +176,11 @@ def _positions_table(executor) -> str:
         for leg in order.all_orders():
             stop, target = stops.get(leg.symbol, (None, None))
             stops[leg.symbol] = (leg.stop_price or stop, leg.limit_price or target)
-    rows = [("symbol", "qty", "entry", "last", "P/L", "stop", "target")]
+    header = ("symbol", "qty", "entry", "last", "P/L", "stop", "target")
+    rows = []
     for p in positions:
         stop, target = stops.get(p.symbol, (None, None))
         rows.append((p.symbol, fmt_qty(p.qty), fmt_money(p.avg_entry_price), fmt_money(p.current_price or 0),
                      fmt_money(p.unrealized_pl or 0), fmt_money(stop) if stop else "-",
                      fmt_money(target) if target else "-"))
-    return _columns(rows)
-
-
-def _columns(rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+    return "\n".join(table(header, rows, right=range(1, 7)))

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from decimal import Decimal
 
+from shared.texttable import table
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("rank", help="rank the scanner logs now and write actionable_signals.csv")
@@ -30,7 +32,7 @@ def render(summary: dict) -> str:
              f"{len(kept)} kept, {len(rejected)} rejected", ""]
     if kept:
         lines.append("kept")
-        lines += _table(
+        lines += table(
             ("rank", "ticker", "strategy", "win rate", "profit factor", "trades", "signal price", "scanned at"),
             [(str(s["rank"]), s["ticker"], s["strategy"], _percent(s["win_rate"]), s["profit_factor"],
               str(s["trades"]), s["signal_price"], s["scanned_at"]) for s in kept],
@@ -40,7 +42,7 @@ def render(summary: dict) -> str:
         lines.append("kept: none (no actionable signal today)")
     if rejected:
         lines += ["", "rejected"]
-        lines += _table(("file", "reason", "detail"),
+        lines += table(("file", "reason", "detail"),
                         [(r["source_file"], r["reason"], r["detail"]) for r in rejected])
     lines += ["", f"csv: {summary['csv_path']}", f"redis: {summary['redis_key'] or 'not written (--no-redis)'}"]
     return "\n".join(lines)
@@ -48,20 +50,3 @@ def render(summary: dict) -> str:
 
 def _percent(fraction: str) -> str:
     return f"{(Decimal(fraction) * 100).quantize(Decimal('0.01'))}%"
-
-
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], right: frozenset[int] | set[int] = frozenset()
-           ) -> list[str]:
-    cells = [tuple(_printable(c) for c in row) for row in [header, *rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-
-    def line(row: tuple[str, ...]) -> str:
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
-                         ).rstrip()
-
-    return ["  " + line(cells[0]), "  " + "  ".join("-" * w for w in widths)] + ["  " + line(r) for r in cells[1:]]
-
-
-def _printable(text: str) -> str:
-    """File names come from disk: no control characters reach the terminal."""
-    return "".join(c if c.isprintable() else "?" for c in text)

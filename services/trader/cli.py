@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 
+from shared.texttable import table
+
 _PROBLEMS = frozenset({"rejected", "unknown outcome", "not sent"})
 
 
@@ -61,7 +63,7 @@ def render(summary: dict) -> str:
     entries = summary["entries"]
     if entries:
         lines.append("orders")
-        lines += _table(
+        lines += table(
             ("symbol", "kind", "amount", "qty", "ref price", "client order id", "status", "detail"),
             [(e["symbol"], e["kind"], _money(e["amount"]), e["qty"] or "-", e["reference_price"],
               e["client_order_id"], e["status"] + (f" ({e['order_status']})" if e.get("order_status") else ""),
@@ -72,7 +74,7 @@ def render(summary: dict) -> str:
         lines.append("orders: none")
     if summary["skips"]:
         lines += ["", "skipped"]
-        lines += _table(("symbol", "reason", "detail"),
+        lines += table(("symbol", "reason", "detail"),
                         [(s["symbol"], s["reason"], s["detail"]) for s in summary["skips"]])
     if summary["counts"]:
         lines += ["", ", ".join(f"{n} {status}" for status, n in summary["counts"].items())]
@@ -85,20 +87,3 @@ def _money(amount: str | None) -> str:
     from shared.money import fmt_money
 
     return "-" if amount is None else fmt_money(Decimal(amount))
-
-
-def _table(header: tuple[str, ...], rows: list[tuple[str, ...]], right: frozenset[int] | set[int] = frozenset()
-           ) -> list[str]:
-    cells = [tuple(_printable(str(c)) for c in row) for row in [header, *rows]]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-
-    def line(row: tuple[str, ...]) -> str:
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
-                         for i, (c, w) in enumerate(zip(row, widths, strict=True))).rstrip()
-
-    return ["  " + line(cells[0]), "  " + "  ".join("-" * w for w in widths)] + ["  " + line(r) for r in cells[1:]]
-
-
-def _printable(text: str) -> str:
-    """Broker messages reach the terminal: no control characters."""
-    return "".join(c if c.isprintable() else "?" for c in text)

@@ -21,7 +21,7 @@ from datetime import UTC, date, datetime, timedelta
 import redis
 from rq.exceptions import DuplicateJobError
 
-from services.scheduler.schedule import Entry, Plan, day_entries, decide, next_run
+from services.scheduler.schedule import MANAGE, Entry, Plan, day_entries, decide, next_run
 from shared import logs, queues
 from shared.broker.contract import OrderExecutor
 from shared.bus import Keys
@@ -99,11 +99,15 @@ class Scheduler:
         for entry in decision.missed:
             result.missed.append(entry)
             job_id = entry.job_id(self.keys.ns)
-            if job_id not in self._reported_missed and not self._was_enqueued(job_id):
-                self._reported_missed.add(job_id)
-                logs.event(log, "job_missed", level=logging.WARNING, job=entry.job.name, job_id=job_id,
-                           scheduled_for=entry.at.isoformat(),
-                           reason=f"past the {int(self.plan.grace.total_seconds() // 60)} min grace window")
+            # Warn about today's missed runs only, once each; a missed manage tick needs no warning
+            # (the next tick reconciles everything anyway).
+            if (entry.job is MANAGE or entry.session != now.date() or job_id in self._reported_missed
+                    or self._was_enqueued(job_id)):
+                continue
+            self._reported_missed.add(job_id)
+            logs.event(log, "job_missed", level=logging.WARNING, job=entry.job.name, job_id=job_id,
+                       scheduled_for=entry.at.isoformat(),
+                       reason=f"past the {int(self.plan.grace.total_seconds() // 60)} min grace window")
         self._write_health(now, result)
         return result
 

@@ -79,6 +79,14 @@ class BrokerSettings(_Settings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _mask_secrets_in_logs(self) -> BrokerSettings:
+        from shared import logs
+
+        logs.register_secret(self.ALPACA_API_KEY.get_secret_value())
+        logs.register_secret(self.ALPACA_SECRET_KEY.get_secret_value())
+        return self
+
     @property
     def is_live(self) -> bool:
         return urlparse(self.ALPACA_ENDPOINT).hostname == LIVE_TRADING_HOST

@@ -1,0 +1,70 @@
+"""The common shell of every `python -m services.<name>` entry point.
+
+`--check` runs the service's self-check (settings, Redis, broker) and prints `<name>: ok: ...`: the
+docker-compose healthcheck. Without it the service runs. Either way a bad setting, an unreachable
+Redis or a broker error ends the process with one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+
+import redis
+
+from shared import bus, config, logs
+from shared.errors import FactoryLineError
+from shared.models import MarketClock
+
+
+def run(name: str, doc: str, argv: list[str] | None, *, serve: Callable[[], int | None],
+        check: Callable[[], str]) -> int:
+    """Parse `--check` / `--log-level`, then call `check()` (its text follows "ok:") or `serve()`."""
+    parser = argparse.ArgumentParser(prog=f"python -m services.{name}", description=doc.strip().splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="self-check (settings, Redis, broker), then exit 0 or 2")
+    parser.add_argument("--log-level", default="INFO", help="log level (default INFO)")
+    args = parser.parse_args(argv)
+    try:
+        if args.check:
+            print(f"{name}: ok: {check()}")
+            return 0
+        logs.setup(args.log_level.upper())
+        return int(serve() or 0)
+    except FactoryLineError as exc:
+        print(f"{name}: error: {logs.redact(str(exc))}", file=sys.stderr)
+        return 2
+    except redis.RedisError as exc:
+        print(f"{name}: error: Redis: {logs.redact(str(exc))}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def check_redis(redis_settings: config.RedisSettings) -> None:
+    client = bus.connect(redis_settings.REDIS_URL)
+    try:
+        client.ping()
+    finally:
+        client.close()
+
+
+def check_broker(broker_settings: config.BrokerSettings) -> MarketClock:
+    """The broker answers and accepts the keys (the account is read, not just the clock)."""
+    from shared.broker import make_executor
+
+    executor = make_executor(broker_settings)
+    try:
+        clock = executor.get_clock()
+        executor.get_account()
+        return clock
+    except FactoryLineError:
+        raise
+    except Exception as exc:  # a transport error the adapter did not translate: still one line
+        raise FactoryLineError(f"broker at {broker_settings.ALPACA_ENDPOINT}: {type(exc).__name__}: {exc}") from None
+    finally:
+        executor.close()
+
+
+def market_state(clock: MarketClock) -> str:
+    return f"market {'open' if clock.is_open else 'closed'}"

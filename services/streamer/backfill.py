@@ -11,9 +11,9 @@ Mapping (event id = order id : event : cumulative filled qty, see `TradeUpdate.e
 - canceled / expired / rejected / done_for_day / replaced -> that event
 - new (and pending_cancel / pending_replace etc. without fills) -> new;  accepted -> accepted;
   pending_new -> pending_new;  held (an OCO/bracket leg not yet active) -> nothing
-Alpaca lists orders by submission time, so the broker is asked from `lookback` (35 days) before the
-start and the orders not updated since the start are dropped here: an old GTC protective stop that
-filled during the gap is still found. Intermediate partial fills the stream missed are not rebuilt: only the latest cumulative quantity
+The broker contract's `get_orders_updated_since` returns every order changed since the start,
+including an old GTC protective stop that filled during the gap (the Alpaca adapter looks back over
+a GTC order's lifetime to find it). Intermediate partial fills the stream missed are not rebuilt: only the latest cumulative quantity
 is known, and that is what the manager acts on.
 """
 
@@ -127,12 +127,10 @@ class Backfiller:
         executor: OrderExecutor,
         recorder: Recorder,
         *,
-        lookback: timedelta = timedelta(days=35),
         on_done: Callable[[datetime, int, Batch], None] | None = None,
     ):
         self.executor = executor
         self.recorder = recorder
-        self.lookback = lookback
         self.on_done = on_done
         self._cond = threading.Condition()
         self._pending: object = self._UNSET
@@ -188,9 +186,7 @@ class Backfiller:
     def run_once(self, since: datetime | None) -> Batch:
         """One backfill: ask the broker, queue the implied updates for recording."""
         start = first_start_since(self.executor) if since is None else since
-        # Ask from further back: Alpaca lists orders by submission time, so an old GTC stop that
-        # filled during the gap is only found by listing from before it was submitted.
-        orders = self.executor.get_orders_updated_since(start - self.lookback)
+        orders = self.executor.get_orders_updated_since(start)
         updates = implied_updates(orders, since=start)
         logs.event(log, "backfill_fetched", since=start.isoformat(), orders=len(orders), updates=len(updates))
 

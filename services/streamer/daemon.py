@@ -63,10 +63,7 @@ class Streamer:
             client, keys, maxlen=settings.FL_STREAMER_MAXLEN, seen_ttl=settings.FL_STREAMER_SEEN_TTL_SECONDS,
             on_redis_back=self._on_redis_back,
         )
-        self.backfiller = Backfiller(
-            executor, self.recorder, on_done=self._on_backfill_done,
-            lookback=timedelta(days=settings.FL_STREAMER_BACKFILL_LOOKBACK_DAYS),
-        )
+        self.backfiller = Backfiller(executor, self.recorder, on_done=self._on_backfill_done)
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._leading = False

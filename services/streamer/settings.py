@@ -17,9 +17,6 @@ class StreamerSettings(_Settings):
     FL_STREAMER_LOCK_REFRESH_SECONDS: float = Field(default=5.0, gt=0, le=100)
     #: Backfill asks for orders updated since the last recorded event minus this margin.
     FL_STREAMER_BACKFILL_MARGIN_SECONDS: float = Field(default=60.0, ge=0, le=86_400)
-    #: Backfill also lists orders submitted this many days before its start: a GTC exit placed days
-    #: ago that filled while the stream was down is found only that way (Alpaca lists by submission).
-    FL_STREAMER_BACKFILL_LOOKBACK_DAYS: int = Field(default=35, ge=0, le=366)
     #: Approximate length the trade-update stream is trimmed to (never below 10,000: trimming
     #: deletes entries a consumer group has not acknowledged yet).
     FL_STREAMER_MAXLEN: int = Field(default=100_000, ge=10_000)

@@ -345,7 +345,7 @@ def test_factoryline_report_without_broker_keys_is_one_line(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_worker_check_reports_ok_with_its_queue_and_fails_in_one_line_on_bad_redis(market, namespace, tmp_path):
+def test_worker_check_reports_ok_with_its_queue_and_fails_in_one_line_on_bad_redis_or_keys(market, namespace, tmp_path):
     env = {**market.broker_env(), "REDIS_URL": redis_url(), "FL_NAMESPACE": namespace}
     ok = _run([sys.executable, "-m", "services.reporter", "--check"], tmp_path, env)
     assert ok.returncode == 0, ok.stderr
@@ -353,6 +353,10 @@ def test_worker_check_reports_ok_with_its_queue_and_fails_in_one_line_on_bad_red
     bad = _run([sys.executable, "-m", "services.reporter", "--check"], tmp_path, {**env, "REDIS_URL": "http://x"})
     assert bad.returncode == 2 and bad.stderr.startswith("reporter: error: REDIS_URL")
     assert bad.stderr.strip().count("\n") == 0
+    wrong = _run([sys.executable, "-m", "services.reporter", "--check"], tmp_path,
+                 {**env, "ALPACA_SECRET_KEY": "wrong-secret"})
+    assert wrong.returncode == 2 and wrong.stderr.startswith("reporter: error:")
+    assert wrong.stderr.strip().count("\n") == 0 and "wrong-secret" not in wrong.stderr
 
 
 def test_job_enqueued_on_the_reporter_queue_runs_in_the_worker_and_returns_the_paths(market, clean_env, namespace,

@@ -1,7 +1,7 @@
 """`python -m services.reporter`: the reporter's RQ worker, serving the `<FL_NAMESPACE>-reporter` queue.
 
 The scheduler enqueues `services.reporter.jobs.daily_report` there at 16:05 New York. `--check`
-validates the settings and that Redis answers, then exits 0 (docker-compose healthcheck); any problem
+validates the settings and that Redis and the broker answer, then exits 0 (docker-compose healthcheck); any problem
 is one line on stderr and exit status 2.
 """
 
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = config.load(ReporterSettings)
-        config.load(config.BrokerSettings)
+        broker_settings = config.load(config.BrokerSettings)
         config.load(config.ExitSettings)
         redis_settings = config.load(config.RedisSettings)
         keys = bus.Keys(redis_settings.FL_NAMESPACE)
@@ -34,7 +34,14 @@ def main(argv: list[str] | None = None) -> int:
                 client.ping()
             finally:
                 client.close()
-            print(f"reporter: ok: config valid, Redis answers, queue {keys.queue('reporter')}, "
+            from shared.broker import make_executor
+
+            executor = make_executor(broker_settings)
+            try:
+                executor.get_clock()
+            finally:
+                executor.close()
+            print(f"reporter: ok: config valid, Redis and the broker answer, queue {keys.queue('reporter')}, "
                   f"reports to {settings.FL_REPORTS_DIR}")
             return 0
         logs.setup(args.log_level.upper())

@@ -92,7 +92,7 @@ def write_report(executor: OrderExecutor, client: redis.Redis, keys: bus.Keys, r
                realized_pl=report.totals.realized_pl, html=str(html_path), json=str(json_path))
     bus.publish(client, keys, "report_written", report_date=report.report_date.isoformat(),
                 equity=str(report.account.equity), html=str(html_path))
-    log.debug("%s", render_text.render(report))
+    log.info("daily report\n%s", render_text.render(report))
     return ReportFiles(report=report, html_path=html_path, json_path=json_path)
 
 

@@ -34,7 +34,7 @@ body { font: 14px/1.45 -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-se
 h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 16px; margin: 28px 0 8px; color: #34475c; }
 .meta { color: #66768a; margin-bottom: 16px; }
 .cards { display: flex; gap: 12px; flex-wrap: wrap; }
-.card { background: #fff; border-radius: 8px; padding: 12px 16px; min-width: 170px;
+.card { background: #fff; border-radius: 8px; padding: 12px 16px; min-width: 150px;
         box-shadow: 0 1px 2px rgba(0,0,0,.08); }
 .card .label { color: #66768a; font-size: 12px; text-transform: uppercase; letter-spacing: .04em; }
 .card .value { font-size: 22px; font-weight: 600; font-variant-numeric: tabular-nums; }
@@ -161,7 +161,7 @@ def _px(value: Decimal) -> str:
 
 def equity_svg(points: list[EquityPoint]) -> str:
     """The recorded equity over time: a line through every point, a dot on each (hover shows the figure)."""
-    header = (f'<svg id="equity-curve" xmlns="http://www.w3.org/2000/svg" width="{CURVE_W}" height="{CURVE_H}" '
+    header = (f'<svg id="equity-curve" xmlns="http://www.w3.org/2000/svg" width="100%" '
               f'viewBox="0 0 {CURVE_W} {CURVE_H}" role="img" aria-label="equity curve" data-points="{len(points)}">')
     if not points:
         return (header + f'<text x="{CURVE_W // 2}" y="{CURVE_H // 2}" text-anchor="middle" fill="#66768a">'
@@ -210,7 +210,7 @@ def equity_svg(points: list[EquityPoint]) -> str:
 def pl_bars_svg(rows: list[SymbolPL]) -> str:
     """One horizontal bar per symbol from a zero line: green right for a gain, red left for a loss."""
     height = max(1, len(rows)) * BAR_ROW + 16
-    header = (f'<svg id="pl-by-position" xmlns="http://www.w3.org/2000/svg" width="{BAR_W}" height="{height}" '
+    header = (f'<svg id="pl-by-position" xmlns="http://www.w3.org/2000/svg" width="100%" '
               f'viewBox="0 0 {BAR_W} {height}" role="img" aria-label="P/L by position" data-bars="{len(rows)}">')
     if not rows:
         return header + '<text x="16" y="24" fill="#66768a">no positions today</text></svg>'

@@ -57,10 +57,10 @@ def render(report: DailyReport) -> str:
         f"{'open' if report.market_open else 'closed'})",
         "",
         "account",
-        *_table(("equity", "cash", "buying power", "change today", ""),
+        *_table(("equity", "cash", "buying power", "change today"),
                 [(money(account.equity), money(account.cash), money(account.buying_power),
-                  signed_money(account.change_today), percent(account.change_today_pct))],
-                right={0, 1, 2, 3, 4}),
+                  f"{signed_money(account.change_today)} ({percent(account.change_today_pct)})")],
+                right={0, 1, 2, 3}),
         "",
     ]
     if report.positions:

@@ -1,0 +1,253 @@
+"""The manager's tick (RQ job `manage_positions`, every 5 minutes in market hours; `factoryline manage`).
+
+Reads: the halt flag, the broker's clock, every open position (one listing), the latest price of
+all of them (one batched request; the last trade when the ask is missing), the minute bars since
+the last tick (one batched request), and each position's `PositionState` in Redis (one MGET).
+Decides: `shared.exits.evaluate` raises the high-water mark with the highest price seen since the
+last tick (so a spike between ticks counts), arms break-even and trailing, and says whether a soft
+exit fires (trailing, break-even, time stop).
+Writes: the advanced states (compare-and-set: a fill processed meanwhile wins), the exits
+(`services.manager.exiting`), and portfolio.csv.
+
+Broker requests per tick when no exit fires and no state is lost: clock, positions, prices, bars (the
+adapter splits prices and bars into one request per 200 symbols). A lost state adds two requests for
+all lost symbols together (order history, bars since entry); each exit adds its own.
+Does nothing (and says so) while the halt flag is set or the market is closed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from pathlib import Path
+
+import redis
+
+from services.manager import exiting, hwm, locks, portfolio
+from shared import bus, config, logs
+from shared.broker.contract import OrderExecutor
+from shared.errors import FactoryLineError
+from shared.exits import ExitDecision, ExitRules, PositionState, evaluate, soft_exit
+from shared.models import Position, Timeframe
+from shared.money import ZERO
+
+log = logging.getLogger(__name__)
+
+#: Exit outcomes after which the position is gone from portfolio.csv.
+_CLOSED = (exiting.ExitOutcome.SOLD, exiting.ExitOutcome.SOLD_REMAINDER, exiting.ExitOutcome.ALREADY_CLOSED)
+
+
+class TickStatus(StrEnum):
+    DONE = "done"
+    HALTED = "halted"
+    MARKET_CLOSED = "market_closed"
+
+
+@dataclass
+class TickReport:
+    status: TickStatus
+    at: datetime | None = None
+    positions: int = 0
+    #: Each open position's state after this tick (including those an exit then sold).
+    states: dict[str, PositionState] = field(default_factory=dict)
+    exits: list[exiting.ExitResult] = field(default_factory=list)
+    rebuilt: list[str] = field(default_factory=list)
+    #: Positions without any price this tick (left as they were).
+    unpriced: list[str] = field(default_factory=list)
+    #: Positions whose state changed under us twice in this tick (advanced next tick).
+    contended: list[str] = field(default_factory=list)
+    portfolio_csv: str | None = None
+    seconds: float = 0.0
+
+    def lines(self) -> list[str]:
+        if self.status is TickStatus.HALTED:
+            return ["manage: halted (the halt flag is set): nothing checked, nothing sold"]
+        if self.status is TickStatus.MARKET_CLOSED:
+            return [f"manage: market closed at {self.at.isoformat() if self.at else '?'}: nothing checked"]
+        out = [f"{e.summary()}" for e in self.exits]
+        out += [f"{s}: state rebuilt from the broker's bars since entry" for s in self.rebuilt]
+        out += [f"{s}: no price this tick, left as it was" for s in self.unpriced]
+        out += [f"{s}: state changed by a fill during the tick, checked next tick" for s in self.contended]
+        out.append(f"manage: {self.positions} position(s) checked at {self.at.isoformat() if self.at else '?'}, "
+                   f"{len(self.exits)} exit(s), portfolio {self.portfolio_csv or 'not written'} "
+                   f"({self.seconds:.2f} s)")
+        return out
+
+    def as_dict(self) -> dict:
+        return {
+            "status": self.status.value,
+            "at": self.at.isoformat() if self.at else None,
+            "positions": self.positions,
+            "exits": [{"symbol": e.symbol, "reason": e.decision.reason.value, "outcome": e.outcome.value,
+                       "qty_sold": str(e.qty_sold), "detail": e.detail,
+                       "realized_pl": str(e.trade.realized_pl) if e.trade else None} for e in self.exits],
+            "armed": {s: [r.value for r in portfolio.armed_exits(st)] for s, st in sorted(self.states.items())},
+            "rebuilt": self.rebuilt,
+            "unpriced": self.unpriced,
+            "contended": self.contended,
+            "portfolio_csv": self.portfolio_csv,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def last_tick_key(keys: bus.Keys) -> str:
+    return f"{keys.ns}:manager:last_tick"
+
+
+# -- the RQ job ---------------------------------------------------------------------------------------
+
+
+def manage_positions() -> dict:
+    """The RQ job (and `factoryline manage`): one tick with the settings from the environment."""
+    return tick_from_settings().as_dict()
+
+
+def tick_from_settings() -> TickReport:
+    broker_settings = config.load(config.BrokerSettings)
+    redis_settings = config.load(config.RedisSettings)
+    rules = ExitRules.from_settings(config.load(config.ExitSettings))
+    portfolio_settings = config.load(portfolio.PortfolioSettings)
+    keys = bus.Keys(redis_settings.FL_NAMESPACE)
+    client = bus.connect(redis_settings.REDIS_URL)
+    try:
+        from shared.broker import make_executor
+
+        executor = make_executor(broker_settings)
+        try:
+            return run_tick(executor, client, keys, rules, portfolio_path=portfolio_settings.FL_PORTFOLIO_CSV)
+        finally:
+            executor.close()
+    except redis.RedisError as exc:
+        raise FactoryLineError(f"Redis: {logs.redact(str(exc))}") from None
+    finally:
+        client.close()
+
+
+# -- the tick -----------------------------------------------------------------------------------------
+
+
+def run_tick(
+    executor: OrderExecutor,
+    client: redis.Redis,
+    keys: bus.Keys,
+    rules: ExitRules,
+    *,
+    portfolio_path: Path | None = None,
+    lock_wait_seconds: float = locks.WAIT_SECONDS,
+    fill_wait_seconds: float = exiting.FILL_WAIT_SECONDS,
+) -> TickReport:
+    """One tick over a given broker and Redis (the job, the command, tests and the benchmark)."""
+    started = time.perf_counter()
+    if client.exists(keys.halt):
+        logs.event(log, "tick_skipped", level=logging.WARNING, reason="halt flag set")
+        return TickReport(TickStatus.HALTED)
+    clock = executor.get_clock()
+    now = clock.timestamp
+    if not clock.is_open:
+        logs.event(log, "tick_skipped", reason="market closed", at=now.isoformat())
+        return TickReport(TickStatus.MARKET_CLOSED, at=now)
+    report = TickReport(TickStatus.DONE, at=now)
+    positions = {p.symbol: p for p in executor.get_positions() if p.qty > ZERO}
+    report.positions = len(positions)
+    prices = _prices(executor, positions)
+    report.unpriced = sorted(s for s in positions if s not in prices)
+    stored = hwm.load_states(client, keys, positions)
+
+    lost = {s: positions[s] for s, st in stored.items() if st.state is None}
+    rebuilt = hwm.rebuild(executor, lost, prices, now, rules)
+    report.rebuilt = sorted(rebuilt)
+    known = {s: _with_position(st.state, positions[s], now) for s, st in stored.items() if st.state is not None}
+    highs = _highs_since_last_tick(executor, known, now)
+
+    decided: dict[str, tuple[PositionState, ExitDecision | None]] = {}
+    for symbol, state in known.items():
+        if symbol in prices:
+            decided[symbol] = evaluate(state, highs.get(symbol), prices[symbol], now, rules)
+    for symbol, state in rebuilt.items():
+        decision = soft_exit(state, price=prices[symbol], now=now, rules=rules) if symbol in prices else None
+        decided[symbol] = (state, decision)
+    lost_race = hwm.save_advanced(client, keys, {s: (stored[s].raw, st) for s, (st, _d) in decided.items()})
+    if lost_race:
+        for symbol in lost_race:
+            del decided[symbol]
+        decided.update(_retry_contended(client, keys, lost_race, positions, prices, highs, now, rules, report))
+
+    report.states = {s: st for s, (st, _d) in decided.items()}
+    for symbol in report.unpriced:
+        if known.get(symbol) is not None:
+            report.states[symbol] = known[symbol]
+    closed = set()
+    for symbol, (state, decision) in sorted(decided.items()):
+        if decision is None:
+            continue
+        result = exiting.exit_position(executor, client, keys, state, decision, rules, now=now,
+                                       lock_wait_seconds=lock_wait_seconds, fill_wait_seconds=fill_wait_seconds)
+        report.exits.append(result)
+        if result.outcome in _CLOSED:
+            closed.add(symbol)
+
+    if portfolio_path is not None:
+        rows = [portfolio.PortfolioRow(state, positions[s].qty, prices.get(s))
+                for s, state in report.states.items() if s not in closed]
+        report.portfolio_csv = str(portfolio.write(Path(portfolio_path), rows, now, rules))
+    report.seconds = time.perf_counter() - started
+    client.set(last_tick_key(keys), json.dumps(report.as_dict()))
+    logs.event(log, "tick_done", positions=report.positions, exits=len(report.exits), rebuilt=len(report.rebuilt),
+               unpriced=len(report.unpriced), seconds=round(report.seconds, 3))
+    return report
+
+
+def _prices(executor: OrderExecutor, positions: dict[str, Position]) -> dict[str, Decimal]:
+    """The batched latest prices; a symbol the data feed has nothing for falls back to the price the
+    position listing carries (the broker's last valuation), so one quiet symbol never blinds the tick."""
+    if not positions:
+        return {}
+    quotes = executor.get_latest_prices(positions)
+    prices = {s: quotes[s].price for s in positions if s in quotes and quotes[s].price > ZERO}
+    for symbol, position in positions.items():
+        if symbol not in prices and position.current_price is not None and position.current_price > ZERO:
+            prices[symbol] = position.current_price
+    return prices
+
+
+def _with_position(state: PositionState, position: Position, now: datetime) -> PositionState:
+    """The broker's average entry and quantity win (a fill the reconcile has not processed yet)."""
+    if state.entry_price != position.avg_entry_price or state.qty != position.qty:
+        return state.with_entry(position.avg_entry_price, position.qty, max(state.updated_at, now))
+    return state
+
+
+def _highs_since_last_tick(executor: OrderExecutor, states: dict[str, PositionState],
+                           now: datetime) -> dict[str, Decimal]:
+    """One batched minute-bar request from the oldest state's last update; each symbol counts only the
+    bars from the minute of its own last update on (that minute's bar was not complete then)."""
+    if not states:
+        return {}
+    start = hwm.bars_start(states.values(), now)
+    if start >= now:
+        return {}
+    bars = executor.get_bars(list(states), Timeframe.MINUTE, start, now)
+    return hwm.highs_since(bars, {s: max(hwm.minute_floor(st.updated_at), start) for s, st in states.items()})
+
+
+def _retry_contended(client: redis.Redis, keys: bus.Keys, symbols: set[str], positions: dict[str, Position],
+                     prices: dict[str, Decimal], highs: dict[str, Decimal], now: datetime, rules: ExitRules,
+                     report: TickReport) -> dict[str, tuple[PositionState, ExitDecision | None]]:
+    """A fill changed (or the reconcile cleared) these states while we decided: decide once more on
+    the fresh state; if that loses again, leave the symbol to the next tick."""
+    again = hwm.load_states(client, keys, symbols)
+    decided = {}
+    for symbol, stored in again.items():
+        if stored.state is None or symbol not in prices:
+            continue  # cleared: the position closed meanwhile
+        state = _with_position(stored.state, positions[symbol], now)
+        decided[symbol] = evaluate(state, highs.get(symbol), prices[symbol], now, rules)
+    still = hwm.save_advanced(client, keys, {s: (again[s].raw, st) for s, (st, _d) in decided.items()})
+    report.contended = sorted(still | {s for s in symbols if s not in decided})
+    return {s: v for s, v in decided.items() if s not in still}
+

@@ -183,3 +183,16 @@ def test_check_with_a_bad_time_prints_one_line_and_exits_2(tmp_path):
     assert done.stderr.strip().splitlines() == [
         "scheduler: error: FL_SCHEDULE_RANK: not a schedule time: '25:00' (use HH:MM New York time, open+N "
         "or close+N minutes, or empty to turn the job off)"]
+
+
+def test_every_scheduled_job_is_a_function_of_the_package_callable_without_arguments():
+    import importlib
+    import inspect
+
+    from services.scheduler.schedule import JOBS
+
+    for job in JOBS:
+        module, _, name = job.func.rpartition(".")
+        function = getattr(importlib.import_module(module), name)
+        required = [p for p in inspect.signature(function).parameters.values() if p.default is p.empty]
+        assert required == [], job.func

@@ -34,7 +34,7 @@ class Job:
     in_session: bool = False
 
 
-SCAN = Job("scan", "scanner", "services.scanner.jobs.scan")
+SCAN = Job("scan", "scanner", "services.scanner.jobs.scan_targets")
 RANK = Job("rank", "ranker", "services.ranker.jobs.rank_signals")
 TRADE = Job("trade", "trader", "services.trader.jobs.trade_signals", in_session=True)
 MANAGE = Job("manage", "manager", "services.manager.tick.manage_positions", in_session=True)

@@ -26,7 +26,7 @@ from shared.money import ZERO
 
 PIXEL = Decimal("0.1")
 CURVE_W, CURVE_H, PAD_L, PAD_R, PAD_T, PAD_B = 960, 280, 96, 24, 20, 36
-BAR_W, BAR_ROW, BAR_LABEL = 960, 30, 110
+BAR_W, BAR_ROW, BAR_LABEL = 960, 30, 170
 
 CSS = """
 body { font: 14px/1.45 -apple-system, "Segoe UI", Roboto, "DejaVu Sans", sans-serif; color: #1d2733;

@@ -379,3 +379,42 @@ def test_job_enqueued_on_the_reporter_queue_runs_in_the_worker_and_returns_the_p
     assert summary["report_date"] == "2024-03-04" and D(summary["equity"]) == D("200000")
     assert Path(summary["html"]).is_file() and Path(summary["json"]).is_file()
     assert [p.equity for p in equity_history(redis_client, keys)] == [D("200000")]
+
+
+class CountingExecutor:
+    """The real executor, counting the broker calls the reporter makes through it."""
+
+    def __init__(self, executor):
+        self.executor, self.calls = executor, []
+
+    def __getattr__(self, name):
+        attribute = getattr(self.executor, name)
+        if not callable(attribute):
+            return attribute
+
+        def counted(*args, **kwargs):
+            self.calls.append(name)
+            return attribute(*args, **kwargs)
+
+        return counted
+
+
+def test_a_report_costs_the_same_four_broker_reads_with_two_or_twelve_positions(market, redis_client, keys,
+                                                                                tmp_path):
+    executor = make_executor(market.broker_settings())
+    symbols = ["AAPL", "MSFT", "NVDA", "AMZN", "GOOGL", "META", "TSLA", "AMD", "NFLX", "INTC", "JPM", "BAC"]
+    calls = []
+    try:
+        for count in (2, 12):
+            for symbol in symbols[:count]:
+                if executor.get_position(symbol) is None:
+                    executor.buy_qty(symbol, D("1"), f"{keys.ns}-{symbol}-entry")
+            reconcile_all(executor, redis_client, keys, RULES, TIMER)
+            counting = CountingExecutor(executor)
+            files = write_report(counting, redis_client, keys, RULES, tmp_path / str(count))
+            assert len(files.report.positions) == count
+            assert all(p.protective_orders for p in files.report.positions)
+            calls.append(sorted(counting.calls))
+    finally:
+        executor.close()
+    assert calls[0] == calls[1] == ["get_account", "get_clock", "get_open_orders", "get_positions"]

@@ -239,8 +239,12 @@ def scan(
     are split into that many shards scanned by forked processes, each with its own connection: turning
     bar JSON into Decimals is CPU work, and the broker answers one shard while another is parsed.
     """
-    if not folder.is_dir():
-        raise InputError(f"signals folder {folder} does not exist or is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise InputError(f"signals folder {folder} is not a folder") from None
+    except OSError as exc:
+        raise InputError(f"signals folder {folder}: cannot create it ({exc.strerror})") from None
     if not tickers:
         raise InputError("no tickers to scan")
     executor = make_executor()

@@ -196,3 +196,42 @@ def test_every_scheduled_job_is_a_function_of_the_package_callable_without_argum
         function = getattr(importlib.import_module(module), name)
         required = [p for p in inspect.signature(function).parameters.values() if p.default is p.empty]
         assert required == [], job.func
+
+
+def test_the_loop_enqueues_when_the_time_comes_and_stops_on_request(redis_client, keys, market):
+    import threading
+    import time
+
+    moments = iter([ny(2024, 3, 5, 9, 34, 59)] * 2 + [ny(2024, 3, 5, 9, 35, 1)] * 10_000)
+    runner = Scheduler(connect_rq(redis_url()), keys, market, PLAN, clock=lambda: next(moments))
+    stop = threading.Event()
+    thread = threading.Thread(target=runner.run, args=(stop, 0.05), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not queued(keys, "trader") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    thread.join(timeout=30)
+    assert not thread.is_alive()
+    assert queued(keys, "trader") == [f"{keys.ns}-sched-trade-20240305-0935"]
+
+
+def test_the_loop_keeps_running_while_the_broker_does_not_answer(redis_client, keys, caplog):
+    import threading
+
+    from shared.broker import make_executor
+    from shared.config import BrokerSettings
+
+    dead = make_executor(BrokerSettings(_env_file=None, ALPACA_API_KEY="k", ALPACA_SECRET_KEY="s",
+                                        ALPACA_ENDPOINT="http://127.0.0.1:9", FL_BROKER_TIMEOUT_SECONDS=1))
+    runner = Scheduler(connect_rq(redis_url()), keys, dead, PLAN, clock=lambda: ny(2024, 3, 5, 9, 35))
+    stop = threading.Event()
+    thread = threading.Thread(target=runner.run, args=(stop, 0.05), daemon=True)
+    thread.start()
+    thread.join(timeout=3)
+    assert thread.is_alive()  # still looking, not crashed
+    stop.set()
+    thread.join(timeout=30)
+    dead.close()
+    assert queued(keys, "trader") == []
+    assert sum(r.getMessage() == "scheduler_look_failed" for r in caplog.records) >= 2

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rank": ("services.ranker.cli", "rank the scanner logs now and write actionable_signals.csv"),
     "trade": ("services.trader.cli", "enter today's ranked signals now (--dry-run prints the plan)"),
     "reconcile": ("services.manager.cli", "check every position's protective orders now and fix them"),
+    "report": ("services.reporter.cli", "write today's HTML/JSON report and print the account and positions"),
     "watch": ("services.manager.cli", "follow live notifications (fills, protections, exits)"),
 }
 

@@ -543,3 +543,24 @@ def test_simulated_trade_stream_connects_before_updates_and_delivers_new_then_fi
         ("fill", order.id, 2, 2),
     ]
     assert updates[1].execution_id is not None and updates[1].order.filled_qty == 2
+
+
+def test_last_equity_is_the_previous_close_until_the_next_open():
+    from datetime import datetime
+    from decimal import Decimal
+
+    from shared.market.calendar import NEW_YORK
+    from shared.sim.engine import MarketEngine
+    from shared.sim.orders import OrderRequest
+
+    engine = MarketEngine.create(seed=7, start=datetime(2024, 3, 4, 10, 0, tzinfo=NEW_YORK), speed=0)
+    from shared.models import OrderType, Side, TimeInForce
+
+    engine.submit_order(OrderRequest(symbol="AAPL", side=Side.BUY, type=OrderType.MARKET, time_in_force=TimeInForce.DAY,
+                                     qty=Decimal("100"), client_order_id="eq-1"))
+    engine.advance_to(datetime(2024, 3, 4, 16, 5, tzinfo=NEW_YORK))
+    monday_close = engine.account()
+    assert monday_close.last_equity == Decimal("200000.00")  # still Friday's close (the start)
+    assert monday_close.equity != monday_close.last_equity   # so "change today" is visible at 16:05
+    engine.advance_to(datetime(2024, 3, 5, 9, 31, tzinfo=NEW_YORK))
+    assert engine.account().last_equity == monday_close.equity

@@ -177,7 +177,11 @@ class MarketEngine:
         self._fills: list[dict] = []
         self._rejections: list[dict] = []
         self._partial_next: dict[str, Decimal] = {}
+        #: Alpaca's last_equity: equity at the previous trading day's close. A session's closing
+        #: equity becomes last_equity only at the next open, so a 16:05 report still compares
+        #: today's equity with yesterday's close.
         self._last_equity = cash
+        self._close_equity = cash
         self._processed_until = self.clock.now()
         self._last_stamp = self._processed_until - _MICRO
         self._seq = 0
@@ -280,6 +284,7 @@ class MarketEngine:
 
     def _open_session(self, index: int) -> None:
         session = self.sessions[index]
+        self._last_equity = self._close_equity
         queued = sorted(
             (o for o in self._open.values() if o.status is OrderStatus.ACCEPTED and o.session_index <= index),
             key=lambda o: o.seq,
@@ -309,7 +314,7 @@ class MarketEngine:
                     if member.is_open:
                         member.expired_at = self._stamp(session.close)
                         self._set_status(member, OrderStatus.EXPIRED, "expired", member.expired_at)
-        self._last_equity = self._equity(session.close)
+        self._close_equity = self._equity(session.close)
 
     # =========================================================================================
     # Matching

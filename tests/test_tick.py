@@ -1,0 +1,267 @@
+"""The manager's tick: what it reads, what it remembers, when it stays still, and what it writes.
+
+Against the simulated market replaying flat prices (see test_exit_scenarios.py) and real Redis.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from conftest import redis_url
+from simhelpers import NEW_YORK, start_sim
+from test_exit_scenarios import ENTRY, MONDAY, Desk, flat_bars_csv
+
+from services.manager import hwm, portfolio, tick
+from services.manager import state as store
+from shared import bus, queues
+from shared.broker.alpaca import AlpacaExecutor
+from shared.models import Timeframe
+
+D = Decimal
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class CountingExecutor(AlpacaExecutor):
+    """Counts the broker calls a tick makes (each is one HTTP request below 200 symbols)."""
+
+    def __init__(self, settings):
+        super().__init__(settings)
+        self.calls: list[str] = []
+
+    def get_clock(self):
+        self.calls.append("clock")
+        return super().get_clock()
+
+    def get_positions(self):
+        self.calls.append("positions")
+        return super().get_positions()
+
+    def get_latest_prices(self, symbols):
+        self.calls.append("prices")
+        return super().get_latest_prices(symbols)
+
+    def get_bars(self, symbols, timeframe, start, end):
+        self.calls.append(f"bars {Timeframe(timeframe).value}")
+        return super().get_bars(symbols, timeframe, start, end)
+
+    def get_orders_updated_since(self, since):
+        self.calls.append("order history")
+        return super().get_orders_updated_since(since)
+
+
+@pytest.fixture
+def flat_market(tmp_path):
+    handle = start_sim(bars_csv=flat_bars_csv(tmp_path), start=MONDAY)
+    yield handle
+    handle.stop()
+
+
+@pytest.fixture
+def desk(flat_market, redis_client, keys, tmp_path):
+    desk = Desk(flat_market, redis_client, keys, tmp_path)
+    yield desk
+    desk.close()
+
+
+@pytest.fixture
+def counting_desk(flat_market, redis_client, keys, tmp_path):
+    desk = Desk(flat_market, redis_client, keys, tmp_path, executor=CountingExecutor(flat_market.broker_settings()))
+    yield desk
+    desk.close()
+
+
+def test_tick_without_exits_asks_the_broker_four_times_however_many_positions(counting_desk):
+    desk = counting_desk
+    for symbol in ("BEV", "TRL", "TIM"):
+        desk.open_position(symbol)
+    desk.advance_to(MONDAY + timedelta(minutes=5))
+    desk.executor.calls.clear()
+    report = desk.tick()
+    assert report.positions == 3 and report.exits == []
+    assert desk.executor.calls == ["clock", "positions", "prices", "bars 1Min"]
+
+
+def test_spike_between_two_ticks_raises_the_high_water_mark_from_minute_bar_highs(desk):
+    desk.open_position("SPK")
+    desk.tick()
+    desk.sim.control.set_price("SPK", "101.80")  # +1.78%: arms break-even
+    desk.advance_to(MONDAY + timedelta(minutes=2))
+    desk.sim.control.set_price("SPK", "100.50")  # already back when the next tick looks
+    desk.advance_to(MONDAY + timedelta(minutes=5))
+    report = desk.tick()
+    state = desk.state("SPK")
+    assert state.high_water_mark == D("101.80") and state.breakeven_armed and not state.trailing_armed
+    assert report.exits == []  # 100.52 is still above the entry
+
+
+def test_lost_state_is_rebuilt_from_the_first_fill_and_the_bars_since_entry(counting_desk):
+    desk = counting_desk
+    desk.open_position("LOST")
+    first_fill_at = desk.executor.get_order_by_client_id(f"{desk.keys.ns}-LOST-entry").filled_at
+    desk.sim.control.set_price("LOST", "103.00")
+    desk.advance_to(MONDAY + timedelta(minutes=3))
+    desk.sim.control.set_price("LOST", "102.50")
+    desk.advance_to(MONDAY + timedelta(hours=1))
+    desk.client.delete(desk.keys.position_state("LOST"))  # Redis lost it (flushed, restored old dump...)
+    desk.executor.calls.clear()
+    report = desk.tick()
+    assert report.rebuilt == ["LOST"] and report.exits == []
+    assert desk.executor.calls == ["clock", "positions", "prices", "order history", "bars 1Min"]
+    state = desk.state("LOST")
+    assert state.first_fill_at == first_fill_at and state.entry_price == ENTRY and state.qty == D("10")
+    assert state.high_water_mark == D("103.00") and state.breakeven_armed and state.trailing_armed
+    # Rebuilt once: the next tick reads it like any other.
+    assert desk.tick().rebuilt == []
+
+
+def test_states_survive_a_restart_of_the_manager_in_redis(desk, tmp_path):
+    desk.open_position("TRL")
+    desk.sim.control.set_price("TRL", "110.00")
+    desk.advance_to(MONDAY + timedelta(minutes=5))
+    desk.tick()
+    desk.sim.control.set_price("TRL", "107.00")
+    restarted = Desk(desk.sim, desk.client, desk.keys, tmp_path)  # a new process: nothing in memory
+    try:
+        desk.advance_to(MONDAY + timedelta(minutes=10))
+        report = restarted.tick()
+    finally:
+        restarted.close()
+    assert report.rebuilt == [] and report.exits == []  # 107.02 is above the trailing level 105.02
+    assert desk.state("TRL").high_water_mark == D("110.02") and desk.state("TRL").trailing_armed
+
+
+def test_halt_flag_makes_the_tick_do_nothing(desk):
+    desk.open_position("BEV")
+    desk.sim.control.set_price("BEV", "101.60")
+    desk.advance_to(MONDAY + timedelta(minutes=5))
+    before = desk.client.get(desk.keys.position_state("BEV"))
+    desk.client.set(desk.keys.halt, "1")
+    report = desk.tick()
+    assert report.status is tick.TickStatus.HALTED and "halted" in report.lines()[0]
+    assert desk.client.get(desk.keys.position_state("BEV")) == before
+    assert not desk.portfolio.exists()
+
+
+def test_closed_market_makes_the_tick_do_nothing_even_when_an_exit_would_fire(desk):
+    desk.open_position("TIM")
+    desk.advance_to(MONDAY.replace(hour=17) + timedelta(days=8))  # time stop overdue, but after the close
+    report = desk.tick()
+    assert report.status is tick.TickStatus.MARKET_CLOSED and report.exits == []
+    assert desk.executor.get_position("TIM").qty == D("10")
+    assert len(desk.sells("TIM")) == 1  # only its protection
+
+
+def test_portfolio_csv_lists_open_positions_with_entry_last_price_peak_armed_exits_and_days_held(desk):
+    desk.open_position("TRL")
+    desk.open_position("BEV", qty="5")
+    desk.sim.control.set_price("TRL", "110.00")
+    desk.advance_to(MONDAY + timedelta(days=1, hours=2))
+    report = desk.tick()
+    assert report.portfolio_csv == str(desk.portfolio)
+    rows = {r["symbol"]: r for r in portfolio.read(desk.portfolio)}
+    assert list(rows) == ["BEV", "TRL"]
+    assert rows["TRL"] == {
+        "symbol": "TRL", "qty": "10", "entry_price": "100.02", "last_price": "110.02", "high_water_mark": "110.02",
+        "armed_exits": "break_even trailing", "trailing_exit_level": "105.02", "days_held": "1.08",
+        "first_fill_at": rows["TRL"]["first_fill_at"],
+    }
+    assert rows["TRL"]["first_fill_at"].startswith("2024-03-04T10:00:00")
+    assert (rows["BEV"]["qty"], rows["BEV"]["armed_exits"], rows["BEV"]["trailing_exit_level"]) == ("5", "", "")
+    assert [p.name for p in desk.portfolio.parent.iterdir()] == ["portfolio.csv"]  # no temporary file left
+
+
+def test_first_fill_of_the_current_holding_ignores_an_earlier_round_trip():
+    from datetime import UTC, datetime
+
+    from shared.models import Order, OrderStatus, OrderType, Side, TimeInForce
+
+    def order(side: Side, qty: str, minute: int) -> Order:
+        at = datetime(2024, 3, 4, 15, minute, tzinfo=UTC)
+        return Order(id=f"o{minute}", client_order_id=f"c{minute}", symbol="AAA", side=side, type=OrderType.MARKET,
+                     time_in_force=TimeInForce.DAY, status=OrderStatus.FILLED, qty=D(qty), filled_qty=D(qty),
+                     filled_avg_price=D("10"), created_at=at, updated_at=at, filled_at=at)
+
+    orders = [order(Side.BUY, "5", 1), order(Side.SELL, "5", 2), order(Side.BUY, "3", 3), order(Side.BUY, "2", 4)]
+    assert hwm.first_fill_times(orders, ["AAA"]) == {"AAA": datetime(2024, 3, 4, 15, 3, tzinfo=UTC)}
+
+
+# -- the command, the job and the worker ------------------------------------------------------------------
+
+_FACTORYLINE = (
+    "import sys; from services import cli; "
+    "cli.COMMANDS.setdefault('manage', ('services.manager.tick_cli', 'manage')); "
+    "sys.exit(cli.main(sys.argv[1:]))"
+)
+
+
+def _env(desk: Desk, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ALPACA_", "FL_", "REDIS_URL"))}
+    env.update(desk.sim.broker_env())
+    env.update(REDIS_URL=redis_url(), FL_NAMESPACE=desk.keys.ns, FL_PORTFOLIO_CSV=str(desk.portfolio), **extra)
+    return env
+
+
+def test_manage_command_runs_the_tick_now_and_prints_what_it_did(desk, tmp_path):
+    desk.open_position("BEV")
+    desk.sim.control.set_price("BEV", "101.60")
+    desk.advance_to(MONDAY + timedelta(minutes=5))
+    desk.tick()
+    desk.sim.control.set_price("BEV", "99.00")
+    done = subprocess.run([sys.executable, "-c", _FACTORYLINE, "manage"], cwd=ROOT, env=_env(desk),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "BEV: break_even -> sold, sold 10 at 98.98 (entry 100.02, P/L -10.40)" in done.stdout
+    assert "manage: 1 position(s) checked" in done.stdout
+    assert desk.executor.get_position("BEV") is None
+    assert list(csv.reader(desk.portfolio.open())) == [list(portfolio.COLUMNS)]
+
+
+def test_manage_command_with_a_bad_setting_exits_2_with_one_line(desk):
+    done = subprocess.run([sys.executable, "-c", _FACTORYLINE, "manage"], cwd=ROOT,
+                          env=_env(desk, FL_TIME_STOP_DAYS="soon"), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1 and "FL_TIME_STOP_DAYS" in done.stderr
+
+
+def test_tick_job_on_the_manager_queue_runs_in_the_worker(desk):
+    desk.open_position("TRL")
+    rq_client = bus.connect_rq(redis_url())
+    job = queues.enqueue(rq_client, desk.keys, "manager", "services.manager.tick.manage_positions")
+    done = subprocess.run([sys.executable, "-m", "services.manager.worker", "--burst", "--log-level", "WARNING"],
+                          cwd=ROOT, env=_env(desk), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    job.refresh()
+    assert job.get_status().value == "finished", done.stderr
+    assert job.return_value()["positions"] == 1 and job.return_value()["armed"] == {"TRL": []}
+    assert desk.portfolio.exists()
+    rq_client.close()
+
+
+def test_worker_check_reports_redis_broker_and_queue(desk):
+    done = subprocess.run([sys.executable, "-m", "services.manager.worker", "--check"], cwd=ROOT, env=_env(desk),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "market open" in done.stdout and f"{desk.keys.ns}" in done.stdout
+
+
+def test_worker_check_against_an_unreachable_broker_exits_2_with_one_line(desk):
+    env = _env(desk, ALPACA_ENDPOINT="http://127.0.0.1:9", FL_BROKER_TIMEOUT_SECONDS="2")
+    done = subprocess.run([sys.executable, "-m", "services.manager.worker", "--check"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_states_round_trip_through_the_manager_state_store(desk):
+    """The tick's batched read is the same record `services.manager.state` reads one by one."""
+    desk.open_position("TRL")
+    desk.tick()
+    (stored,) = hwm.load_states(desk.client, desk.keys, ["TRL"]).values()
+    assert stored.state == store.load_state(desk.client, desk.keys, "TRL")
+    assert stored.state.updated_at.astimezone(NEW_YORK) == MONDAY

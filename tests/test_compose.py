@@ -96,12 +96,16 @@ def test_every_app_container_restarts_has_a_healthcheck_and_reaches_redis_with_t
             name in {"rq-dashboard", "sim"}, name
 
 
-def test_pillars_keep_logs_and_reports_on_volumes():
+def test_pillars_keep_scanner_logs_and_reports_on_volumes_and_rotate_their_own_logs():
     document = compose()
-    assert {"logs", "reports", "redis-data"} <= set(document["volumes"])
+    assert {"scanner-logs", "reports", "redis-data"} <= set(document["volumes"])
     for name in PILLARS:
-        volumes = document["services"][name]["volumes"]
-        assert "logs:/app/logs" in volumes and "reports:/app/reports" in volumes, name
+        service = document["services"][name]
+        assert "scanner-logs:/app/NIGHTLY_SCANNER" in service["volumes"], name
+        assert "reports:/app/reports" in service["volumes"], name
+        assert service["environment"]["FL_SIGNALS_DIR"].startswith("/app/NIGHTLY_SCANNER/"), name
+        assert service["environment"]["FL_REPORTS_DIR"] == "/app/reports", name
+        assert service["logging"]["options"]["max-size"] == "10m", name
 
 
 def test_dashboard_reads_json_jobs_behind_basic_auth_on_loopback():

@@ -24,7 +24,8 @@ class SchedulerSettings(_Settings):
     #: Minutes between manage ticks during the session (0 turns them off).
     FL_SCHEDULE_MANAGE_MINUTES: int = Field(default=5, ge=0, le=390)
     #: A run missed while the scheduler was down is still enqueued this many minutes late, never later.
-    FL_SCHEDULE_GRACE_MINUTES: int = Field(default=15, ge=0, le=240)
+    #: At least 1: the loop wakes a moment after a run's time, and a zero window would miss it.
+    FL_SCHEDULE_GRACE_MINUTES: int = Field(default=15, ge=1, le=240)
     #: Longest sleep between two looks at the clock and the calendar (seconds).
     FL_SCHEDULE_POLL_SECONDS: float = Field(default=30.0, gt=0, le=300)
 

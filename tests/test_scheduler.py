@@ -235,3 +235,10 @@ def test_the_loop_keeps_running_while_the_broker_does_not_answer(redis_client, k
     dead.close()
     assert queued(keys, "trader") == []
     assert sum(r.getMessage() == "scheduler_look_failed" for r in caplog.records) >= 2
+
+
+def test_session_relative_times_follow_the_open_and_an_early_close():
+    plan = SchedulerSettings(_env_file=None, FL_SCHEDULE_TRADE="open+5", FL_SCHEDULE_REPORT="close-30").plan()
+    normal, early = entries_on(date(2024, 7, 2), plan), entries_on(date(2024, 7, 3), plan)  # July 3: 13:00 close
+    assert at_of(normal, "trade") == [ny(2024, 7, 2, 9, 35)] and at_of(early, "trade") == [ny(2024, 7, 3, 9, 35)]
+    assert at_of(normal, "report") == [ny(2024, 7, 2, 15, 30)] and at_of(early, "report") == [ny(2024, 7, 3, 12, 30)]

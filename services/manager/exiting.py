@@ -188,7 +188,10 @@ def _wait_done(executor: OrderExecutor, order: Order, timeout: float) -> Order:
     while order.status.is_open and time.monotonic() < deadline:
         time.sleep(pause)
         pause = min(pause * 2, 0.5)
-        order = executor.get_order_by_client_id(order.client_order_id) or order
+        try:
+            order = executor.get_order_by_client_id(order.client_order_id) or order
+        except BrokerUnavailable:
+            continue  # a failed read says nothing about the sell: ask again until the deadline
     return order
 
 

@@ -163,8 +163,9 @@ def test_manager_killed_after_fills_reach_the_stream_restarts_and_protects_every
     line.start_manager("manager-a", consumer="m1", FL_BROKER_TIMEOUT_SECONDS="60")
     for symbol in symbols:
         line.buy(symbol, "4")  # queued: the market opens at 09:30
-    # The manager will read all the fills at once, then hang on its first broker read.
-    line.sim.control.delay_requests(10_000, 30.0, path_prefix="/v2/positions")
+    # The manager will read all the fills at once, then hang sending its first protective order (the
+    # simulator holds those requests unprocessed for longer than the test lasts).
+    line.sim.control.delay_requests(10_000, 600.0, path_prefix="/v2/orders", method="POST")
     line.pause("manager-a")
     line.sim.control.advance(to=OPEN)
     wait_until("the fills in the stream", lambda: len(line.stream_events("fill")) == len(symbols))
@@ -194,7 +195,7 @@ def test_surviving_replica_takes_over_the_fills_a_killed_replica_left_unacknowle
     line.start_manager("manager-a", consumer="m1", FL_MANAGER_CLAIM_IDLE_MS="1000", FL_BROKER_TIMEOUT_SECONDS="60")
     for symbol in symbols:
         line.buy(symbol, "2")
-    line.sim.control.delay_requests(10_000, 30.0, path_prefix="/v2/positions")
+    line.sim.control.delay_requests(10_000, 600.0, path_prefix="/v2/orders", method="POST")
     line.pause("manager-a")
     line.sim.control.advance(to=OPEN)
     wait_until("the fills in the stream", lambda: len(line.stream_events("fill")) == len(symbols))

@@ -339,6 +339,18 @@ def test_second_fill_event_for_same_order_places_no_new_orders(desk):
     assert [p[:2] for p in desk.protection("AAPL")] == [("oco", D("10"))]
 
 
+def test_fill_whose_shares_a_hand_placed_sell_already_holds_is_protected_after_reading_the_broker(desk):
+    desk.buy("AAPL", "10")
+    # Before the manager sees the fill, someone places a stop for all the shares by hand.
+    hand = desk.executor.submit_protective_exit("AAPL", D("10"), D("150.00"), None, f"{desk.keys.ns}-by-hand")
+    desk.step()
+    # The shortcut (protect straight from the fill) is refused by the broker (insufficient qty); the
+    # full reconcile then cancels the stray stop, confirms the release and places the one OCO.
+    assert hand.id in [o["id"] for o in desk.sells_ever_submitted("AAPL") if o["status"] == "canceled"]
+    assert [p[:2] for p in desk.protection("AAPL")] == [("oco", D("10"))]
+    assert desk.pending() == 0
+
+
 def test_same_fill_twice_in_one_batch_gives_one_protective_set(desk):
     desk.buy("MSFT", "4")
     desk.publish()
@@ -459,7 +471,8 @@ def test_target_fill_is_recorded_as_take_profit_with_its_gain(desk):
 
 def test_fill_event_is_acknowledged_only_after_the_broker_accepted_the_protection(desk):
     desk.buy("AAPL", "10")
-    desk.sim.control.fail_requests(1, 500, path_prefix="/v2/orders", method="POST")
+    # Both the shortcut from the fill and the full reconcile behind it get a 500 on their order.
+    desk.sim.control.fail_requests(2, 500, path_prefix="/v2/orders", method="POST")
     first = desk.step()
     assert first.failed == 1 and desk.pending() == 1
     assert desk.protection("AAPL") == []
@@ -483,7 +496,7 @@ def test_update_that_keeps_failing_goes_to_dead_letters_with_an_error_and_an_ale
     pubsub = desk.client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(desk.keys.notifications)
     desk.buy("AAPL", "10")
-    desk.sim.control.fail_requests(50, 503, path_prefix="/v2/positions")
+    desk.sim.control.fail_requests(50, 503, path_prefix="/v2/orders", method="POST")
     with caplog.at_level(logging.WARNING):
         desk.step()
         deadline = time.monotonic() + 10

@@ -116,6 +116,30 @@ def release(client: redis.Redis, keys: Keys, symbol: str, token: str) -> bool:
     return bool(client.eval(_RELEASE, 1, key, token))
 
 
+def try_acquire_many(client: redis.Redis, keys: Keys, symbols: list[str], ttl_ms: int = LOCK_TTL_MS) -> dict[str, str]:
+    """Take every free lock among `symbols` in one round trip; {symbol: token} of those we got (kept
+    alive until released)."""
+    tokens = {symbol: secrets.token_hex(12) for symbol in symbols}
+    pipe = client.pipeline(transaction=False)
+    for symbol, token in tokens.items():
+        pipe.set(lock_key(keys, symbol), token, nx=True, px=ttl_ms)
+    got = {symbol: token for (symbol, token), ok in zip(tokens.items(), pipe.execute(), strict=True) if ok}
+    for symbol, token in got.items():
+        _KEEPER.hold(client, lock_key(keys, symbol), token, ttl_ms)
+    return got
+
+
+def release_many(client: redis.Redis, keys: Keys, tokens: dict[str, str]) -> list[str]:
+    """Release the locks still ours in one round trip; returns the symbols whose lock had been lost."""
+    if not tokens:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for symbol, token in tokens.items():
+        _KEEPER.drop(client, lock_key(keys, symbol))
+        pipe.eval(_RELEASE, 1, lock_key(keys, symbol), token)
+    return [symbol for symbol, released in zip(tokens, pipe.execute(), strict=True) if not released]
+
+
 @contextmanager
 def symbol_lock(
     client: redis.Redis,

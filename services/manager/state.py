@@ -61,11 +61,38 @@ def load_record(client: redis.Redis, keys: Keys, symbol: str) -> ProtectionRecor
     return ProtectionRecord(symbol=symbol)
 
 
+def load_many(client: redis.Redis, keys: Keys, symbols: list[str]) -> dict[str, tuple[ProtectionRecord, bool]]:
+    """Each symbol's protection record and whether it has a position state, in one round trip."""
+    pipe = client.pipeline(transaction=False)
+    for symbol in symbols:
+        pipe.get(protection_key(keys, symbol))
+        pipe.exists(keys.position_state(symbol))
+    replies = pipe.execute()
+    result = {}
+    for i, symbol in enumerate(symbols):
+        raw, has_state = replies[2 * i], replies[2 * i + 1]
+        record = ProtectionRecord(symbol=symbol)
+        if raw is not None:
+            try:
+                record = ProtectionRecord.model_validate_json(raw)
+            except ValidationError:
+                pass
+        result[symbol] = (record, bool(has_state))
+    return result
+
+
 def save(client: redis.Redis, keys: Keys, state: PositionState | None, record: ProtectionRecord) -> None:
+    save_many(client, keys, [(state, record)])
+
+
+def save_many(client: redis.Redis, keys: Keys,
+              items: list[tuple[PositionState | None, ProtectionRecord]]) -> None:
+    """Write states (None: leave as is) and records in one atomic round trip."""
     pipe = client.pipeline(transaction=True)
-    if state is not None:
-        pipe.set(keys.position_state(record.symbol), state.to_json())
-    pipe.set(protection_key(keys, record.symbol), record.model_dump_json())
+    for state, record in items:
+        if state is not None:
+            pipe.set(keys.position_state(record.symbol), state.to_json())
+        pipe.set(protection_key(keys, record.symbol), record.model_dump_json())
     pipe.execute()
 
 

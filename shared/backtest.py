@@ -117,7 +117,8 @@ def simulate(
 def edge(trades: Sequence[BacktestTrade], min_trades: int) -> tuple[Decimal, Decimal, Decimal, Verdict]:
     """(win_rate, profit_factor, avg_return, verdict) of closed trades; see the module docstring."""
     if not trades:
-        return ZERO, ZERO, ZERO, Verdict.INSUFFICIENT_DATA
+        return ZERO.quantize(_RATE_PLACES), ZERO.quantize(_FACTOR_PLACES), ZERO.quantize(_RETURN_PLACES), \
+            Verdict.INSUFFICIENT_DATA
     returns = [t.return_fraction for t in trades]
     gross_profit = sum((r for r in returns if r > ZERO), ZERO)
     gross_loss = -sum((r for r in returns if r < ZERO), ZERO)

@@ -65,8 +65,8 @@ class Desk:
         assert report.error is None and report.placed
 
     def tick(self, **kw) -> tick.TickReport:
-        return tick.run_tick(self.executor, self.client, self.keys, RULES, portfolio_path=self.portfolio,
-                             lock_wait_seconds=5, fill_wait_seconds=5, **kw)
+        options = {"lock_wait_seconds": 10, "fill_wait_seconds": 5, **kw}
+        return tick.run_tick(self.executor, self.client, self.keys, RULES, portfolio_path=self.portfolio, **options)
 
     def reconcile_timer(self) -> None:
         rec.reconcile_all(self.executor, self.client, self.keys, RULES, rec.TIMER)
@@ -293,6 +293,53 @@ def test_refused_exit_sell_is_protected_again_at_once_and_alerted(desk, caplog):
     # The next tick tries again and, the broker accepting now, sells once.
     (again,) = desk.tick().exits
     assert again.outcome is ExitOutcome.SOLD and len(desk.trades("REF")) == 1
+
+
+def test_exit_sell_left_half_filled_is_taken_back_the_rest_protected_and_sold_by_the_next_tick(desk):
+    desk.open_position("PART")
+    desk.sim.control.set_price("PART", "110.00")
+    desk.advance_to(MONDAY + timedelta(minutes=5))
+    desk.tick()
+    desk.sim.control.set_price("PART", "104.00")
+    desk.sim.control.partial_fill_next("PART", "0.5")  # 5 fill now, the rest would wait for the next minute
+    (result,) = desk.tick(fill_wait_seconds=0.5).exits
+    assert result.outcome is ExitOutcome.REFUSED and result.qty_sold == D("5")
+    assert desk.executor.get_position("PART").qty == D("5")
+    (oco,) = desk.open_sells("PART")
+    assert (oco.order_class, oco.qty) == (OrderClass.OCO, D("5"))  # the rest is protected again
+    (again,) = desk.tick().exits  # a new attempt with its own client order id
+    assert again.outcome is ExitOutcome.SOLD and again.qty_sold == D("5")
+    assert desk.executor.get_position("PART") is None
+    trades = desk.trades("PART")
+    assert [(t.exit_reason, t.qty) for t in trades] == [(ExitReason.TRAILING, D("5"))] * 2
+    assert trades[0].closing_client_order_id != trades[1].closing_client_order_id
+    assert_never_short(desk)
+
+
+def test_two_ticks_at_once_sell_a_position_once(flat_market, redis_client, keys, tmp_path):
+    import threading
+
+    desks = [Desk(flat_market, redis_client, keys, tmp_path) for _ in range(2)]
+    try:
+        desks[0].open_position("BEV")
+        desks[0].sim.control.set_price("BEV", "101.60")
+        desks[0].advance_to(MONDAY + timedelta(minutes=5))
+        desks[0].tick()
+        desks[0].sim.control.set_price("BEV", "99.00")
+        reports: list = []
+        threads = [threading.Thread(target=lambda d=d: reports.append(d.tick())) for d in desks]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        outcomes = sorted(e.outcome.value for r in reports for e in r.exits)
+        assert outcomes in (["sold"], ["already closed", "sold"])
+        assert len([o for o in desks[0].sells("BEV") if o["order_class"] == "simple"]) == 1
+        assert len(desks[0].trades("BEV")) == 1
+        assert_never_short(desks[0])
+    finally:
+        for desk in desks:
+            desk.close()
 
 
 if __name__ == "__main__":  # pragma: no cover - convenience: run this file alone

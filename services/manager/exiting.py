@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -50,6 +51,8 @@ EXIT_KIND = "exit"
 RECONCILE_REASON = "exit"
 #: How long a market sell may take to fill before we give up, cancel it and re-protect.
 FILL_WAIT_SECONDS = 30.0
+#: Exit sells tried for one position, reason and day (each attempt has its own client order id).
+MAX_ATTEMPTS = 5
 
 
 class ExitOutcome(StrEnum):
@@ -85,10 +88,15 @@ class ExitResult:
         return text
 
 
-def exit_client_order_id(keys: Keys, state: PositionState, decision: ExitDecision, now: datetime) -> str:
-    """Deterministic per position and reason: the position is identified by its first fill."""
-    return make_client_order_id(EXIT_KIND, state.symbol, decision.reason.value, int(state.first_fill_at.timestamp()),
-                                day=now.astimezone(NEW_YORK).date(), namespace=keys.ns)
+def exit_client_order_id(keys: Keys, state: PositionState, decision: ExitDecision, now: datetime,
+                         attempt: int = 1) -> str:
+    """Deterministic per position, reason and attempt: the position is identified by its first fill.
+    A later attempt (the first was refused after a partial fill, or canceled unfilled) ends `-a<n>`."""
+    parts: list[object] = [decision.reason.value, int(state.first_fill_at.timestamp())]
+    if attempt > 1:
+        parts.append(f"a{attempt}")
+    return make_client_order_id(EXIT_KIND, state.symbol, *parts, day=now.astimezone(NEW_YORK).date(),
+                                namespace=keys.ns)
 
 
 def exit_position(
@@ -134,11 +142,11 @@ def _exit_locked(executor: OrderExecutor, client: redis.Redis, keys: Keys, state
                    exit_reason=decision.reason.value, reason="the broker's own exit filled first")
         return ExitResult(symbol, decision, ExitOutcome.ALREADY_CLOSED,
                           detail="the broker's stop or target sold the position first")
-    client_order_id = exit_client_order_id(keys, state, decision, now)
     try:
-        order = _sell(executor, symbol, available, client_order_id)
+        order = _sell(executor, symbol, available, lambda n: exit_client_order_id(keys, state, decision, now, n))
     except OrderRejected as exc:
         return ExitResult(symbol, decision, ExitOutcome.REFUSED, detail=f"sell refused: {exc.message}")
+    client_order_id = order.client_order_id
     order = _wait_done(executor, order, fill_wait_seconds)
     if order.status.is_open:
         # Not filled in time (a halted stock): take it back, so the reconcile can protect the shares.
@@ -164,22 +172,25 @@ def _exit_locked(executor: OrderExecutor, client: redis.Redis, keys: Keys, state
     return result
 
 
-def _sell(executor: OrderExecutor, symbol: str, qty: Decimal, client_order_id: str) -> Order:
-    """Submit the market sell; an id already used, or an answer lost, is resolved by looking it up."""
-    try:
-        return executor.sell_market(symbol, qty, client_order_id)
-    except DuplicateClientOrderId:
-        # A run that crashed after sending: that order is this exit.
-        existing = executor.get_order_by_client_id(client_order_id)
-        if existing is not None and existing.side is Side.SELL and existing.symbol == symbol:
+def _sell(executor: OrderExecutor, symbol: str, qty: Decimal, client_order_id: Callable[[int], str]) -> Order:
+    """Submit the market sell under the first unused attempt's id. An id already used by an open sell
+    is this exit sent by a run that crashed (it is adopted, not sent again); one used by a finished
+    order is an earlier attempt, so the next attempt's id is used. A lost answer is looked up."""
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        cid = client_order_id(attempt)
+        try:
+            return executor.sell_market(symbol, qty, cid)
+        except DuplicateClientOrderId:
+            existing = executor.get_order_by_client_id(cid)
+            if existing is not None and existing.status.is_open and existing.side is Side.SELL:
+                return existing
+            continue
+        except BrokerUnavailable:
+            existing = executor.get_order_by_client_id(cid)
+            if existing is None:
+                raise OrderRejected(f"sell {qty} {symbol}: the broker did not answer and has no order {cid}") from None
             return existing
-        raise
-    except BrokerUnavailable:
-        existing = executor.get_order_by_client_id(client_order_id)
-        if existing is None:
-            raise OrderRejected(f"sell {qty} {symbol}: the broker did not answer and has no order "
-                                f"{client_order_id}") from None
-        return existing
+    raise OrderRejected(f"sell {qty} {symbol}: {MAX_ATTEMPTS} exit client order ids already used today")
 
 
 def _wait_done(executor: OrderExecutor, order: Order, timeout: float) -> Order:

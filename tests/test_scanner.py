@@ -295,3 +295,20 @@ def test_scan_job_enqueued_on_the_scanner_queue_runs_in_the_worker(scanner_env, 
     assert job.return_value()["in_trade"] == 2
     assert sorted(read_logs(scanner_env)) == ["DOWN", "FAKE", "UPUP"]
     connection.close()
+
+
+def test_a_blank_targets_setting_scans_the_brokers_universe(scanner_env, clean_env):
+    clean_env.setenv("FL_SCAN_TARGETS", "")
+    summary = scan_targets(now=NOW)
+    assert (summary["targets"], summary["tickers"], summary["scanned"]) == ("broker universe", 3, 3)
+
+
+def test_a_bad_scanner_setting_is_one_line_naming_it(clean_env):
+    from services.scanner.settings import ScannerSettings
+    from shared.config import load
+    from shared.errors import ConfigError
+
+    clean_env.setenv("FL_SCAN_MIN_TRADES", "many")
+    with pytest.raises(ConfigError, match="^FL_SCAN_MIN_TRADES: ") as raised:
+        load(ScannerSettings)
+    assert "\n" not in str(raised.value)

@@ -15,6 +15,7 @@ import multiprocessing
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -23,7 +24,7 @@ from services.scanner.logfile import TickerLog, remove_logs, write_log
 from shared import logs
 from shared.backtest import BacktestResult, BlackSheepRule, LiveTrade, backtest, is_black_sheep
 from shared.broker.contract import OrderExecutor
-from shared.errors import BrokerError, InputError
+from shared.errors import BrokerError, FactoryLineError, InputError
 from shared.exits import ExitRules
 from shared.market.calendar import NEW_YORK
 from shared.models import Bar, Timeframe
@@ -141,7 +142,7 @@ def completed_sessions(bars: Sequence[Bar], now: datetime, market_open: bool) ->
     return list(bars[:-1]) if bars[-1].t.astimezone(NEW_YORK).date() == today else list(bars)
 
 
-def check_series(ticker: str, bars: Sequence[Bar]) -> None:
+def check_series(bars: Sequence[Bar]) -> None:
     """InputError when the series cannot be backtested: no bars, a bar that is not a bar, time going back."""
     if not bars:
         raise InputError("no daily bars")
@@ -260,8 +261,12 @@ def scan(
         else:
             # Fork: the children inherit the loaded modules (no re-import); each opens its own connection.
             context = multiprocessing.get_context("fork")
-            with ProcessPoolExecutor(max_workers=len(shards), mp_context=context) as pool:
-                parts = list(pool.map(_run_shard, [(make_executor, job, shard) for shard in shards]))
+            try:
+                with ProcessPoolExecutor(max_workers=len(shards), mp_context=context) as pool:
+                    parts = list(pool.map(_run_shard, [(make_executor, job, shard) for shard in shards]))
+            except BrokenProcessPool:
+                raise FactoryLineError("a scan worker process died (killed or out of memory); "
+                                       "logs written so far are complete files, run the scan again") from None
             summary = _merge(parts, scanned_at, folder)
     finally:
         executor.close()
@@ -336,7 +341,7 @@ def write_reports(
             if ticker in fetch_errors:
                 raise InputError(fetch_errors[ticker])
             bars = completed_sessions(bars_by_ticker.get(ticker, []), now, market_open)
-            check_series(ticker, bars)
+            check_series(bars)
             entry, fired = report_for_ticker(ticker, bars, rules, min_trades, live_trades.get(ticker, ()),
                                              black_sheep_rule, scanned_at)
         except InputError as exc:

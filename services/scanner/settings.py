@@ -9,7 +9,7 @@ from __future__ import annotations
 from decimal import Decimal
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from shared.backtest import BlackSheepRule
 from shared.config import _Settings
@@ -37,6 +37,12 @@ class ScannerSettings(_Settings):
     FL_BLACK_SHEEP_WIN_RATE_GAP_PCT: Decimal = Field(default=Decimal("20"), ge=0, le=100)
     #: ... or the live average return per trade is more than this many points below the backtest's.
     FL_BLACK_SHEEP_RETURN_GAP_PCT: Decimal = Field(default=Decimal("2"), ge=0, le=100)
+
+    @field_validator("FL_SCAN_TARGETS", mode="before")
+    @classmethod
+    def _blank_is_none(cls, value: object) -> object:
+        # `FL_SCAN_TARGETS=` in .env means "no file", not the current directory.
+        return None if isinstance(value, str) and not value.strip() else value
 
     def black_sheep_rule(self) -> BlackSheepRule:
         return BlackSheepRule(

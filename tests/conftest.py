@@ -66,6 +66,11 @@ def redis_client(namespace):
         client.delete(key)
     for key in client.scan_iter(match=f"rq:*{namespace}*", count=1000):
         client.delete(key)
+    # RQ also lists every queue and worker in registry sets: remove only the members that are ours.
+    for registry in ("rq:queues", "rq:workers"):
+        ours = [m for m in client.smembers(registry) if namespace in m]
+        if ours:
+            client.srem(registry, *ours)
     client.close()
 
 

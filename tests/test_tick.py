@@ -149,6 +149,29 @@ def test_halt_flag_makes_the_tick_do_nothing(desk):
     assert not desk.portfolio.exists()
 
 
+def test_halt_set_while_the_tick_runs_stops_the_exits_it_had_not_sent(flat_market, redis_client, keys, tmp_path):
+    class HaltedDuringTheTick(AlpacaExecutor):
+        def get_bars(self, symbols, timeframe, start, end):
+            redis_client.set(keys.halt, "1")  # someone runs `factoryline halt` while we read the bars
+            return super().get_bars(symbols, timeframe, start, end)
+
+    setup = Desk(flat_market, redis_client, keys, tmp_path)
+    desk = Desk(flat_market, redis_client, keys, tmp_path, executor=HaltedDuringTheTick(flat_market.broker_settings()))
+    try:
+        setup.open_position("BEV")
+        setup.sim.control.set_price("BEV", "101.60")
+        setup.advance_to(MONDAY + timedelta(minutes=5))
+        setup.tick()
+        setup.sim.control.set_price("BEV", "99.00")
+        setup.advance_to(MONDAY + timedelta(minutes=10))
+        report = desk.tick()
+        assert report.exits == [] and report.halted_before == ["BEV"]
+        assert desk.executor.get_position("BEV").qty == D("10") and len(desk.sells("BEV")) == 1
+    finally:
+        setup.close()
+        desk.close()
+
+
 def test_closed_market_makes_the_tick_do_nothing_even_when_an_exit_would_fire(desk):
     desk.open_position("TIM")
     desk.advance_to(MONDAY.replace(hour=17) + timedelta(days=8))  # time stop overdue, but after the close

@@ -61,6 +61,8 @@ class TickReport:
     unpriced: list[str] = field(default_factory=list)
     #: Positions whose state changed under us twice in this tick (advanced next tick).
     contended: list[str] = field(default_factory=list)
+    #: Exits that fired but were not sent: the halt flag was set during the tick.
+    halted_before: list[str] = field(default_factory=list)
     portfolio_csv: str | None = None
     seconds: float = 0.0
 
@@ -73,6 +75,7 @@ class TickReport:
         out += [f"{s}: state rebuilt from the broker's bars since entry" for s in self.rebuilt]
         out += [f"{s}: no price this tick, left as it was" for s in self.unpriced]
         out += [f"{s}: state changed by a fill during the tick, checked next tick" for s in self.contended]
+        out += [f"{s}: exit not sent, the halt flag was set during the tick" for s in self.halted_before]
         out.append(f"manage: {self.positions} position(s) checked at {self.at.isoformat() if self.at else '?'}, "
                    f"{len(self.exits)} exit(s), portfolio {self.portfolio_csv or 'not written'} "
                    f"({self.seconds:.2f} s)")
@@ -90,6 +93,7 @@ class TickReport:
             "rebuilt": self.rebuilt,
             "unpriced": self.unpriced,
             "contended": self.contended,
+            "halted_before": self.halted_before,
             "portfolio_csv": self.portfolio_csv,
             "seconds": round(self.seconds, 3),
         }
@@ -184,6 +188,10 @@ def run_tick(
     closed = set()
     for symbol, (state, decision) in sorted(decided.items()):
         if decision is None:
+            continue
+        if client.exists(keys.halt):
+            # Halted while this tick ran: no more orders. The states are saved; the next tick decides again.
+            report.halted_before = sorted({*report.halted_before, symbol})
             continue
         result = exiting.exit_position(executor, client, keys, state, decision, rules, now=now,
                                        lock_wait_seconds=lock_wait_seconds, fill_wait_seconds=fill_wait_seconds)

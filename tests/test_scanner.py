@@ -19,6 +19,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+import test_backtest  # the hand-built path through every exit
 from conftest import redis_url
 from simhelpers import DEFAULT_START, start_sim
 
@@ -312,3 +313,33 @@ def test_a_bad_scanner_setting_is_one_line_naming_it(clean_env):
     with pytest.raises(ConfigError, match="^FL_SCAN_MIN_TRADES: ") as raised:
         load(ScannerSettings)
     assert "\n" not in str(raised.value)
+
+
+# -- the per-ticker decision (pure) -----------------------------------------------------------------
+
+
+def decide(bars, *strategies):
+    from shared.backtest import BlackSheepRule
+
+    entry, _fired = scanner.report_for_ticker("TEST", bars, test_backtest.RULES, 1, (), BlackSheepRule(),
+                                              DEFAULT_START, strategies=strategies)
+    return entry
+
+
+def test_a_position_still_open_on_the_latest_bar_is_watching_not_a_new_entry():
+    entry = decide(test_backtest.PATH, test_backtest.STRATEGY)
+    assert entry.state is ScanState.WATCHING and entry.signal_price is None
+
+
+def test_a_position_closed_on_the_latest_bar_is_exited():
+    entry = decide(test_backtest.PATH[:17], test_backtest.signals_at(0, 1, 2, 4, 6, 8))
+    assert entry.state is ScanState.EXITED and entry.trades == 6
+
+
+def test_a_fresh_entry_is_reported_before_a_better_strategy_that_is_only_watching():
+    holding = test_backtest.signals_at(0, 1, 2, 4, 6, 8)  # 5 trades, 2 won; the 6th still open on bar 15
+    fresh = replace(test_backtest.signals_at(15), name="fresh")  # no history at all, fires on bar 15
+    entry = decide(test_backtest.PATH[:16], holding, fresh)
+    assert (entry.strategy, entry.state, entry.verdict) == ("fresh", ScanState.IN_TRADE, Verdict.INSUFFICIENT_DATA)
+    assert (entry.signal_date, entry.signal_price) == (date(2024, 1, 17), D("100.2"))
+    assert any(note.startswith("hand = WATCHING") for note in entry.notes)

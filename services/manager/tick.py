@@ -165,8 +165,10 @@ def run_tick(
     lost = {s: positions[s] for s, st in stored.items() if st.state is None}
     rebuilt = hwm.rebuild(executor, lost, prices, now, rules)
     report.rebuilt = sorted(rebuilt)
-    known = {s: _with_position(st.state, positions[s], now) for s, st in stored.items() if st.state is not None}
-    highs = _highs_since_last_tick(executor, known, now)
+    as_stored = {s: st.state for s, st in stored.items() if st.state is not None}
+    # Bars from each state's last advance as stored (updating the entry below moves `updated_at`).
+    highs = _highs_since_last_tick(executor, as_stored, now)
+    known = {s: _with_position(state, positions[s], now) for s, state in as_stored.items()}
 
     decided: dict[str, tuple[PositionState, ExitDecision | None]] = {}
     for symbol, state in known.items():

@@ -98,7 +98,7 @@ class Stamps:
         self.lock = threading.Lock()
 
     def __call__(self, event) -> None:
-        now = time.perf_counter()
+        now = time.time()  # wall clock: comparable with the stream entries' ids (Redis's milliseconds)
         order = event.order
         with self.lock:
             if event.event == "fill" and order.side.value == "buy":
@@ -117,8 +117,9 @@ def _wait(what: str, predicate, timeout: float, proc: subprocess.Popen | None = 
         time.sleep(0.01)
 
 
-def run_round(kind: str, fills: int, workers: int, workdir: Path) -> list[float]:
-    """One burst; returns the per-fill latencies in seconds (inf for a fill never protected)."""
+def run_round(kind: str, fills: int, workers: int, workdir: Path) -> tuple[list[float], list[float], list[float]]:
+    """One burst; per fill, in seconds: fill -> protected (inf if never), fill -> in the stream, and
+    in the stream -> protected."""
     import redis
 
     from services.sim.server import ServerThread, SimServer
@@ -146,7 +147,8 @@ def run_round(kind: str, fills: int, workers: int, workdir: Path) -> list[float]
     procs: list[subprocess.Popen] = []
     try:
         streamer_log = workdir / f"{ns}-streamer.log"
-        procs.append(subprocess.Popen([sys.executable, "-m", "services.streamer"], cwd=ROOT, env=env,
+        procs.append(subprocess.Popen([sys.executable, "-m", "services.streamer", "--log-level", "WARNING"],
+                                      cwd=ROOT, env=env,
                                       stdout=subprocess.DEVNULL, stderr=streamer_log.open("w")))
         _wait("the streamer", lambda: any(s.listening for s in thread.server.sessions), 30, procs[-1], streamer_log)
         consumer_log = workdir / f"{ns}-{kind}.log"
@@ -173,10 +175,17 @@ def run_round(kind: str, fills: int, workers: int, workdir: Path) -> list[float]
         engine.advance_to(OPEN)
         if len(stamps.fills) != len(symbols):
             raise RuntimeError(f"only {len(stamps.fills)} of {len(symbols)} entries filled at the open")
-        deadline = time.perf_counter() + 10
-        while len(stamps.protected) < len(symbols) and time.perf_counter() < deadline:
+        deadline = time.time() + 10
+        while len(stamps.protected) < len(symbols) and time.time() < deadline:
             time.sleep(0.01)
-        return [stamps.protected.get(s, float("inf")) - stamps.fills[s] for s in symbols]
+        from shared.bus import Keys
+
+        in_stream = {f["symbol"]: int(entry_id.split("-")[0]) / 1000
+                     for entry_id, f in client.xrange(Keys(ns).trade_updates) if f["event"] == "fill"}
+        total = [stamps.protected.get(s, float("inf")) - stamps.fills[s] for s in symbols]
+        upstream = [in_stream[s] - stamps.fills[s] for s in symbols if s in in_stream]
+        consumer = [stamps.protected[s] - in_stream[s] for s in symbols if s in in_stream and s in stamps.protected]
+        return total, upstream, consumer
     finally:
         for proc in procs:
             proc.terminate()
@@ -219,17 +228,20 @@ def main() -> int:
     import tempfile
 
     logging.disable(logging.WARNING)  # the in-thread simulator's own logs are not the subject
-    rows: dict[str, list[tuple[float, float, float, int]]] = {"floor": [], "manager": []}
+    rows: dict[str, list[tuple[float, ...]]] = {"floor": [], "manager": []}
     with tempfile.TemporaryDirectory() as tmp:
         for run in range(args.runs):
             order = ("floor", "manager") if run % 2 == 0 else ("manager", "floor")
             for kind in order:
-                latencies = run_round(kind, args.fills, args.workers, Path(tmp))
+                latencies, upstream, consumer = run_round(kind, args.fills, args.workers, Path(tmp))
                 late = sum(1 for x in latencies if x > 1.0)
-                row = (pct(latencies, 50) * 1000, pct(latencies, 99) * 1000, max(latencies) * 1000, late)
+                row = (pct(latencies, 50) * 1000, pct(latencies, 99) * 1000, max(latencies) * 1000, late,
+                       pct(upstream, 50) * 1000, pct(upstream, 99) * 1000,
+                       pct(consumer, 50) * 1000, pct(consumer, 99) * 1000)
                 rows[kind].append(row)
-                print(f"run {run + 1} {kind:<8} fills={len(latencies)} p50={row[0]:7.1f} ms  p99={row[1]:7.1f} ms  "
-                      f"max={row[2]:7.1f} ms  unprotected after 1 s: {late}", flush=True)
+                print(f"run {run + 1} {kind:<8} fills={len(latencies)} p50={row[0]:6.1f} ms p99={row[1]:6.1f} ms "
+                      f"max={row[2]:6.1f} ms unprotected>1s={late} | fill->stream p50={row[4]:6.1f} "
+                      f"p99={row[5]:6.1f} | stream->protected p50={row[6]:6.1f} p99={row[7]:6.1f}", flush=True)
     floor_p50 = statistics.median(r[0] for r in rows["floor"])
     p50 = statistics.median(r[0] for r in rows["manager"])
     p99 = statistics.median(r[1] for r in rows["manager"])
@@ -237,9 +249,16 @@ def main() -> int:
     ratio = p50 / floor_p50 if floor_p50 else float("inf")
     print()
     print(f"burst of {args.fills} entry fills at the open, fill -> protective order accepted, median of {args.runs} runs")
-    print(f"  floor   (stream hand-off + one order round trip): p50 {floor_p50:7.1f} ms  "
-          f"p99 {statistics.median(r[1] for r in rows['floor']):7.1f} ms")
-    print(f"  manager (python -m services.manager)           : p50 {p50:7.1f} ms  p99 {p99:7.1f} ms")
+    def med(kind: str, i: int) -> float:
+        return statistics.median(r[i] for r in rows[kind])
+
+    print(f"  floor   (stream hand-off + one order round trip): p50 {floor_p50:7.1f} ms  p99 {med('floor', 1):7.1f} ms"
+          f"   of which after the stream: p50 {med('floor', 6):6.1f}  p99 {med('floor', 7):6.1f}")
+    print(f"  manager (python -m services.manager)           : p50 {p50:7.1f} ms  p99 {p99:7.1f} ms"
+          f"   of which after the stream: p50 {med('manager', 6):6.1f}  p99 {med('manager', 7):6.1f}")
+    print(f"  shared upstream, simulator fill -> entry in the Redis stream (streamer): "
+          f"p50 {statistics.median([*(r[4] for r in rows['floor']), *(r[4] for r in rows['manager'])]):6.1f} ms  "
+          f"p99 {statistics.median([*(r[5] for r in rows['floor']), *(r[5] for r in rows['manager'])]):6.1f} ms")
     print(f"  ratio p50 manager/floor: {ratio:.2f}x (target <= 3x)  p99 target < 250 ms  "
           f"unprotected after 1 s: {late} (target 0)")
     ok = ratio <= 3 and p99 < 250 and late == 0

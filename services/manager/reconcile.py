@@ -273,10 +273,15 @@ def _reconcile_locked(
             _cancel(executor, client, keys, symbol, reason, stale, report, why="no position to protect")
             position, orders = _wait_released(executor, symbol, kept_hold=ZERO)
             continue
+        previous = state
         state, adopted = _current_state(executor, symbol, state, position, hint, reason)
         report.adopted = report.adopted or adopted
-        if hint.entry_client_order_id and record.entry_client_order_id is None:
+        record_changed = bool(hint.entry_client_order_id and record.entry_client_order_id is None)
+        if record_changed:
             record = record.model_copy(update={"entry_client_order_id": hint.entry_client_order_id})
+        if state is not previous or record_changed:
+            # Written only when it changed: the soft-exit tick owns the high-water mark and armed flags.
+            store.save(client, keys, state if state is not previous else None, record)
         plan = desired_protection(position.qty, position.avg_entry_price, rules, symbol=symbol,
                                   fractional_allowed=caps.fractional_stop_orders, oco_allowed=caps.oco_exits)
         if plan.unprotected_qty > ZERO:
@@ -289,10 +294,9 @@ def _reconcile_locked(
             position, orders = _wait_released(executor, symbol, kept_hold=kept_hold)
             continue
         report.kept = [o.client_order_id for o in orders if o.id in set(actions.keep)]
-        store.save(client, keys, state, record)
         for desired in actions.place:
             record = _place(executor, client, keys, symbol, reason, desired, state, record, orders, report)
-        if adopted:
+        if report.adopted:
             _fix(client, keys, symbol, reason, "position_adopted",
                  f"adopted {position.qty} {symbol} at {position.avg_entry_price} (no state: opened outside the "
                  f"manager or while it was down)", qty=position.qty, entry_price=position.avg_entry_price)

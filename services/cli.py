@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sim": ("services.sim.cli", "run the Alpaca-compatible simulated market"),
     "rank": ("services.ranker.cli", "rank the scanner logs now and write actionable_signals.csv"),
     "trade": ("services.trader.cli", "enter today's ranked signals now (--dry-run prints the plan)"),
+    "manage": ("services.manager.tick_cli", "check every open position's soft exits now and sell what fired"),
     "reconcile": ("services.manager.cli", "check every position's protective orders now and fix them"),
     "report": ("services.reporter.cli", "write today's HTML/JSON report and print the account and positions"),
     "watch": ("services.manager.cli", "follow live notifications (fills, protections, exits)"),

@@ -121,7 +121,8 @@ def test_every_setting_is_documented_in_env_example():
 
     modules = [config] + [importlib.import_module(m) for m in
                           ("services.sim.cli", "services.streamer.settings", "services.manager.settings",
-                           "services.reporter.settings", "services.scheduler.settings")]
+                           "services.reporter.settings", "services.scheduler.settings",
+                           "services.manager.portfolio")]
     documented = {
         line.split("=", 1)[0].strip()
         for line in (Path(__file__).resolve().parents[1] / ".env.example").read_text().splitlines()

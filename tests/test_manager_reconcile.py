@@ -528,3 +528,13 @@ def test_reconcile_command_protects_an_unprotected_position_and_then_finds_nothi
     assert "AAPL: position 6, kept 1 protective order(s)" in second.stdout
     assert len([o for o in executor.get_open_orders("AAPL") if o.side is Side.SELL]) == 1
     executor.close()
+
+
+def test_manager_check_against_the_simulator_exits_0_with_one_ok_line(market, keys):
+    proc = subprocess.run([sys.executable, "-m", "services.manager", "--check"], cwd=ROOT, text=True,
+                          capture_output=True, timeout=60,
+                          env=_env(FL_NAMESPACE=keys.ns, REDIS_URL=redis_url(), FL_MANAGER_CONSUMER="m7",
+                                   **market.broker_env()))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("manager: ok:") and "consumer m7" in proc.stdout
+    assert market.api_key not in proc.stdout + proc.stderr

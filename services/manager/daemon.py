@@ -105,7 +105,7 @@ class Manager:
             return
         try:
             self.consumer.poll(block_ms=int(min(1000, until_timer * 1000)) + 1)
-        except redis.ConnectionError as exc:
+        except redis.RedisError as exc:
             # Redis restarting: nothing is lost (entries stay in the stream); wait and read again.
             logs.event(log, "redis_unavailable", level=logging.WARNING, reason=str(exc))
             self._stop.wait(1.0)

@@ -157,6 +157,18 @@ def test_undecodable_entry_goes_to_dead_letters_with_an_alert_and_is_acknowledge
     assert alert["kind"] == "alert" and entry_id in alert["message"]
 
 
+def test_entries_written_long_ago_are_acknowledged_without_a_broker_call(redis_client, keys):
+    called: list[list[str]] = []
+    consumer = TradeUpdateConsumer(redis_client, keys, lambda symbols, updates: called.append(symbols) or {},
+                                   ConsumerOptions(consumer="c1"))
+    consumer.start()
+    two_days_ago_ms = int((time.time() - 2 * 86400) * 1000)
+    redis_client.xadd(keys.trade_updates, {"event_id": "x", "symbol": "AAPL", "update": "{}"},
+                      id=f"{two_days_ago_ms}-0")
+    result = consumer.poll(block_ms=0)
+    assert result.acked == 1 and called == [] and redis_client.xlen(keys.dead_letters) == 0
+
+
 def _next_message(pubsub, timeout: float = 2.0) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

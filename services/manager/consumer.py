@@ -30,6 +30,11 @@ log = logging.getLogger(__name__)
 
 GROUP = "manager"
 SEEN_TTL_SECONDS = 3 * 24 * 3600
+#: Entries written longer ago than this are acknowledged without a reconcile of their own: after such
+#: a gap (first start on a long stream, a long outage) the reconcile of every position that follows
+#: start-up covers them, and replaying thousands of old fills one by one would only spend the
+#: broker's rate limit.
+STALE_ENTRY_SECONDS = 12 * 3600
 
 #: Events after which a symbol's protection may need to change. "new", "accepted", "pending_new"
 #: change nothing the broker holds for the position, so they are acknowledged without a broker call.
@@ -166,7 +171,13 @@ class TradeUpdateConsumer:
         ack: list[str] = []
         seen_to_mark: list[str] = []
         waiting: dict[str, list[tuple[str, TradeUpdate]]] = {}
+        stale_before_ms = (time.time() - STALE_ENTRY_SECONDS) * 1000
+        stale = 0
         for entry_id, fields in entries:
+            if _id_key(entry_id)[0] < stale_before_ms:
+                ack.append(entry_id)
+                stale += 1
+                continue
             try:
                 update = decode_entry(fields)
             except (ValidationError, KeyError, ValueError) as exc:
@@ -188,6 +199,10 @@ class TradeUpdateConsumer:
                     waiting[symbol] = fresh
                 else:
                     del waiting[symbol]
+        if stale:
+            logs.event(log, "stale_trade_updates_skipped", level=logging.WARNING, count=stale,
+                       reason=f"written over {STALE_ENTRY_SECONDS // 3600} h ago; the reconcile of every "
+                              "position covers them")
         failed: dict[str, tuple[list[str], BaseException]] = {}
         if waiting:
             symbols = sorted(waiting)

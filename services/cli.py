@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("services.demo.cli", "run the line end to end on the built-in simulated market, offline"),
     "config": ("services.configcmd", "validate settings from the environment and .env and print them"),
     "sim": ("services.sim.cli", "run the Alpaca-compatible simulated market"),
+    "scan": ("services.scanner.cli", "scan the targets now and write one QuickStrike log per ticker"),
     "rank": ("services.ranker.cli", "rank the scanner logs now and write actionable_signals.csv"),
     "trade": ("services.trader.cli", "enter today's ranked signals now (--dry-run prints the plan)"),
     "manage": ("services.manager.tick_cli", "check every open position's soft exits now and sell what fired"),

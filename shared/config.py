@@ -31,7 +31,10 @@ def env_file() -> str:
 
 
 class _Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=True, frozen=True)
+    # An empty value (`FL_X=` as in .env.example) means "use the default", not "the empty string".
+    model_config = SettingsConfigDict(
+        env_file=None, extra="ignore", case_sensitive=True, frozen=True, env_ignore_empty=True
+    )
 
 
 class BrokerSettings(_Settings):

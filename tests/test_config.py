@@ -114,21 +114,37 @@ def test_config_command_masks_secrets(tmp_path):
     assert "ALPACA_SECRET_KEY = (set, hidden)" in result.stdout
 
 
-def test_every_setting_is_documented_in_env_example():
+SETTINGS_MODULES = ("services.sim.cli", "services.streamer.settings", "services.manager.settings",
+                    "services.reporter.settings", "services.scheduler.settings",
+                    "services.manager.portfolio", "services.scanner.settings")
+
+
+def _settings_groups():
     import importlib
 
     from shared import config
 
-    modules = [config] + [importlib.import_module(m) for m in
-                          ("services.sim.cli", "services.streamer.settings", "services.manager.settings",
-                           "services.reporter.settings", "services.scheduler.settings",
-                           "services.manager.portfolio")]
+    modules = [config] + [importlib.import_module(m) for m in SETTINGS_MODULES]
+    return [cls for module in modules for cls in vars(module).values()
+            if isinstance(cls, type) and issubclass(cls, config._Settings) and cls is not config._Settings]
+
+
+def test_a_copied_env_example_loads_every_group_once_the_keys_are_filled_in(clean_env, tmp_path):
+    example = (Path(__file__).resolve().parents[1] / ".env.example").read_text()
+    (tmp_path / ".env").write_text(example)
+    with pytest.raises(ConfigError, match=r"^ALPACA_API_KEY, ALPACA_SECRET_KEY: are not set"):
+        load(BrokerSettings)
+    (tmp_path / ".env").write_text(example.replace("ALPACA_API_KEY=\n", "ALPACA_API_KEY=pk-test\n")
+                                   .replace("ALPACA_SECRET_KEY=\n", "ALPACA_SECRET_KEY=sk-test\n"))
+    for group in _settings_groups():
+        load(group)
+
+
+def test_every_setting_is_documented_in_env_example():
     documented = {
         line.split("=", 1)[0].strip()
         for line in (Path(__file__).resolve().parents[1] / ".env.example").read_text().splitlines()
         if "=" in line and not line.lstrip().startswith("#")
     }
-    groups = [cls for module in modules for cls in vars(module).values()
-              if isinstance(cls, type) and issubclass(cls, config._Settings)]
-    fields = {name for cls in groups for name in cls.model_fields}
+    fields = {name for cls in _settings_groups() for name in cls.model_fields}
     assert fields - documented == set()

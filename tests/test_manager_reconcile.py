@@ -339,6 +339,14 @@ def test_entry_fill_is_protected_by_one_oco_at_minus_5_and_plus_20_percent_of_th
     assert desk.pending() == 0
 
 
+def test_protective_client_order_id_carries_the_brokers_date_of_the_entry_not_the_wall_clock(desk):
+    desk.buy("AAPL", "10")
+    desk.step()
+    broker_day = desk.executor.get_clock().timestamp.astimezone(NEW_YORK).strftime("%Y%m%d")
+    (oco,) = desk.executor.get_open_orders("AAPL")
+    assert f"-{broker_day}-AAPL-oco-r" in oco.client_order_id
+
+
 def test_second_fill_event_for_same_order_places_no_new_orders(desk):
     desk.buy("AAPL", "10")
     desk.step()

@@ -342,11 +342,11 @@ def _first_protections(executor: OrderExecutor, client: redis.Redis, keys: Keys,
         plan = desired_protection(qty, entry_price, rules, symbol=symbol,
                                   fractional_allowed=caps.fractional_stop_orders, oco_allowed=caps.oco_exits)
         revision = record.revision
+        state = PositionState.at_entry(symbol, entry_price, qty, _hint(symbol, updates).first_fill_at or fill.timestamp)
         orders: list[tuple[DesiredOrder, str]] = []
         for desired in plan.orders:
             revision += 1
-            orders.append((desired, protective_client_order_id(keys, symbol, desired.kind, revision)))
-        state = PositionState.at_entry(symbol, entry_price, qty, _hint(symbol, updates).first_fill_at or fill.timestamp)
+            orders.append((desired, protective_client_order_id(keys, symbol, desired.kind, revision, state)))
         # Written before the orders are sent, so a crash right after the broker accepted one still
         # leaves its client order id to find its fill by.
         record = record.model_copy(update={"revision": revision, "client_order_ids": [cid for _d, cid in orders],
@@ -467,7 +467,7 @@ def _place(executor: OrderExecutor, client: redis.Redis, keys: Keys, symbol: str
     crash right after the broker accepted it still leaves a way to find its fill)."""
     for _attempt in range(MAX_ID_ATTEMPTS):
         revision = record.revision + 1
-        client_order_id = protective_client_order_id(keys, symbol, desired.kind, revision)
+        client_order_id = protective_client_order_id(keys, symbol, desired.kind, revision, state)
         record = record.model_copy(update={"revision": revision,
                                            "client_order_ids": [*record.client_order_ids, client_order_id]})
         store.save(client, keys, None, record)
@@ -531,11 +531,13 @@ def _deferrable(exc: BrokerError, desired: DesiredOrder, orders: list[Order]) ->
     return any(o.side is Side.BUY and o.status.is_open for o in orders)
 
 
-def protective_client_order_id(keys: Keys, symbol: str, kind: ProtectionKind, revision: int) -> str:
-    """`<ns>-<YYYYMMDD>-<SYMBOL>-<oco|stop>-r<revision>`: the revision counter is per symbol and only
-    grows, so an id is never reused (Alpaca keeps them unique for the life of the account)."""
-    return make_client_order_id(kind.value, symbol, f"r{revision}", day=datetime.now(NEW_YORK).date(),
-                                namespace=keys.ns)
+def protective_client_order_id(keys: Keys, symbol: str, kind: ProtectionKind, revision: int,
+                               state: PositionState) -> str:
+    """`<ns>-<YYYYMMDD>-<SYMBOL>-<oco|stop>-r<revision>`, dated by the position's first fill (broker
+    time, New York date). The revision counter is per symbol and only grows, so an id is never
+    reused (Alpaca keeps them unique for the life of the account)."""
+    return make_client_order_id(kind.value, symbol, f"r{revision}",
+                                day=state.first_fill_at.astimezone(NEW_YORK).date(), namespace=keys.ns)
 
 
 # -- closing fills and the ledger ---------------------------------------------------------------------

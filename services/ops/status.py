@@ -1,0 +1,295 @@
+"""`factoryline status`: the whole line on one screen, read-only.
+
+Reads: the halt flag, every service's RQ queue (queued, started, failed: registry counts without
+RQ's cleanup, so looking changes nothing) and the workers listening on them, the streamer's and the
+scheduler's health hashes, the manager's last tick, the trade-update stream and its consumer group,
+then the broker's account, positions and open orders.
+Decides: `coverage` (pure) says how many shares of each position open sell stops cover.
+Writes: nothing. A section whose source is unreachable (Redis, the broker) becomes one line saying
+so; the rest still prints.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from shared.bus import SERVICES, Keys
+from shared.market.calendar import NEW_YORK
+from shared.models import Account, Order, OrderClass, OrderType, Position, Side
+from shared.money import ZERO, fmt_money
+from shared.texttable import printable, table
+
+#: The streamer's leader writes its heartbeat every 2 s (docs/streamer.md): older than this, no live leader.
+STREAMER_STALE_SECONDS = 10
+#: The scheduler looks at the clock at least every FL_SCHEDULE_POLL_SECONDS (30 by default).
+SCHEDULER_STALE_SECONDS = 120
+_STOP_TYPES = (OrderType.STOP, OrderType.STOP_LIMIT, OrderType.TRAILING_STOP)
+
+
+# -- pure: protection coverage ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Shares of a position that open sell stops would sell, and what those stops are."""
+
+    symbol: str
+    held: Decimal
+    covered: Decimal
+    stops: tuple[str, ...] = ()
+
+    @property
+    def protected(self) -> bool:
+        return self.held <= ZERO or self.covered >= self.held
+
+
+def coverage(position: Position, open_orders: Iterable[Order]) -> Coverage:
+    """Shares covered by the symbol's open sell stops: a plain stop, or the stop leg of an OCO (held
+    until its sibling fills or it triggers, still a live stop). Take-profit limits alone protect nothing."""
+    covered = ZERO
+    stops = []
+    for order in open_orders:
+        if order.symbol != position.symbol:
+            continue
+        for part in order.all_orders():
+            if part.side is not Side.SELL or not part.status.is_open or part.type not in _STOP_TYPES:
+                continue
+            remaining = part.remaining_qty if part.remaining_qty is not None else ZERO
+            covered += remaining
+            kind = "oco stop" if order.order_class is OrderClass.OCO else f"{part.time_in_force.value} stop"
+            stops.append(f"{kind} {remaining} @ {part.stop_price}")
+    return Coverage(position.symbol, position.qty, min(covered, max(position.qty, ZERO)), tuple(stops))
+
+
+# -- what the screen shows -------------------------------------------------------------------------
+
+
+@dataclass
+class QueueRow:
+    name: str
+    queued: int
+    started: int
+    failed: int
+    scheduled: int
+    workers: int
+
+
+@dataclass
+class WorkerRow:
+    name: str
+    state: str
+    queues: str
+    heartbeat: datetime | None
+    job: str
+
+
+@dataclass
+class Status:
+    namespace: str
+    now: datetime
+    halt: str | None = None
+    redis_error: str | None = None
+    queues: list[QueueRow] = field(default_factory=list)
+    workers: list[WorkerRow] = field(default_factory=list)
+    streamer: dict[str, str] = field(default_factory=dict)
+    scheduler: dict[str, str] = field(default_factory=dict)
+    last_tick: dict | None = None
+    stream_line: str = ""
+    broker_error: str | None = None
+    account: Account | None = None
+    positions: list[Position] = field(default_factory=list)
+    coverage: dict[str, Coverage] = field(default_factory=dict)
+
+    @property
+    def unprotected(self) -> list[str]:
+        return [s for s, c in sorted(self.coverage.items()) if not c.protected]
+
+
+def read_redis(status: Status, client, rq_client, keys: Keys) -> None:
+    """Fill the Redis sections (`client` answers str, `rq_client` bytes as RQ needs)."""
+    from rq import Queue, Worker
+    from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+
+    from services.manager.consumer import GROUP
+    from services.manager.tick import last_tick_key
+    from services.scheduler.runner import health_key
+
+    status.halt = client.get(keys.halt)
+    seen_workers: dict[str, WorkerRow] = {}
+    for service in SERVICES:
+        queue = Queue(keys.queue(service), connection=rq_client, serializer="json")
+        workers = Worker.all(queue=queue)
+        status.queues.append(QueueRow(
+            queue.name, queue.count,
+            # cleanup=False: RQ's cleanup would move abandoned jobs; looking must change nothing.
+            StartedJobRegistry(queue=queue).get_job_count(cleanup=False),
+            FailedJobRegistry(queue=queue).get_job_count(cleanup=False),
+            ScheduledJobRegistry(queue=queue).get_job_count(cleanup=False),
+            len(workers)))
+        for worker in workers:
+            if worker.name not in seen_workers:
+                seen_workers[worker.name] = WorkerRow(
+                    worker.name, str(worker.get_state()), ",".join(worker.queue_names()),
+                    worker.last_heartbeat, worker.get_current_job_id() or "-")
+    status.workers = sorted(seen_workers.values(), key=lambda w: w.name)
+    status.streamer = client.hgetall(keys.streamer_health)
+    status.scheduler = client.hgetall(health_key(keys))
+    raw_tick = client.get(last_tick_key(keys))
+    if raw_tick:
+        try:
+            status.last_tick = json.loads(raw_tick)
+        except ValueError:
+            status.last_tick = {"status": f"unreadable: {raw_tick[:60]}"}
+    status.stream_line = _stream_line(client, keys, GROUP)
+
+
+def _stream_line(client, keys: Keys, group: str) -> str:
+    length = client.xlen(keys.trade_updates)
+    dead = client.xlen(keys.dead_letters)
+    text = f"{length} entries"
+    groups = client.xinfo_groups(keys.trade_updates) if length or client.exists(keys.trade_updates) else []
+    ours = next((g for g in groups if g.get("name") == group), None)
+    if ours is None:
+        text += f"; no '{group}' consumer group (the manager has not started)"
+    else:
+        lag = ours.get("lag")
+        text += (f"; group '{group}': {ours.get('consumers', 0)} consumer(s), {ours.get('pending', 0)} pending"
+                 + (f", {lag} not yet read" if lag is not None else ""))
+    return text + f"; dead letters {dead}" + ("  <- look at them" if dead else "")
+
+
+def read_broker(status: Status, executor) -> None:
+    status.account = executor.get_account()
+    status.positions = sorted(executor.get_positions(), key=lambda p: p.symbol)
+    orders = executor.get_open_orders()
+    status.coverage = {p.symbol: coverage(p, orders) for p in status.positions}
+
+
+# -- rendering (pure) -----------------------------------------------------------------------------
+
+
+def render(status: Status) -> list[str]:
+    now = status.now
+    lines = [f"Factory Line status  namespace {status.namespace}  "
+             f"{now.astimezone(NEW_YORK):%Y-%m-%d %H:%M:%S %Z} ({now.astimezone(UTC):%H:%M:%S} UTC)", ""]
+    if status.redis_error is not None:
+        lines += [f"redis: UNREACHABLE ({status.redis_error}): halt flag, queues, workers and health not shown", ""]
+    else:
+        lines.append(halt_line(status.halt))
+        lines += ["", "queues"]
+        lines += table(("queue", "queued", "started", "failed", "scheduled", "workers"),
+                       [(q.name, q.queued, q.started, q.failed, q.scheduled, q.workers) for q in status.queues],
+                       right={1, 2, 3, 4, 5})
+        lines += ["", "workers"]
+        if status.workers:
+            lines += table(("worker", "state", "queues", "heartbeat", "job"),
+                           [(w.name, w.state, w.queues, _ago(w.heartbeat, now), w.job) for w in status.workers])
+        else:
+            lines.append("  none listening (start the service containers, or `python -m services.<name>`)")
+        lines += ["", f"streamer   {streamer_line(status.streamer, now)}",
+                  f"stream     {status.stream_line}",
+                  f"scheduler  {scheduler_line(status.scheduler, now)}",
+                  f"manager    {tick_line(status.last_tick)}"]
+    lines.append("")
+    if status.broker_error is not None:
+        lines.append(f"broker: UNREACHABLE ({status.broker_error}): account and positions not shown")
+        return lines
+    account = status.account
+    if account is not None:
+        lines.append(f"account    equity {fmt_money(account.equity)}, cash {fmt_money(account.cash)}, "
+                     f"buying power {fmt_money(account.buying_power)}")
+    lines += ["", "positions"]
+    if not status.positions:
+        lines.append("  none")
+        return lines
+    rows = []
+    for p in status.positions:
+        cov = status.coverage[p.symbol]
+        state = "covered" if cov.protected else "UNPROTECTED"
+        rows.append((p.symbol, p.qty, p.qty_available, p.avg_entry_price, p.current_price or "-",
+                     fmt_money(p.unrealized_pl) if p.unrealized_pl is not None else "-",
+                     f"{cov.covered}/{cov.held}", state, "; ".join(cov.stops) or "-"))
+    lines += table(("symbol", "qty", "available", "avg entry", "price", "unrealized", "stops cover", "protection",
+                    "stops"), rows, right={1, 2, 3, 4, 5, 6})
+    if status.unprotected:
+        lines += ["", f"UNPROTECTED: {', '.join(status.unprotected)}: shares without a resting stop at the broker "
+                      "(is the manager running? `factoryline reconcile` places the protection now)"]
+    return lines
+
+
+def halt_line(value: str | None) -> str:
+    if value is None:
+        return "halt       not set: entries and soft exits run"
+    try:
+        flag = json.loads(value)
+        text = f"{flag.get('reason') or 'no reason given'} (since {flag.get('at', '?')}, by {flag.get('by', '?')})"
+    except (ValueError, AttributeError):
+        text = value
+    return f"halt       HALTED: {printable(text)}; no entries, no soft exits (protection still runs; " \
+           "`factoryline resume` clears it)"
+
+
+def streamer_line(health: dict[str, str], now: datetime) -> str:
+    if not health:
+        return "no health record: the streamer has never run in this namespace"
+    beat = _parse(health.get("heartbeat_at"))
+    where = f"{health.get('leader_host', '?')} pid {health.get('leader_pid', '?')}"
+    if health.get("role") == "stopped":
+        return f"STOPPED (clean stop; last leader {where}, heartbeat {_ago(beat, now)})"
+    if beat is None or (now - beat).total_seconds() > STREAMER_STALE_SECONDS:
+        return f"STALE: last heartbeat {_ago(beat, now)} (leader {where}); no live leader records trade updates"
+    connected = "connected" if health.get("connected") == "yes" else "DISCONNECTED from the broker"
+    last = health.get("last_event_id") or "none yet"
+    return (f"leader {where}, {connected}, heartbeat {_ago(beat, now)}, buffered {health.get('buffered', '0')}, "
+            f"last update {printable(last)}")
+
+
+def scheduler_line(health: dict[str, str], now: datetime) -> str:
+    if not health:
+        return "no health record: not running (the record expires 10 min after its last look)"
+    look = _parse(health.get("last_look"))
+    stale = look is None or (now - look).total_seconds() > SCHEDULER_STALE_SECONDS
+    nxt = _parse(health.get("next_run"))
+    text = (f"on {health.get('host', '?')}, last look {_ago(look, now)}, next run "
+            f"{nxt.astimezone(NEW_YORK):%Y-%m-%d %H:%M %Z}" if nxt else
+            f"on {health.get('host', '?')}, last look {_ago(look, now)}, no run scheduled")
+    return ("STALE: " if stale else "") + text
+
+
+def tick_line(tick: dict | None) -> str:
+    if not tick:
+        return "no tick recorded yet (written after each completed manage tick)"
+    at = _parse(tick.get("at"))
+    when = f"{at.astimezone(NEW_YORK):%Y-%m-%d %H:%M %Z}" if at else "?"
+    exits = tick.get("exits") or []
+    return (f"last tick {when} (broker time): {tick.get('status', '?')}, {tick.get('positions', '?')} position(s), "
+            f"{len(exits)} exit(s)")
+
+
+def _parse(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _ago(moment: datetime | None, now: datetime) -> str:
+    if moment is None:
+        return "never"
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)  # RQ stores naive UTC
+    seconds = int((now - moment).total_seconds())
+    if seconds < 0:
+        return f"{moment.astimezone(NEW_YORK):%H:%M:%S %Z}"
+    if seconds < 120:
+        return f"{seconds} s ago"
+    if seconds < 7200:
+        return f"{seconds // 60} min ago"
+    return f"{seconds // 3600} h ago"

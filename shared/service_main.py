@@ -18,19 +18,24 @@ from shared.errors import FactoryLineError
 from shared.models import MarketClock
 
 
-def run(name: str, doc: str, argv: list[str] | None, *, serve: Callable[[], int | None],
-        check: Callable[[], str]) -> int:
-    """Parse `--check` / `--log-level`, then call `check()` (its text follows "ok:") or `serve()`."""
-    parser = argparse.ArgumentParser(prog=f"python -m services.{name}", description=doc.strip().splitlines()[0])
+def run(name: str, doc: str, argv: list[str] | None, *, serve: Callable[[argparse.Namespace], int | None],
+        check: Callable[[argparse.Namespace], str], prog: str | None = None,
+        add_arguments: Callable[[argparse.ArgumentParser], None] | None = None) -> int:
+    """Parse `--check` / `--log-level` (plus the service's own flags from `add_arguments`), then call
+    `check(args)` (its text follows "ok:") or `serve(args)`. `prog` defaults to `python -m services.<name>`."""
+    parser = argparse.ArgumentParser(prog=prog or f"python -m services.{name}",
+                                     description=doc.strip().splitlines()[0])
     parser.add_argument("--check", action="store_true", help="self-check (settings, Redis, broker), then exit 0 or 2")
     parser.add_argument("--log-level", default="INFO", help="log level (default INFO)")
+    if add_arguments is not None:
+        add_arguments(parser)
     args = parser.parse_args(argv)
     try:
         if args.check:
-            print(f"{name}: ok: {check()}")
+            print(f"{name}: ok: {check(args)}")
             return 0
         logs.setup(args.log_level.upper())
-        return int(serve() or 0)
+        return int(serve(args) or 0)
     except FactoryLineError as exc:
         print(f"{name}: error: {logs.redact(str(exc))}", file=sys.stderr)
         return 2

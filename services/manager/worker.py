@@ -13,70 +13,51 @@ from __future__ import annotations
 import argparse
 import sys
 
-import redis
-
-from shared import bus, config, logs
-from shared.errors import FactoryLineError
+from shared import bus, config, logs, service_main
 
 SERVICE = "manager"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.manager.worker", description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true",
-                        help="validate config, Redis and broker connectivity, then exit 0 (or 2)")
+def _load():
+    """Every group the tick job reads; the broker keys are registered so no log line can show them."""
+    from services.manager.portfolio import PortfolioSettings
+
+    broker_settings = config.load(config.BrokerSettings)
+    redis_settings = config.load(config.RedisSettings)
+    config.load(config.ExitSettings)
+    portfolio_settings = config.load(PortfolioSettings)
+    logs.register_secret(broker_settings.ALPACA_API_KEY.get_secret_value())
+    logs.register_secret(broker_settings.ALPACA_SECRET_KEY.get_secret_value())
+    return broker_settings, redis_settings, portfolio_settings
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--burst", action="store_true", help="run the queued jobs, then exit")
-    parser.add_argument("--log-level", default="INFO")
-    args = parser.parse_args(argv)
+
+
+def serve(args: argparse.Namespace) -> None:
+    _, redis_settings, _ = _load()
+    from shared.queues import run_worker
+
+    client = bus.connect_rq(redis_settings.REDIS_URL)
     try:
-        from services.manager.portfolio import PortfolioSettings
-
-        broker_settings = config.load(config.BrokerSettings)
-        redis_settings = config.load(config.RedisSettings)
-        config.load(config.ExitSettings)
-        portfolio_settings = config.load(PortfolioSettings)
-        logs.register_secret(broker_settings.ALPACA_API_KEY.get_secret_value())
-        logs.register_secret(broker_settings.ALPACA_SECRET_KEY.get_secret_value())
-        keys = bus.Keys(redis_settings.FL_NAMESPACE)
-        if args.check:
-            return check(broker_settings, redis_settings, keys, portfolio_settings)
-        logs.setup(args.log_level.upper())
-        from shared.queues import run_worker
-
-        client = bus.connect_rq(redis_settings.REDIS_URL)
-        try:
-            run_worker(client, keys, SERVICE, burst=args.burst)
-        finally:
-            client.close()
-        return 0
-    except FactoryLineError as exc:
-        print(f"manager worker: error: {logs.redact(str(exc))}", file=sys.stderr)
-        return 2
-    except redis.RedisError as exc:
-        print(f"manager worker: error: Redis: {logs.redact(str(exc))}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-
-
-def check(broker_settings: config.BrokerSettings, redis_settings: config.RedisSettings, keys: bus.Keys,
-          portfolio_settings) -> int:
-    client = bus.connect(redis_settings.REDIS_URL)
-    try:
-        client.ping()
+        run_worker(client, bus.Keys(redis_settings.FL_NAMESPACE), SERVICE, burst=args.burst)
     finally:
         client.close()
-    from shared.broker import make_executor
 
-    executor = make_executor(broker_settings)
-    try:
-        clock = executor.get_clock()
-    finally:
-        executor.close()
-    print(f"manager worker: ok: config valid, Redis answers, broker answers (market "
-          f"{'open' if clock.is_open else 'closed'}), queue {keys.queue(SERVICE)}, "
-          f"portfolio {portfolio_settings.FL_PORTFOLIO_CSV}")
-    return 0
+
+def check(_args: argparse.Namespace) -> str:
+    broker_settings, redis_settings, portfolio_settings = _load()
+    service_main.check_redis(redis_settings)
+    clock = service_main.check_broker(broker_settings)
+    return (f"config valid, Redis answers, broker answers ({service_main.market_state(clock)}), "
+            f"queue {bus.Keys(redis_settings.FL_NAMESPACE).queue(SERVICE)}, "
+            f"portfolio {portfolio_settings.FL_PORTFOLIO_CSV}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return service_main.run("manager worker", __doc__, argv, serve=serve, check=check,
+                            prog="python -m services.manager.worker", add_arguments=add_arguments)
 
 
 if __name__ == "__main__":

@@ -6,12 +6,13 @@ any problem is one line on stderr and exit status 2.
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from shared import bus, config, service_main
 
 
-def serve() -> None:
+def serve(_args: argparse.Namespace) -> None:
     config.load(config.RankerSettings)
     redis_settings = config.load(config.RedisSettings)
     from shared.queues import run_worker
@@ -19,7 +20,7 @@ def serve() -> None:
     run_worker(bus.connect_rq(redis_settings.REDIS_URL), bus.Keys(redis_settings.FL_NAMESPACE), "ranker")
 
 
-def check() -> str:
+def check(_args: argparse.Namespace) -> str:
     ranker_settings = config.load(config.RankerSettings)
     redis_settings = config.load(config.RedisSettings)
     service_main.check_redis(redis_settings)

@@ -10,6 +10,7 @@ one per account and the leader holds it. Any problem is one line on stderr and e
 
 from __future__ import annotations
 
+import argparse
 import signal
 import sys
 
@@ -18,7 +19,7 @@ from shared import bus, config, service_main
 from .settings import StreamerSettings
 
 
-def serve() -> int:
+def serve(_args: argparse.Namespace) -> int:
     broker_settings = config.load(config.BrokerSettings)
     redis_settings = config.load(config.RedisSettings)
     streamer_settings = config.load(StreamerSettings)
@@ -39,7 +40,7 @@ def serve() -> int:
     return 0
 
 
-def check() -> str:
+def check(_args: argparse.Namespace) -> str:
     broker_settings = config.load(config.BrokerSettings)
     redis_settings = config.load(config.RedisSettings)
     config.load(StreamerSettings)

@@ -6,12 +6,13 @@ keys, then exits 0 (docker-compose healthcheck); any problem is one line on stde
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from shared import bus, config, service_main
 
 
-def serve() -> None:
+def serve(_args: argparse.Namespace) -> None:
     config.load(config.TraderSettings)
     config.load(config.BrokerSettings)
     redis_settings = config.load(config.RedisSettings)
@@ -20,7 +21,7 @@ def serve() -> None:
     run_worker(bus.connect_rq(redis_settings.REDIS_URL), bus.Keys(redis_settings.FL_NAMESPACE), "trader")
 
 
-def check() -> str:
+def check(_args: argparse.Namespace) -> str:
     config.load(config.TraderSettings)
     redis_settings = config.load(config.RedisSettings)
     broker_settings = config.load(config.BrokerSettings)

@@ -13,49 +13,22 @@ import argparse
 import signal
 import sys
 
-import redis
-
-from shared import bus, config, logs
-from shared.errors import FactoryLineError
+from shared import bus, config, service_main
 
 from .settings import ManagerSettings
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m services.manager", description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true",
-                        help="validate config, Redis and broker connectivity, then exit 0 (or 2)")
-    parser.add_argument("--log-level", default="INFO")
-    args = parser.parse_args(argv)
-    try:
-        broker_settings = config.load(config.BrokerSettings)
-        redis_settings = config.load(config.RedisSettings)
-        exit_settings = config.load(config.ExitSettings)
-        manager_settings = config.load(ManagerSettings)
-        logs.register_secret(broker_settings.ALPACA_API_KEY.get_secret_value())
-        logs.register_secret(broker_settings.ALPACA_SECRET_KEY.get_secret_value())
-        keys = bus.Keys(redis_settings.FL_NAMESPACE)
-        if args.check:
-            return check(broker_settings, redis_settings, manager_settings, keys)
-        logs.setup(args.log_level.upper())
-        return serve(broker_settings, redis_settings, exit_settings, manager_settings, keys)
-    except FactoryLineError as exc:
-        print(f"manager: error: {logs.redact(str(exc))}", file=sys.stderr)
-        return 2
-    except redis.RedisError as exc:
-        print(f"manager: error: Redis: {logs.redact(str(exc))}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-
-
-def serve(broker_settings: config.BrokerSettings, redis_settings: config.RedisSettings,
-          exit_settings: config.ExitSettings, manager_settings: ManagerSettings, keys: bus.Keys) -> int:
+def serve(_args: argparse.Namespace) -> int:
+    broker_settings = config.load(config.BrokerSettings)
+    redis_settings = config.load(config.RedisSettings)
+    exit_settings = config.load(config.ExitSettings)
+    manager_settings = config.load(ManagerSettings)
     from shared.broker import make_executor
     from shared.exits import ExitRules
 
     from .daemon import Manager
 
+    keys = bus.Keys(redis_settings.FL_NAMESPACE)
     executor = make_executor(broker_settings)
     client = bus.connect(redis_settings.REDIS_URL)
     stream_client = bus.connect(redis_settings.REDIS_URL, blocking=True)
@@ -72,23 +45,19 @@ def serve(broker_settings: config.BrokerSettings, redis_settings: config.RedisSe
     return 0
 
 
-def check(broker_settings: config.BrokerSettings, redis_settings: config.RedisSettings,
-          manager_settings: ManagerSettings, keys: bus.Keys) -> int:
-    client = bus.connect(redis_settings.REDIS_URL)
-    try:
-        client.ping()
-    finally:
-        client.close()
-    from shared.broker import make_executor
+def check(_args: argparse.Namespace) -> str:
+    broker_settings = config.load(config.BrokerSettings)
+    redis_settings = config.load(config.RedisSettings)
+    config.load(config.ExitSettings)
+    manager_settings = config.load(ManagerSettings)
+    service_main.check_redis(redis_settings)
+    clock = service_main.check_broker(broker_settings)
+    return (f"config valid, Redis answers, broker answers ({service_main.market_state(clock)}),"
+            f" consumer {manager_settings.FL_MANAGER_CONSUMER} of {bus.Keys(redis_settings.FL_NAMESPACE).trade_updates}")
 
-    executor = make_executor(broker_settings)
-    try:
-        clock = executor.get_clock()
-    finally:
-        executor.close()
-    print(f"manager: ok: config valid, Redis answers, broker answers (market {'open' if clock.is_open else 'closed'}),"
-          f" consumer {manager_settings.FL_MANAGER_CONSUMER} of {keys.trade_updates}")
-    return 0
+
+def main(argv: list[str] | None = None) -> int:
+    return service_main.run("manager", __doc__, argv, serve=serve, check=check)
 
 
 if __name__ == "__main__":

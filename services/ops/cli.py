@@ -103,13 +103,15 @@ def halt_value(reason: str, at: datetime) -> str:
     return json.dumps({"reason": reason, "at": at.isoformat(timespec="seconds"), "by": _who()})
 
 
-def set_halt(client, keys, reason: str) -> str:
+def set_halt(client, keys, reason: str, *, keep_existing: bool = False) -> bool:
+    """Set the halt flag and announce it; with `keep_existing` an earlier halt (and its reason) stays.
+    True when this call set it."""
     from shared import bus
 
-    value = halt_value(reason, datetime.now(UTC))
-    client.set(keys.halt, value)
+    if not client.set(keys.halt, halt_value(reason, datetime.now(UTC)), nx=keep_existing):
+        return False
     bus.publish(client, keys, "halted", message=f"halt flag set: {reason or 'no reason given'}", reason=reason)
-    return value
+    return True
 
 
 def run_halt(args: argparse.Namespace) -> int:
@@ -198,8 +200,10 @@ def run_flatten(args: argparse.Namespace, stdin=None) -> int:
                 print("flatten: not confirmed: nothing done")
                 return 1
         clock = executor.get_clock()
-        set_halt(client, keys, "flatten")
-        print(f"halt flag {keys.halt} set")
+        if set_halt(client, keys, "flatten", keep_existing=True):
+            print(f"halt flag {keys.halt} set")
+        else:
+            print(f"halt flag {keys.halt} already set; kept as it was")
         if not clock.is_open:
             # A market sell now would wait for the open, and the manager's reconcile would cancel it as
             # "not the desired protection" and re-protect: nothing is canceled, the stops stay.

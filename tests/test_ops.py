@@ -1,0 +1,193 @@
+"""Operations commands as a person runs them: real subprocesses against the simulated market and real
+Redis (`python -m services.ops.cli`, which is `factoryline status|halt|resume|flatten`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from conftest import redis_url
+from simhelpers import ROOT, sim  # noqa: F401 - the `sim` fixture
+
+from services.manager import ledger
+from shared.broker import make_executor
+from shared.exits import ExitReason
+
+FACTORYLINE = [sys.executable, "-m", "services.ops.cli"]
+
+
+def run(args: list[str], env: dict[str, str], cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("ALPACA_", "FL_", "REDIS_URL"))}
+    base["PYTHONPATH"] = str(ROOT)
+    return subprocess.run(args, cwd=cwd, env={**base, **env}, capture_output=True, text=True, timeout=60,
+                          input=stdin if stdin is not None else "", stdin=None)
+
+
+@pytest.fixture
+def env(sim, namespace):  # noqa: F811
+    return {**sim.broker_env(), "REDIS_URL": redis_url(), "FL_NAMESPACE": namespace}
+
+
+@pytest.fixture
+def executor(sim):  # noqa: F811
+    ex = make_executor(sim.broker_settings())
+    yield ex
+    ex.close()
+
+
+def hold(executor, symbol: str, qty: str, *, protect: bool) -> None:
+    executor.buy_qty(symbol, Decimal(qty), f"t-{symbol}-entry")
+    if protect:
+        entry = executor.get_position(symbol).avg_entry_price
+        executor.submit_protective_exit(symbol, Decimal(qty), (entry * Decimal("0.95")).quantize(Decimal("0.01")),
+                                        (entry * Decimal("1.2")).quantize(Decimal("0.01")), f"t-{symbol}-oco")
+
+
+def position_line(stdout: str, symbol: str) -> str:
+    """The symbol's row in the last table printed (flatten prints its plan, then what it did)."""
+    return [line for line in stdout.splitlines() if line.strip().startswith(symbol + " ")][-1]
+
+
+def test_status_shows_an_unprotected_position_in_capitals_and_a_protected_one_covered(env, executor, tmp_path):
+    hold(executor, "AAPL", "10", protect=True)
+    hold(executor, "MSFT", "5", protect=False)
+    result = run([*FACTORYLINE, "status"], env, tmp_path)
+    assert result.returncode == 1, result.stderr  # an unprotected position needs a person
+    assert "10/10" in position_line(result.stdout, "AAPL") and "covered" in position_line(result.stdout, "AAPL")
+    assert "0/5" in position_line(result.stdout, "MSFT") and "UNPROTECTED" in position_line(result.stdout, "MSFT")
+    assert "UNPROTECTED: MSFT" in result.stdout
+    assert f"{env['FL_NAMESPACE']}-trader" in result.stdout and "halt       not set" in result.stdout
+    assert "equity $" in result.stdout
+
+
+def test_status_says_the_streamer_is_stale_when_its_heartbeat_is_old(env, redis_client, keys, tmp_path):
+    redis_client.hset(keys.streamer_health, mapping={"role": "leader", "connected": "yes", "leader_host": "box",
+                                                     "leader_pid": "7", "heartbeat_at": "2024-01-01T00:00:00+00:00"})
+    result = run([*FACTORYLINE, "status"], env, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "streamer   STALE: last heartbeat" in result.stdout
+
+
+def test_status_with_the_broker_unreachable_still_prints_the_rest_and_says_so_in_one_line(
+        env, redis_client, keys, tmp_path):
+    redis_client.set(keys.halt, "1")
+    dead = {**env, "ALPACA_ENDPOINT": "http://127.0.0.1:9", "ALPACA_DATA_ENDPOINT": "http://127.0.0.1:9",
+            "FL_BROKER_TIMEOUT_SECONDS": "2"}
+    result = run([*FACTORYLINE, "status"], dead, tmp_path)
+    assert result.returncode == 1
+    assert [line for line in result.stdout.splitlines() if line.startswith("broker: UNREACHABLE")]
+    assert "HALTED" in result.stdout and "queues" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_halt_makes_the_trader_refuse_and_resume_clears_it(env, redis_client, keys, tmp_path):
+    pubsub = redis_client.pubsub()
+    pubsub.subscribe(keys.notifications)
+    assert pubsub.get_message(timeout=2)["type"] == "subscribe"  # listening before the command runs
+    halted = run([*FACTORYLINE, "halt", "--reason", "broker incident"], env, tmp_path)
+    assert halted.returncode == 0, halted.stderr
+    assert "HALTED: broker incident" in halted.stdout
+    assert json.loads(redis_client.get(keys.halt))["reason"] == "broker incident"
+    message = pubsub.get_message(timeout=2)
+    assert message and json.loads(message["data"])["kind"] == "halted"
+
+    trade = run([sys.executable, "-m", "services.cli", "trade"], env, tmp_path)
+    assert trade.returncode == 1 and trade.stdout.startswith("halted:")
+
+    resumed = run([*FACTORYLINE, "resume"], env, tmp_path)
+    assert resumed.returncode == 0 and "not set" in resumed.stdout
+    assert not redis_client.exists(keys.halt)
+    message = pubsub.get_message(timeout=2)
+    assert message and json.loads(message["data"])["kind"] == "resumed"
+    pubsub.close()
+    trade = run([sys.executable, "-m", "services.cli", "trade"], env, tmp_path)
+    assert not trade.stdout.startswith("halted:")
+
+
+def test_flatten_yes_leaves_no_position_no_open_order_and_never_sells_short(
+        env, executor, sim, redis_client, keys, tmp_path):  # noqa: F811
+    hold(executor, "AAPL", "10", protect=True)
+    hold(executor, "MSFT", "5", protect=False)
+    hold(executor, "TSLA", "2.5", protect=False)
+    result = run([*FACTORYLINE, "flatten", "--yes"], env, tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert executor.get_positions() == []
+    assert executor.get_open_orders() == []
+    sells = [o for o in sim.control.state()["orders"] if o["side"] == "sell" and o["type"] == "market"]
+    sold = {o["symbol"]: Decimal(o["filled_qty"]) for o in sells}
+    assert sold == {"AAPL": Decimal("10"), "MSFT": Decimal("5"), "TSLA": Decimal("2.5")}
+    assert {o["client_order_id"] for o in sells} == {f"{keys.ns}-20240304-{s}-flatten" for s in sold}
+    assert redis_client.exists(keys.halt)
+    trades = ledger.read(redis_client, keys)
+    assert sorted((t.symbol, t.qty, t.exit_reason) for t in trades) == [
+        ("AAPL", Decimal("10"), ExitReason.MANUAL), ("MSFT", Decimal("5"), ExitReason.MANUAL),
+        ("TSLA", Decimal("2.5"), ExitReason.MANUAL)]
+
+
+def test_flatten_without_yes_and_without_a_terminal_refuses_in_one_line(env, executor, tmp_path):
+    hold(executor, "AAPL", "10", protect=False)
+    result = run([*FACTORYLINE, "flatten"], env, tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "refused" in result.stderr and "--yes" in result.stderr
+    assert executor.get_position("AAPL").qty == Decimal("10")
+
+
+def test_status_lists_the_workers_listening_on_the_queues(env, namespace, keys, redis_client, tmp_path):
+    from rq import Worker
+
+    from shared.bus import connect_rq
+    from shared.queues import queue
+
+    rq_client = connect_rq(redis_url())
+    worker = Worker([queue(rq_client, keys, "trader")], connection=rq_client, name=f"{namespace}-w1",
+                    serializer="json")
+    worker.register_birth()
+    try:
+        result = run([*FACTORYLINE, "status"], env, tmp_path)
+    finally:
+        worker.register_death()
+        rq_client.close()
+    assert result.returncode == 0, result.stdout + result.stderr
+    trader_row = next(line for line in result.stdout.splitlines() if f"{namespace}-trader " in line)
+    assert trader_row.split()[-1] == "1"
+    assert f"{namespace}-w1" in result.stdout
+
+
+def test_flatten_while_the_market_is_closed_sells_nothing_and_keeps_the_stops(
+        env, executor, sim, redis_client, keys, tmp_path):  # noqa: F811
+    hold(executor, "AAPL", "10", protect=True)
+    sim.control.advance(to="2024-03-04T17:00:00-05:00")
+    result = run([*FACTORYLINE, "flatten", "--yes"], env, tmp_path)
+    assert result.returncode == 1
+    assert "market is closed" in result.stdout
+    assert executor.get_position("AAPL").qty == Decimal("10")
+    assert len(executor.get_open_orders("AAPL")) == 1
+    assert redis_client.exists(keys.halt)
+
+
+def test_flatten_reports_a_refused_sell_and_still_flattens_the_others(env, executor, sim, tmp_path):  # noqa: F811
+    hold(executor, "AAPL", "10", protect=False)
+    hold(executor, "MSFT", "5", protect=False)
+    # The next order submission (AAPL's sell: symbols go in order) is refused by the broker.
+    sim.control.fail_requests(1, 422, path_prefix="/v2/orders", method="POST")
+    result = run([*FACTORYLINE, "flatten", "--yes"], env, tmp_path)
+    assert result.returncode == 1
+    assert "refused" in position_line(result.stdout, "AAPL") and "NOT flat: AAPL" in result.stdout
+    assert executor.get_position("MSFT") is None
+    assert executor.get_position("AAPL").qty == Decimal("10")
+    # The refused symbol is not left naked: the reconcile after the flatten protected it again.
+    assert [o.order_class.value for o in executor.get_open_orders("AAPL")] == ["oco"]
+
+
+def test_flatten_keeps_an_earlier_halt_and_its_reason(env, executor, redis_client, keys, tmp_path):
+    hold(executor, "AAPL", "3", protect=False)
+    run([*FACTORYLINE, "halt", "--reason", "incident 42"], env, tmp_path)
+    flat = run([*FACTORYLINE, "flatten", "--yes"], env, tmp_path)
+    assert flat.returncode == 0 and "already set; kept" in flat.stdout
+    assert executor.get_position("AAPL") is None
+    assert json.loads(redis_client.get(keys.halt))["reason"] == "incident 42"

@@ -21,11 +21,11 @@ from shared.exits import ExitReason
 FACTORYLINE = [sys.executable, "-m", "services.ops.cli"]
 
 
-def run(args: list[str], env: dict[str, str], cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess:
+def run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    """The command as a script runs it: stdin is a pipe with nothing on it (no terminal)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("ALPACA_", "FL_", "REDIS_URL"))}
     base["PYTHONPATH"] = str(ROOT)
-    return subprocess.run(args, cwd=cwd, env={**base, **env}, capture_output=True, text=True, timeout=60,
-                          input=stdin if stdin is not None else "", stdin=None)
+    return subprocess.run(args, cwd=cwd, env={**base, **env}, capture_output=True, text=True, timeout=60, input="")
 
 
 @pytest.fixture
@@ -191,3 +191,36 @@ def test_flatten_keeps_an_earlier_halt_and_its_reason(env, executor, redis_clien
     assert flat.returncode == 0 and "already set; kept" in flat.stdout
     assert executor.get_position("AAPL") is None
     assert json.loads(redis_client.get(keys.halt))["reason"] == "incident 42"
+
+
+def run_on_terminal(args: list[str], env: dict[str, str], cwd: Path, typed: str) -> subprocess.CompletedProcess:
+    """The command with a terminal as stdin (a pseudo-terminal), `typed` already waiting on it."""
+    import pty
+
+    primary, secondary = pty.openpty()
+    try:
+        os.write(primary, typed.encode())
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("ALPACA_", "FL_", "REDIS_URL"))}
+        return subprocess.run(args, cwd=cwd, env={**base, "PYTHONPATH": str(ROOT), **env}, stdin=secondary,
+                              capture_output=True, text=True, timeout=60)
+    finally:
+        os.close(secondary)
+        os.close(primary)
+
+
+def test_flatten_on_a_terminal_shows_the_plan_and_does_nothing_unless_flatten_is_typed(
+        env, executor, redis_client, keys, tmp_path):
+    hold(executor, "AAPL", "10", protect=True)
+    result = run_on_terminal([*FACTORYLINE, "flatten"], env, tmp_path, "yes\n")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "type 'flatten' to go ahead" in result.stdout and "not confirmed: nothing done" in result.stdout
+    assert "10/10" in position_line(result.stdout, "AAPL")  # the plan: what the stops cover now
+    assert executor.get_position("AAPL").qty == Decimal("10") and len(executor.get_open_orders("AAPL")) == 1
+    assert not redis_client.exists(keys.halt)
+
+
+def test_flatten_on_a_terminal_sells_once_flatten_is_typed(env, executor, tmp_path):
+    hold(executor, "AAPL", "10", protect=True)
+    result = run_on_terminal([*FACTORYLINE, "flatten"], env, tmp_path, "flatten\n")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert executor.get_position("AAPL") is None and executor.get_open_orders() == []

@@ -159,10 +159,21 @@ class TradeUpdateConsumer:
         return result
 
     def _read(self, last_id: str, *, block_ms: int | None) -> list[tuple[str, dict[str, str]]]:
-        reply = self.client.xreadgroup(
-            self.options.group, self.options.consumer, {self.keys.trade_updates: last_id},
-            count=self.options.count, block=block_ms,
-        )
+        try:
+            reply = self.client.xreadgroup(
+                self.options.group, self.options.consumer, {self.keys.trade_updates: last_id},
+                count=self.options.count, block=block_ms,
+            )
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            # Redis came back empty (restarted without persistence) or the stream was deleted: the
+            # group went with it. Without it no entry is ever read again; what the lost entries
+            # covered, the reconcile of every position re-checks.
+            logs.event(log, "consumer_group_recreated", level=logging.WARNING, group=self.options.group,
+                       stream=self.keys.trade_updates)
+            ensure_group(self.client, self.keys, self.options.group)
+            return []
         return [entry for _stream, entries in (reply or []) for entry in entries if entry[1] is not None]
 
     # -- handling --------------------------------------------------------------------------

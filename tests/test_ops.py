@@ -224,3 +224,30 @@ def test_flatten_on_a_terminal_sells_once_flatten_is_typed(env, executor, tmp_pa
     result = run_on_terminal([*FACTORYLINE, "flatten"], env, tmp_path, "flatten\n")
     assert result.returncode == 0, result.stdout + result.stderr
     assert executor.get_position("AAPL") is None and executor.get_open_orders() == []
+
+
+def documented_key_patterns() -> list:
+    """Every `fl:...` name in docs/redis.md as a regex (`<anything>` placeholders match any text)."""
+    import re
+
+    names = re.findall(r"`(fl:[^`\s]+)`", (ROOT / "docs" / "redis.md").read_text())
+    return [re.compile("^" + re.sub(r"<[^>]+>", ".+", re.escape(n).replace(r"\<", "<").replace(r"\>", ">")) + "$")
+            for n in names]
+
+
+def test_every_key_a_trading_day_leaves_under_the_namespace_is_in_docs_redis_md(
+        env, executor, sim, redis_client, keys, namespace, tmp_path):  # noqa: F811
+    from services.manager.reconcile import reconcile_all
+    from shared.config import ExitSettings
+    from shared.exits import ExitRules
+
+    hold(executor, "AAPL", "10", protect=False)
+    reconcile_all(executor, redis_client, keys, ExitRules.from_settings(ExitSettings(_env_file=None)), "test")
+    assert run([sys.executable, "-m", "services.cli", "manage"], env, tmp_path).returncode == 0
+    written = set(redis_client.scan_iter(match=f"{namespace}:*"))  # position, protection, last tick
+    run([*FACTORYLINE, "flatten", "--yes"], env, tmp_path)
+    written |= set(redis_client.scan_iter(match=f"{namespace}:*"))  # halt, ledger, its order ids
+    assert len(written) >= 6, written
+    patterns = documented_key_patterns()
+    undocumented = [k for k in sorted(written) if not any(p.match("fl" + k[len(namespace):]) for p in patterns)]
+    assert undocumented == []

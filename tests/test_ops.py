@@ -251,3 +251,37 @@ def test_every_key_a_trading_day_leaves_under_the_namespace_is_in_docs_redis_md(
     patterns = documented_key_patterns()
     undocumented = [k for k in sorted(written) if not any(p.match("fl" + k[len(namespace):]) for p in patterns)]
     assert undocumented == []
+
+
+def test_status_with_redis_unreachable_still_shows_the_broker_and_says_so_in_one_line(env, executor, tmp_path):
+    hold(executor, "AAPL", "10", protect=True)
+    result = run([*FACTORYLINE, "status"], {**env, "REDIS_URL": "redis://127.0.0.1:1/0"}, tmp_path)
+    assert result.returncode == 1
+    assert len([line for line in result.stdout.splitlines() if line.startswith("redis: UNREACHABLE")]) == 1
+    assert "covered" in position_line(result.stdout, "AAPL") and "equity $" in result.stdout
+
+
+def order(symbol: str, kind: str, qty: str, status: str = "new", legs: tuple = (), order_class: str = "simple"):
+    from datetime import UTC, datetime
+
+    from shared.models import Order
+
+    at = datetime(2024, 3, 4, 15, tzinfo=UTC)
+    return Order(id=f"{symbol}-{kind}-{qty}", client_order_id=f"c-{symbol}-{kind}", symbol=symbol, side="sell",
+                 type=kind, order_class=order_class, time_in_force="gtc", status=status, qty=Decimal(qty),
+                 stop_price=Decimal("95") if kind == "stop" else None,
+                 limit_price=Decimal("120") if kind == "limit" else None, created_at=at, updated_at=at,
+                 legs=list(legs))
+
+
+def test_coverage_counts_open_sell_stops_only_and_flags_a_partial_cover():
+    from services.ops.status import coverage
+    from shared.models import Position
+
+    position = Position(symbol="AAPL", qty=Decimal("10"), qty_available=Decimal("0"), avg_entry_price=Decimal("100"))
+    assert not coverage(position, [order("AAPL", "limit", "10")]).protected  # a target alone stops no loss
+    partial = coverage(position, [order("AAPL", "stop", "4"), order("AAPL", "stop", "6", status="canceled"),
+                                  order("MSFT", "stop", "10")])
+    assert (partial.covered, partial.protected) == (Decimal("4"), False)
+    oco = order("AAPL", "limit", "10", order_class="oco", legs=(order("AAPL", "stop", "10", status="held"),))
+    assert coverage(position, [oco]).covered == Decimal("10") and coverage(position, [oco]).protected

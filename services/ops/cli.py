@@ -66,10 +66,9 @@ def run_status(args: argparse.Namespace) -> int:
 
     from services.ops import status as st
     from shared import bus, config, logs
-    from shared.errors import FactoryLineError
+    from shared.errors import ConfigError, FactoryLineError
 
     redis_settings = config.load(config.RedisSettings)
-    broker_settings = config.load(config.BrokerSettings)
     keys = bus.Keys(redis_settings.FL_NAMESPACE)
     report = st.Status(keys.ns, datetime.now(UTC))
     client = bus.connect(redis_settings.REDIS_URL)
@@ -84,13 +83,18 @@ def run_status(args: argparse.Namespace) -> int:
     from shared.broker import make_executor
 
     try:
-        executor = make_executor(broker_settings)
+        broker_settings = config.load(config.BrokerSettings)
+    except ConfigError as exc:
+        report.broker_error, report.broker_configured = str(exc), False
+    else:
         try:
-            st.read_broker(report, executor)
-        finally:
-            executor.close()
-    except FactoryLineError as exc:
-        report.broker_error = logs.redact(str(exc))
+            executor = make_executor(broker_settings)
+            try:
+                st.read_broker(report, executor)
+            finally:
+                executor.close()
+        except FactoryLineError as exc:
+            report.broker_error = logs.redact(str(exc))
     print("\n".join(st.render(report)))
     return 1 if report.unprotected or report.broker_error or report.redis_error else 0
 

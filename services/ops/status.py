@@ -100,6 +100,7 @@ class Status:
     last_tick: dict | None = None
     stream_line: str = ""
     broker_error: str | None = None
+    broker_configured: bool = True
     account: Account | None = None
     positions: list[Position] = field(default_factory=list)
     coverage: dict[str, Coverage] = field(default_factory=dict)
@@ -196,7 +197,8 @@ def render(status: Status) -> list[str]:
                   f"manager    {tick_line(status.last_tick)}"]
     lines.append("")
     if status.broker_error is not None:
-        lines.append(f"broker: UNREACHABLE ({status.broker_error}): account and positions not shown")
+        problem = "UNREACHABLE" if status.broker_configured else "NOT CONFIGURED"
+        lines.append(f"broker: {problem} ({status.broker_error}): account and positions not shown")
         return lines
     account = status.account
     if account is not None:

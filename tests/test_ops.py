@@ -158,7 +158,7 @@ def test_status_lists_the_workers_listening_on_the_queues(env, namespace, keys, 
     assert f"{namespace}-w1" in result.stdout
 
 
-def test_flatten_while_the_market_is_closed_sells_nothing_and_keeps_the_stops(
+def test_flatten_while_the_market_is_closed_changes_nothing_and_keeps_the_stops(
         env, executor, sim, redis_client, keys, tmp_path):  # noqa: F811
     hold(executor, "AAPL", "10", protect=True)
     sim.control.advance(to="2024-03-04T17:00:00-05:00")
@@ -167,7 +167,7 @@ def test_flatten_while_the_market_is_closed_sells_nothing_and_keeps_the_stops(
     assert "market is closed" in result.stdout
     assert executor.get_position("AAPL").qty == Decimal("10")
     assert len(executor.get_open_orders("AAPL")) == 1
-    assert redis_client.exists(keys.halt)
+    assert not redis_client.exists(keys.halt)  # refused: nothing changed
 
 
 def test_flatten_reports_a_refused_sell_and_still_flattens_the_others(env, executor, sim, tmp_path):  # noqa: F811

@@ -7,7 +7,8 @@
 - `resume`: deletes it.
 - `flatten [--yes]`: sets the halt flag, then cancels every order and sells every position at market
   (services/ops/flatten.py). Without --yes it shows the plan and asks for the word `flatten` on stdin;
-  without a terminal and without --yes it refuses (exit 2).
+  without a terminal and without --yes it refuses (exit 2). Outside the session it changes nothing
+  (exit 1): a market sell would wait for the open while the manager put the stops back.
 
 `python -m services.ops.cli COMMAND` runs them before `factoryline` lists them in its COMMANDS.
 """
@@ -171,7 +172,6 @@ def run_flatten(args: argparse.Namespace, stdin=None) -> int:
     from shared import config
     from shared.broker import make_executor
     from shared.exits import ExitRules
-    from shared.market.calendar import NEW_YORK
     from shared.texttable import table
 
     stdin = stdin if stdin is not None else sys.stdin
@@ -198,23 +198,22 @@ def run_flatten(args: argparse.Namespace, stdin=None) -> int:
             plan.append((symbol, n_orders, sell, covered))
         print("flatten plan: set the halt flag, then for each symbol cancel its orders and sell at market")
         print("\n".join(table(("symbol", "orders to cancel", "shares to sell", "stops cover"), plan, right={1})))
+        if (refusal := _closed_market_refusal(executor.get_clock())) is not None:
+            print(refusal)
+            return 1
         if not args.yes:
             print("type 'flatten' to go ahead: ", end="", flush=True)
             if stdin.readline().strip() != "flatten":
                 print("flatten: not confirmed: nothing done")
                 return 1
-        clock = executor.get_clock()
+        clock = executor.get_clock()  # again: the prompt may have waited
+        if (refusal := _closed_market_refusal(clock)) is not None:
+            print(refusal)
+            return 1
         if set_halt(client, keys, "flatten", keep_existing=True):
             print(f"halt flag {keys.halt} set")
         else:
             print(f"halt flag {keys.halt} already set; kept as it was")
-        if not clock.is_open:
-            # A market sell now would wait for the open, and the manager's reconcile would cancel it as
-            # "not the desired protection" and re-protect: nothing is canceled, the stops stay.
-            print(f"flatten: refused: the market is closed (next open "
-                  f"{clock.next_open.astimezone(NEW_YORK):%Y-%m-%d %H:%M %Z}); nothing canceled or sold, "
-                  "protection left in place. Run flatten again in the session; the halt flag stays set")
-            return 1
         results = [fl.flatten_symbol(executor, client, keys, s, rules, now=clock.timestamp) for s in symbols]
     except redis.RedisError as exc:
         raise _redis_error(exc) from None
@@ -231,6 +230,19 @@ def run_flatten(args: argparse.Namespace, stdin=None) -> int:
         return 1
     print("flatten: done: no position, no open order; the halt flag stays set (`factoryline resume` clears it)")
     return 0
+
+
+def _closed_market_refusal(clock) -> str | None:
+    """Flatten sells at market, in the session only. Outside it a market sell would wait for the open,
+    and the manager's reconcile would cancel it as "not the desired protection" and put the stops back:
+    so nothing is canceled or sold, and the stops stay where they are."""
+    from shared.market.calendar import NEW_YORK
+
+    if clock.is_open:
+        return None
+    return (f"flatten: refused: the market is closed (next open "
+            f"{clock.next_open.astimezone(NEW_YORK):%Y-%m-%d %H:%M %Z}); nothing changed, protection left in "
+            "place. Run it again in the session (`factoryline halt` stops the next entries meanwhile)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,6 +25,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "manage": ("services.manager.tick_cli", "check every open position's soft exits now and sell what fired"),
     "reconcile": ("services.manager.cli", "check every position's protective orders now and fix them"),
     "report": ("services.reporter.cli", "write today's HTML/JSON report and print the account and positions"),
+    "status": ("services.ops.cli", "one screen: queues, workers, streamer, scheduler, positions and their protection"),
+    "halt": ("services.ops.cli", "stop new entries and soft exits (protection keeps running)"),
+    "resume": ("services.ops.cli", "clear the halt flag"),
+    "flatten": ("services.ops.cli", "halt, cancel every order and sell every position at market (asks first)"),
     "watch": ("services.manager.cli", "follow live notifications (fills, protections, exits)"),
 }
 

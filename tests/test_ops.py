@@ -18,7 +18,7 @@ from services.manager import ledger
 from shared.broker import make_executor
 from shared.exits import ExitReason
 
-FACTORYLINE = [sys.executable, "-m", "services.ops.cli"]
+FACTORYLINE = [sys.executable, "-m", "services.cli"]
 
 
 def run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:

@@ -21,8 +21,6 @@ line and an `exit_failed` notification.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -34,14 +32,14 @@ from services.manager import ledger, locks
 from services.manager import reconcile as rec
 from services.manager import state as store
 from services.manager.ledger import ClosedTrade
-from shared import bus, logs
+from shared import bus, logs, selling
 from shared.broker.contract import OrderExecutor
 from shared.bus import Keys
 from shared.client_ids import make_client_order_id
-from shared.errors import BrokerError, BrokerUnavailable, DuplicateClientOrderId, OrderRejected
+from shared.errors import BrokerError, OrderRejected
 from shared.exits import ExitDecision, ExitRules, PositionState
 from shared.market.calendar import NEW_YORK
-from shared.models import Order, Side
+from shared.models import Order
 from shared.money import ZERO
 
 log = logging.getLogger(__name__)
@@ -52,7 +50,6 @@ RECONCILE_REASON = "exit"
 #: How long a market sell may take to fill before we give up, cancel it and re-protect.
 FILL_WAIT_SECONDS = 30.0
 #: Exit sells tried for one position, reason and day (each attempt has its own client order id).
-MAX_ATTEMPTS = 5
 
 
 class ExitOutcome(StrEnum):
@@ -143,11 +140,11 @@ def _exit_locked(executor: OrderExecutor, client: redis.Redis, keys: Keys, state
         return ExitResult(symbol, decision, ExitOutcome.ALREADY_CLOSED,
                           detail="the broker's stop or target sold the position first")
     try:
-        order = _sell(executor, symbol, available, lambda n: exit_client_order_id(keys, state, decision, now, n))
+        order = selling.sell_once(executor, symbol, available, lambda n: exit_client_order_id(keys, state, decision, now, n))
     except OrderRejected as exc:
         return ExitResult(symbol, decision, ExitOutcome.REFUSED, detail=f"sell refused: {exc.message}")
     client_order_id = order.client_order_id
-    order = _wait_done(executor, order, fill_wait_seconds)
+    order = selling.wait_until_done(executor, order, fill_wait_seconds)
     if order.status.is_open:
         # Not filled in time (a halted stock): take it back, so the reconcile can protect the shares.
         executor.cancel_all_for_symbol(symbol)
@@ -170,40 +167,6 @@ def _exit_locked(executor: OrderExecutor, client: redis.Redis, keys: Keys, state
         result.outcome = ExitOutcome.SOLD_REMAINDER
         result.detail = f"the broker's protection sold {state.qty - position.qty} first"
     return result
-
-
-def _sell(executor: OrderExecutor, symbol: str, qty: Decimal, client_order_id: Callable[[int], str]) -> Order:
-    """Submit the market sell under the first unused attempt's id. An id already used by an open sell
-    is this exit sent by a run that crashed (it is adopted, not sent again); one used by a finished
-    order is an earlier attempt, so the next attempt's id is used. A lost answer is looked up."""
-    for attempt in range(1, MAX_ATTEMPTS + 1):
-        cid = client_order_id(attempt)
-        try:
-            return executor.sell_market(symbol, qty, cid)
-        except DuplicateClientOrderId:
-            existing = executor.get_order_by_client_id(cid)
-            if existing is not None and existing.status.is_open and existing.side is Side.SELL:
-                return existing
-            continue
-        except BrokerUnavailable:
-            existing = executor.get_order_by_client_id(cid)
-            if existing is None:
-                raise OrderRejected(f"sell {qty} {symbol}: the broker did not answer and has no order {cid}") from None
-            return existing
-    raise OrderRejected(f"sell {qty} {symbol}: {MAX_ATTEMPTS} exit client order ids already used today")
-
-
-def _wait_done(executor: OrderExecutor, order: Order, timeout: float) -> Order:
-    deadline = time.monotonic() + timeout
-    pause = 0.02
-    while order.status.is_open and time.monotonic() < deadline:
-        time.sleep(pause)
-        pause = min(pause * 2, 0.5)
-        try:
-            order = executor.get_order_by_client_id(order.client_order_id) or order
-        except BrokerUnavailable:
-            continue  # a failed read says nothing about the sell: ask again until the deadline
-    return order
 
 
 def _announce(client: redis.Redis, keys: Keys, trade: ClosedTrade) -> None:

@@ -17,7 +17,6 @@ The caller sets the halt flag first, so no entry and no soft-exit tick races the
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -28,14 +27,14 @@ from services.manager import ledger, locks
 from services.manager import reconcile as rec
 from services.manager import state as store
 from services.manager.ledger import ClosedTrade
-from shared import bus, logs
+from shared import bus, logs, selling
 from shared.broker.contract import OrderExecutor
 from shared.bus import Keys
 from shared.client_ids import make_client_order_id
-from shared.errors import BrokerError, BrokerUnavailable, DuplicateClientOrderId, OrderRejected
+from shared.errors import BrokerError, OrderRejected
 from shared.exits import ExitReason, ExitRules
 from shared.market.calendar import NEW_YORK
-from shared.models import Order, Side
+from shared.models import Order
 from shared.money import ZERO
 
 log = logging.getLogger(__name__)
@@ -44,7 +43,6 @@ FLATTEN_KIND = "flatten"
 #: The reconcile's trigger name for what it does right after a flatten.
 RECONCILE_REASON = "flatten"
 FILL_WAIT_SECONDS = 30.0
-MAX_ATTEMPTS = 5
 
 
 @dataclass
@@ -104,11 +102,12 @@ def _flatten_locked(executor: OrderExecutor, client: redis.Redis, keys: Keys, sy
         return FlattenResult(symbol, "refused", held_before=position.qty, detail="no shares available to sell")
     day = now.astimezone(NEW_YORK).date()
     try:
-        order = _sell(executor, symbol, available, lambda n: flatten_client_order_id(keys, symbol, day, n))
+        order = selling.sell_once(executor, symbol, available, lambda n: flatten_client_order_id(keys, symbol, day, n),
+                                  what="flatten")
     except OrderRejected as exc:
         return FlattenResult(symbol, "refused", held_before=position.qty, detail=f"sell refused: {exc.message}")
     cid = order.client_order_id
-    order = _wait_done(executor, order, fill_wait_seconds)
+    order = selling.wait_until_done(executor, order, fill_wait_seconds)
     if order.status.is_open:
         # Not filled in time (a halted stock): take it back so the reconcile can protect the shares.
         executor.cancel_all_for_symbol(symbol)
@@ -139,36 +138,3 @@ def _record(client: redis.Redis, keys: Keys, symbol: str, entry_price: Decimal, 
         bus.publish(client, keys, "position_closed", symbol=symbol, exit_reason=trade.exit_reason.value,
                     qty=trade.qty, entry_price=trade.entry_price, exit_price=trade.exit_price,
                     realized_pl=trade.realized_pl, client_order_id=trade.closing_client_order_id)
-
-
-def _sell(executor: OrderExecutor, symbol: str, qty: Decimal, client_order_id) -> Order:
-    """The first unused attempt's id; an open sell under an id is ours from a crashed run (adopted); a
-    lost answer is looked up, never re-sent blindly."""
-    for attempt in range(1, MAX_ATTEMPTS + 1):
-        cid = client_order_id(attempt)
-        try:
-            return executor.sell_market(symbol, qty, cid)
-        except DuplicateClientOrderId:
-            existing = executor.get_order_by_client_id(cid)
-            if existing is not None and existing.status.is_open and existing.side is Side.SELL:
-                return existing
-            continue
-        except BrokerUnavailable:
-            existing = executor.get_order_by_client_id(cid)
-            if existing is None:
-                raise OrderRejected(f"sell {qty} {symbol}: the broker did not answer and has no order {cid}") from None
-            return existing
-    raise OrderRejected(f"sell {qty} {symbol}: {MAX_ATTEMPTS} flatten client order ids already used today")
-
-
-def _wait_done(executor: OrderExecutor, order: Order, timeout: float) -> Order:
-    deadline = time.monotonic() + timeout
-    pause = 0.02
-    while order.status.is_open and time.monotonic() < deadline:
-        time.sleep(pause)
-        pause = min(pause * 2, 0.5)
-        try:
-            order = executor.get_order_by_client_id(order.client_order_id) or order
-        except BrokerUnavailable:
-            continue
-    return order

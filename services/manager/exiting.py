@@ -159,7 +159,7 @@ def _exit_locked(executor: OrderExecutor, client: redis.Redis, keys: Keys, state
             closing_client_order_id=client_order_id, entry_client_order_id=record.entry_client_order_id,
         )
         if ledger.append_once(client, keys, result.trade):
-            _announce(client, keys, result.trade)
+            ledger.announce(client, keys, result.trade)
     if order.filled_qty < available:
         result.outcome = ExitOutcome.REFUSED
         result.detail = f"the market sell filled {order.filled_qty} of {available} ({order.status.value})"
@@ -167,15 +167,6 @@ def _exit_locked(executor: OrderExecutor, client: redis.Redis, keys: Keys, state
         result.outcome = ExitOutcome.SOLD_REMAINDER
         result.detail = f"the broker's protection sold {state.qty - position.qty} first"
     return result
-
-
-def _announce(client: redis.Redis, keys: Keys, trade: ClosedTrade) -> None:
-    logs.event(log, "position_closed", symbol=trade.symbol, client_order_id=trade.closing_client_order_id,
-               exit_reason=trade.exit_reason.value, qty=trade.qty, entry_price=trade.entry_price,
-               exit_price=trade.exit_price, realized_pl=trade.realized_pl)
-    bus.publish(client, keys, "position_closed", symbol=trade.symbol, exit_reason=trade.exit_reason.value,
-                qty=trade.qty, entry_price=trade.entry_price, exit_price=trade.exit_price,
-                realized_pl=trade.realized_pl, client_order_id=trade.closing_client_order_id)
 
 
 def _alert(client: redis.Redis, keys: Keys, result: ExitResult) -> None:

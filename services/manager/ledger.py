@@ -8,14 +8,18 @@ fill, a restart or two manager replicas can never write the same exit twice.
 
 from __future__ import annotations
 
+import logging
 from decimal import Decimal
 
 import redis
 from pydantic import ValidationError
 
+from shared import bus, logs
 from shared.bus import Keys
 from shared.exits import ExitReason
 from shared.models import AwareDatetime, Model
+
+log = logging.getLogger(__name__)
 
 LEDGER_SCHEMA_VERSION = 1
 
@@ -79,3 +83,13 @@ def read(client: redis.Redis, keys: Keys, *, symbol: str | None = None) -> list[
         except (KeyError, ValidationError):
             continue
     return trades
+
+
+def announce(client: redis.Redis, keys: Keys, trade: ClosedTrade) -> None:
+    """Tell operators and watchers a position closed: one structured log line and a notification."""
+    logs.event(log, "position_closed", symbol=trade.symbol, client_order_id=trade.closing_client_order_id,
+               exit_reason=trade.exit_reason.value, qty=trade.qty, entry_price=trade.entry_price,
+               exit_price=trade.exit_price, realized_pl=trade.realized_pl)
+    bus.publish(client, keys, "position_closed", symbol=trade.symbol, exit_reason=trade.exit_reason.value,
+                qty=trade.qty, entry_price=trade.entry_price, exit_price=trade.exit_price,
+                realized_pl=trade.realized_pl, client_order_id=trade.closing_client_order_id)

@@ -562,7 +562,7 @@ def _settle_closed_protection(executor: OrderExecutor, client: redis.Redis, keys
             for trade in _closing_trades(order, state, record, cid):
                 if ledger.append_once(client, keys, trade):
                     report.closed.append(trade)
-                    _announce_close(client, keys, trade)
+                    ledger.announce(client, keys, trade)
     record = record.model_copy(update={"client_order_ids": [c for c in record.client_order_ids
                                                             if c not in gone or c in still_open]})
     store.save(client, keys, None, record)
@@ -606,20 +606,11 @@ def _close_out(executor: OrderExecutor, client: redis.Redis, keys: Keys, symbol:
                 )
                 if ledger.append_once(client, keys, trade):
                     report.closed.append(trade)
-                    _announce_close(client, keys, trade)
+                    ledger.announce(client, keys, trade)
                     logs.event(log, "position_sold_outside_manager", level=logging.WARNING, symbol=symbol,
                                client_order_id=part.client_order_id, qty=part.filled_qty)
     store.clear(client, keys, symbol)
     logs.event(log, "position_state_cleared", symbol=symbol, trades=len(report.closed))
-
-
-def _announce_close(client: redis.Redis, keys: Keys, trade: ClosedTrade) -> None:
-    logs.event(log, "position_closed", symbol=trade.symbol, client_order_id=trade.closing_client_order_id,
-               exit_reason=trade.exit_reason.value, qty=trade.qty, entry_price=trade.entry_price,
-               exit_price=trade.exit_price, realized_pl=trade.realized_pl)
-    bus.publish(client, keys, "position_closed", symbol=trade.symbol, exit_reason=trade.exit_reason.value,
-                qty=trade.qty, entry_price=trade.entry_price, exit_price=trade.exit_price,
-                realized_pl=trade.realized_pl, client_order_id=trade.closing_client_order_id)
 
 
 # -- small helpers -------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from services.manager import ledger, locks
 from services.manager import reconcile as rec
 from services.manager import state as store
 from services.manager.ledger import ClosedTrade
-from shared import bus, logs, selling
+from shared import logs, selling
 from shared.broker.contract import OrderExecutor
 from shared.bus import Keys
 from shared.client_ids import make_client_order_id
@@ -135,6 +135,4 @@ def _record(client: redis.Redis, keys: Keys, symbol: str, entry_price: Decimal, 
         entry_client_order_id=record.entry_client_order_id,
     )
     if ledger.append_once(client, keys, trade):
-        bus.publish(client, keys, "position_closed", symbol=symbol, exit_reason=trade.exit_reason.value,
-                    qty=trade.qty, entry_price=trade.entry_price, exit_price=trade.exit_price,
-                    realized_pl=trade.realized_pl, client_order_id=trade.closing_client_order_id)
+        ledger.announce(client, keys, trade)

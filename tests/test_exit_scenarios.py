@@ -20,10 +20,11 @@ from pathlib import Path
 import pytest
 from simhelpers import NEW_YORK, SimHandle, start_sim
 
-from services.manager import ledger, tick
 from services.manager import reconcile as rec
-from services.manager import state as store
+from services.manager import tick
 from services.manager.exiting import ExitOutcome
+from shared import ledger
+from shared import position_store as store
 from shared.broker import make_executor
 from shared.broker.alpaca import AlpacaExecutor
 from shared.exits import ExitReason, ExitRules

@@ -22,17 +22,17 @@ import pytest
 from conftest import redis_url
 from simhelpers import NEW_YORK, SimHandle, start_sim
 
-from services.manager import ledger, locks
+from services.manager import locks
 from services.manager.consumer import ConsumerOptions, TradeUpdateConsumer
 from services.manager.daemon import Manager
-from services.manager.ledger import ClosedTrade
 from services.manager.reconcile import START, TIMER
 from services.manager.settings import ManagerSettings
 from services.manager.watch import parse, render
-from shared import bus
+from shared import bus, ledger
 from shared.broker import make_executor
 from shared.broker.simulated import trade_update_model
 from shared.exits import ExitReason, ExitRules
+from shared.ledger import ClosedTrade
 from shared.models import OrderClass, OrderStatus, OrderType, Side
 from shared.trade_events import encode_entry
 

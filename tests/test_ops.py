@@ -14,7 +14,7 @@ import pytest
 from conftest import redis_url
 from simhelpers import ROOT, sim  # noqa: F401 - the `sim` fixture
 
-from services.manager import ledger
+from shared import ledger
 from shared.broker import make_executor
 from shared.exits import ExitReason
 

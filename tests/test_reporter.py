@@ -21,9 +21,6 @@ import pytest
 from conftest import redis_url
 from simhelpers import NEW_YORK, SimHandle, start_sim
 
-from services.manager import ledger
-from services.manager import state as position_store
-from services.manager.ledger import ClosedTrade
 from services.manager.reconcile import TIMER, reconcile_all
 from services.reporter import render_html, render_text
 from services.reporter.jobs import ReportFiles, write_report
@@ -34,8 +31,10 @@ from services.reporter.report import (
     protective_order,
     record_equity,
 )
+from shared import ledger, position_store
 from shared.broker import make_executor
 from shared.exits import ExitReason, ExitRules, PositionState, advance_state
+from shared.ledger import ClosedTrade
 from shared.models import (
     Account,
     MarketClock,

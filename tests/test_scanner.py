@@ -23,13 +23,13 @@ import test_backtest  # the hand-built path through every exit
 from conftest import redis_url
 from simhelpers import DEFAULT_START, start_sim
 
-from services.manager import ledger
 from services.ranker.jobs import rank_signals
 from services.scanner import cli as scanner_cli
 from services.scanner import scan as scanner
 from services.scanner.jobs import scan_targets
 from services.scanner.logfile import TickerLog, format_log, write_log
 from services.trader.jobs import trade_signals
+from shared import ledger
 from shared.config import RankerSettings
 from shared.errors import InputError
 from shared.exits import ExitReason

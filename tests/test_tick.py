@@ -19,8 +19,8 @@ from simhelpers import NEW_YORK, start_sim
 from test_exit_scenarios import ENTRY, MONDAY, Desk, flat_bars_csv
 
 from services.manager import hwm, portfolio, tick
-from services.manager import state as store
 from shared import bus, queues
+from shared import position_store as store
 from shared.broker.alpaca import AlpacaExecutor
 from shared.models import Timeframe
 
@@ -282,7 +282,7 @@ def test_worker_check_against_an_unreachable_broker_exits_2_with_one_line(desk):
 
 
 def test_states_round_trip_through_the_manager_state_store(desk):
-    """The tick's batched read is the same record `services.manager.state` reads one by one."""
+    """The tick's batched read is the same record `shared.position_store` reads one by one."""
     desk.open_position("TRL")
     desk.tick()
     (stored,) = hwm.load_states(desk.client, desk.keys, ["TRL"]).values()

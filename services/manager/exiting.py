@@ -28,16 +28,16 @@ from enum import StrEnum
 
 import redis
 
-from services.manager import ledger, locks
+from services.manager import locks
 from services.manager import reconcile as rec
-from services.manager import state as store
-from services.manager.ledger import ClosedTrade
-from shared import bus, logs, selling
+from shared import bus, ledger, logs, selling
+from shared import position_store as store
 from shared.broker.contract import OrderExecutor
 from shared.bus import Keys
 from shared.client_ids import make_client_order_id
 from shared.errors import BrokerError, OrderRejected
 from shared.exits import ExitDecision, ExitRules, PositionState
+from shared.ledger import ClosedTrade
 from shared.market.calendar import NEW_YORK
 from shared.models import Order
 from shared.money import ZERO

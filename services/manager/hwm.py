@@ -1,7 +1,7 @@
 """High-water marks for the soft-exit tick: read, raise from minute bars, save, and rebuild when lost.
 
 - `load_states` reads every open position's `PositionState` in one Redis round trip (the same key
-  and JSON as `services.manager.state.load_state`; an unreadable record counts as lost).
+  and JSON as `shared.position_store.load_state`; an unreadable record counts as lost).
 - `highs_since` turns one batched minute-bar answer into "the highest price each symbol traded at
   since its state was last advanced", so a spike between two ticks raises the mark.
 - `save_advanced` writes an advanced state only if nobody changed the stored one meanwhile (compare

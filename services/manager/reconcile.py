@@ -24,10 +24,9 @@ from zoneinfo import ZoneInfo
 
 import redis
 
-from services.manager import ledger, locks
-from services.manager import state as store
-from services.manager.ledger import ClosedTrade
-from shared import bus, logs
+from services.manager import locks
+from shared import bus, ledger, logs
+from shared import position_store as store
 from shared.broker.contract import OrderExecutor
 from shared.bus import Keys
 from shared.client_ids import make_client_order_id
@@ -41,6 +40,7 @@ from shared.errors import (
     WashTrade,
 )
 from shared.exits import ExitReason, ExitRules, PositionState
+from shared.ledger import ClosedTrade
 from shared.models import Order, OrderType, Position, Side, TradeEventType, TradeUpdate
 from shared.money import ZERO
 from shared.protection import DesiredOrder, ProtectionKind, desired_protection, reconcile

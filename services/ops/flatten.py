@@ -23,16 +23,16 @@ from decimal import Decimal
 
 import redis
 
-from services.manager import ledger, locks
+from services.manager import locks
 from services.manager import reconcile as rec
-from services.manager import state as store
-from services.manager.ledger import ClosedTrade
-from shared import logs, selling
+from shared import ledger, logs, selling
+from shared import position_store as store
 from shared.broker.contract import OrderExecutor
 from shared.bus import Keys
 from shared.client_ids import make_client_order_id
 from shared.errors import BrokerError, OrderRejected
 from shared.exits import ExitReason, ExitRules
+from shared.ledger import ClosedTrade
 from shared.market.calendar import NEW_YORK
 from shared.models import Order
 from shared.money import ZERO

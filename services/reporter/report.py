@@ -19,12 +19,11 @@ from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal
 import redis
 from pydantic import Field
 
-from services.manager import ledger
-from services.manager import state as position_store
-from services.manager.ledger import ClosedTrade
+from shared import ledger, position_store
 from shared.broker.contract import OrderExecutor
 from shared.bus import Keys
 from shared.exits import ExitReason, ExitRules, PositionState, trailing_exit_level
+from shared.ledger import ClosedTrade
 from shared.market.calendar import NEW_YORK
 from shared.models import (
     Account,

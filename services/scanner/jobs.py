@@ -59,8 +59,8 @@ def scan_targets(
 
 
 def read_live_trades(redis_settings: config.RedisSettings) -> dict[str, list[LiveTrade]]:
-    """The ledger's closed trades by ticker (services/manager/ledger.py is the writer)."""
-    from services.manager import ledger
+    """The ledger's closed trades by ticker (shared/ledger.py; the manager writes it)."""
+    from shared import ledger
 
     client = bus.connect(redis_settings.REDIS_URL)
     try:

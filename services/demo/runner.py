@@ -116,13 +116,27 @@ def _redis(stack: ExitStack) -> tuple[str, str]:
     """REDIS_URL when set; otherwise an embedded, in-memory Redis on a free loopback port."""
     if os.environ.get("REDIS_URL"):
         return os.environ["REDIS_URL"], os.environ["REDIS_URL"]
-    from fakeredis import TcpFakeServer
-
-    server = TcpFakeServer(("127.0.0.1", 0), server_type="redis")
+    server = _embedded_redis_server()
     threading.Thread(target=server.serve_forever, name="embedded-redis", daemon=True).start()
     stack.callback(server.shutdown)
     host, port = server.server_address
     return f"redis://{host}:{port}/0", "embedded (in-memory, set REDIS_URL to use a real one)"
+
+
+def _embedded_redis_server():
+    import socket
+
+    from fakeredis import TcpFakeServer
+
+    class _NoDelayServer(TcpFakeServer):
+        # Replies go out in several small writes; without TCP_NODELAY, Nagle and delayed ACKs cost
+        # ~40 ms on pipelined calls (the manager's tick pipelines its compare-and-set scripts).
+        def get_request(self):
+            conn, addr = super().get_request()
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return conn, addr
+
+    return _NoDelayServer(("127.0.0.1", 0), server_type="redis")
 
 
 class _environment:

@@ -1,0 +1,259 @@
+"""The demo over several trading days: the whole line on the simulated market, step by step.
+
+Each day: the scanner scans the simulated universe at 05:00 New York (sample logs only if it finds
+nothing), the ranker ranks at 06:00, the trader enters at 09:35, the manager protects every fill and
+runs its soft-exit tick every 5 minutes until the close, and the reporter writes the day's report at
+16:05. Virtual time moves only when the demo says so, so a seed gives the same story every run.
+The services are called through their own job functions, over HTTP to the simulator and over Redis
+(embedded unless REDIS_URL is set), exactly as in production; the demo is wiring and narration.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import tempfile
+from contextlib import ExitStack
+from dataclasses import dataclass
+from datetime import date, datetime, time, timedelta
+from pathlib import Path
+
+from services.demo import audit
+from services.demo.runner import _at, _environment, _redis
+from services.demo.sample_logs import sample_logs, write_logs
+from shared import bus, config
+from shared.broker import make_executor
+from shared.errors import InputError
+from shared.exits import ExitRules
+from shared.market.calendar import NEW_YORK, nyse
+from shared.money import fmt_money, fmt_qty
+
+DEFAULT_FIRST_DAY = date(2026, 11, 2)
+DEFAULT_DAYS = 10
+SIM_SECRET = "sim-secret-do-not-print"
+TICK_MINUTES = 5
+#: Seconds the demo lets the market run between an entry and the manager's protection pass.
+PROTECT_AFTER_SECONDS = 2
+SAMPLE_UNIVERSE = 10
+
+
+@dataclass
+class DaysOptions:
+    seed: int = 7
+    first_day: date = DEFAULT_FIRST_DAY
+    days: int = DEFAULT_DAYS
+    workdir: Path | None = None
+
+
+class _Narrator:
+    """Prints and remembers every line the demo shows (the secret audit reads them back)."""
+
+    def __init__(self, out):
+        self.out = out
+        self.lines: list[str] = []
+
+    def __call__(self, text: str = "") -> None:
+        self.lines.append(text)
+        self.out(text)
+
+
+def run_days(options: DaysOptions, out=print) -> int:
+    """Run the days, print the story, the final report and the audit; 0 when every invariant held."""
+    if options.days < 1:
+        raise InputError(f"--days {options.days}: give at least 1")
+    first = nyse().session(options.first_day)
+    if first is None:
+        raise InputError(f"--day {options.first_day} is not an NYSE trading day")
+    sessions = [first]
+    while len(sessions) < options.days:
+        sessions.append(nyse().next_session(sessions[-1].date))
+    say = _Narrator(out)
+    captured = io.StringIO()
+    handler = logging.StreamHandler(captured)
+    handler.setLevel(logging.DEBUG)
+    logging.getLogger().addHandler(handler)
+    try:
+        with ExitStack() as stack:
+            return _run(stack, options, sessions, say, captured)
+    finally:
+        logging.getLogger().removeHandler(handler)
+
+
+def _run(stack: ExitStack, options: DaysOptions, sessions, say: _Narrator, captured: io.StringIO) -> int:
+    # Kept after the run: the HTML report it prints is the thing to open next.
+    workdir = options.workdir or Path(tempfile.mkdtemp(prefix="factoryline-demo-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    engine, base_url = _start_market(stack, options.seed, _at(sessions[0].date, time(5, 0)))
+    redis_url, redis_kind = _redis(stack)
+    namespace = os.environ.get("FL_NAMESPACE", "fl-demo")
+    env = {
+        "ALPACA_API_KEY": "sim-key",
+        "ALPACA_SECRET_KEY": SIM_SECRET,
+        "ALPACA_ENDPOINT": base_url,
+        "REDIS_URL": redis_url,
+        "FL_NAMESPACE": namespace,
+        "FL_SIGNALS_DIR": str(workdir / "logs"),
+        "FL_SIGNALS_CSV": str(workdir / "actionable_signals.csv"),
+        "FL_REPORTS_DIR": str(workdir / "reports"),
+    }
+    stack.enter_context(_environment(env))
+    say(f"simulated market: {base_url} (seed {options.seed}); redis: {redis_kind}; files: {workdir}")
+    say(f"{len(sessions)} trading day(s): {sessions[0].date} to {sessions[-1].date}")
+
+    executor = make_executor(config.load(config.BrokerSettings))
+    stack.callback(executor.close)
+    client = bus.connect(redis_url)
+    stack.callback(client.close)
+    keys = bus.Keys(namespace)
+    rules = ExitRules.from_settings(config.load(config.ExitSettings))
+    line = _Line(engine, executor, client, keys, rules, say, workdir, options.seed)
+    entries: list[audit.EntryRun] = []
+    files = None
+    for number, session in enumerate(sessions, start=1):
+        entry_run, files = line.day(session)
+        entries.append(entry_run)
+        say(_progress(number, len(sessions), session.date, files.report.account.equity, line))
+
+    from services.reporter import render_text
+
+    say("\n== final report")
+    say(render_text.render(files.report))
+    say(f"\nHTML report: {files.html_path}")
+    say("\n== safety invariants (ARCHITECTURE.md), checked against the simulator's records")
+    outputs = "\n".join(say.lines) + "\n" + captured.getvalue()
+    checks = audit.check_all(engine.state(), entries, outputs, SIM_SECRET, client, keys)
+    for check in checks:
+        say(f"  {'held    ' if check.held else 'VIOLATED'}  {check.number}. {check.name}: {check.detail}")
+    violated = [c for c in checks if not c.held]
+    say("every invariant held" if not violated else f"{len(violated)} invariant(s) VIOLATED")
+    return 1 if violated else 0
+
+
+def _start_market(stack: ExitStack, seed: int, start: datetime):
+    from services.sim.server import ServerThread, SimServer
+    from shared.sim.engine import MarketEngine
+
+    engine = MarketEngine.create(seed=seed, start=start, speed=0)
+    thread = ServerThread(SimServer(engine, api_key="sim-key", secret_key=SIM_SECRET, rate_limit=0)).start()
+    stack.callback(thread.stop)
+    return engine, thread.base_url
+
+
+def _progress(number: int, total: int, day: date, equity, line: _Line) -> str:
+    width = 20
+    done = width * number // total
+    return (f"[{'#' * done}{'.' * (width - done)}] day {number}/{total} {day}  equity {fmt_money(equity)}  "
+            f"fills {line.fill_count}  exits {line.exit_count}")
+
+
+class _Line:
+    """The line's services, driven one step of virtual time after another."""
+
+    def __init__(self, engine, executor, client, keys, rules, say, workdir: Path, seed: int):
+        self.seed = seed
+        self.engine, self.executor, self.client, self.keys, self.rules = engine, executor, client, keys, rules
+        self.say, self.workdir = say, workdir
+        self.fills_seen = 0
+        self.trades_seen = 0
+        self.fill_count = 0
+        self.exit_count = 0
+
+    def day(self, session):
+        from services.ranker.jobs import rank_signals
+        from services.reporter.jobs import write_report
+        from services.trader.jobs import trade_signals
+
+        day = session.date
+        self.say(f"\n== {day}")
+        self._advance_to(_at(day, time(5, 0)))
+        self._scan()
+        self._advance_to(_at(day, time(6, 0)))
+        ranked = rank_signals(now=self.engine.now().isoformat())
+        if not ranked["kept"]:
+            self._sample_logs(day, ranked)
+            ranked = rank_signals(now=self.engine.now().isoformat())
+        tickers = ", ".join(s["ticker"] for s in ranked["kept"]) or "-"
+        self.say(f"  06:00 ranker: {ranked['logs']} log(s), kept {len(ranked['kept'])} ({tickers}), "
+                 f"rejected {len(ranked['rejected'])}")
+        entry_at = _at(day, time(9, 35))
+        self._advance_to(entry_at)
+        buying_power = self.executor.get_account().buying_power
+        traded = trade_signals()
+        self.say(f"  09:35 trader: {_trade_line(traded)}")
+        entry_run = audit.EntryRun(day=day, at=self.engine.now(), buying_power=buying_power)
+        self.engine.advance(PROTECT_AFTER_SECONDS)
+        self._manage(tick=False, reconcile=True)
+        close = session.close.astimezone(NEW_YORK)
+        moment = entry_at
+        while True:
+            moment += timedelta(minutes=TICK_MINUTES)
+            if moment >= close:
+                break
+            self._advance_to(moment)
+            self._manage(tick=True)
+        self._advance_to(_at(day, time(16, 5)))
+        self._manage(tick=False, reconcile=True)
+        files = write_report(self.executor, self.client, self.keys, self.rules, self.workdir / "reports")
+        return entry_run, files
+
+    def _advance_to(self, moment: datetime) -> None:
+        if moment > self.engine.now():
+            self.engine.advance_to(moment)
+
+    def _scan(self) -> None:
+        from services.scanner.jobs import scan_targets
+
+        summary = scan_targets(now=self.engine.now().isoformat(), workers=1)
+        self.say(f"  05:00 scanner: {summary['scanned']} ticker(s) scanned, {summary['in_trade']} in trade")
+
+    def _sample_logs(self, day: date, ranked: dict) -> None:
+        """The fallback when the scan gives the ranker nothing to keep (a short simulated history
+        rarely proves a strategy): sample logs in the same format, so the rest of the line runs."""
+        tickers = [a.symbol for a in self.engine.assets()][:SAMPLE_UNIVERSE]
+        prices = {s: p.price for s, p in self.executor.get_latest_prices(tickers).items()}
+        write_logs(self.workdir / "logs", sample_logs(prices, self.engine.now(), self.seed * 100_000 + day.toordinal()))
+        self.say(f"  06:00 ranker kept none of {ranked['logs']} scanned log(s); "
+                 f"wrote {len(prices)} sample logs instead (fallback)")
+
+    def _manage(self, *, tick: bool, reconcile: bool = False) -> None:
+        """The manager's two duties: protect what filled, then the soft-exit tick. Like the streamer
+        feeding the manager, a reconcile follows new fills (and runs at the day's edges regardless)."""
+        from services.manager.reconcile import reconcile_all
+        from services.manager.tick import run_tick
+
+        if self._announce_fills() or reconcile:
+            reconcile_all(self.executor, self.client, self.keys, self.rules, "demo")
+        if tick:
+            run_tick(self.executor, self.client, self.keys, self.rules)
+            if self._announce_fills():
+                reconcile_all(self.executor, self.client, self.keys, self.rules, "demo")
+        self._announce_exits()
+
+    def _announce_fills(self) -> int:
+        """Print the fills since the last look; how many there were."""
+        fills = self.engine.state()["fills"]
+        new = fills[self.fills_seen:]
+        for fill in new:
+            at = fill["timestamp"].astimezone(NEW_YORK)
+            self.say(f"  {at:%H:%M:%S} fill  {fill['side']:<4} {fmt_qty(fill['qty']):>14} {fill['symbol']:<5} "
+                     f"@ {fmt_money(fill['price'])}   position {fmt_qty(fill['position_qty_after'])}")
+            self.fill_count += 1
+        self.fills_seen = len(fills)
+        return len(new)
+
+    def _announce_exits(self) -> None:
+        from services.manager import ledger
+
+        trades = ledger.read(self.client, self.keys)
+        for trade in trades[self.trades_seen:]:
+            at = trade.closed_at.astimezone(NEW_YORK)
+            self.say(f"  {at:%H:%M:%S} exit  {trade.symbol:<5} {fmt_qty(trade.qty)} @ {fmt_money(trade.exit_price)} "
+                     f"({trade.exit_reason.value})  P/L {fmt_money(trade.realized_pl)}")
+            self.exit_count += 1
+        self.trades_seen = len(trades)
+
+
+def _trade_line(traded: dict) -> str:
+    counts = ", ".join(f"{n} {status}" for status, n in sorted(traded.get("counts", {}).items()))
+    return counts or f"{traded.get('status', '-')}: {traded.get('reason', '')}".rstrip(": ")

@@ -3,7 +3,9 @@
 Each day: the scanner scans the simulated universe at 05:00 New York (sample logs only if it finds
 nothing), the ranker ranks at 06:00, the trader enters at 09:35, the manager protects every fill and
 runs its soft-exit tick every 5 minutes until the close, and the reporter writes the day's report at
-16:05. Virtual time moves only when the demo says so, so a seed gives the same story every run.
+16:05. Fills travel as in production: the streamer (its real loop, in a thread) holds the market's
+trade-update WebSocket and writes each update to the Redis stream; the manager's consumer reads the
+stream and protects. The demo polls that consumer after each step of virtual time. Virtual time moves only when the demo says so, so a seed gives the same story every run.
 The services are called through their own job functions, over HTTP to the simulator and over Redis
 (embedded unless REDIS_URL is set), exactly as in production; the demo is wiring and narration.
 """
@@ -14,6 +16,8 @@ import io
 import logging
 import os
 import tempfile
+import threading
+import time as wall
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
@@ -36,6 +40,8 @@ TICK_MINUTES = 5
 #: Seconds the demo lets the market run between an entry and the manager's protection pass.
 PROTECT_AFTER_SECONDS = 2
 SAMPLE_UNIVERSE = 10
+#: Wall seconds the demo waits for the streamer to catch up with the market's trade updates.
+STREAM_WAIT_SECONDS = 5
 
 
 @dataclass
@@ -107,7 +113,8 @@ def _run(stack: ExitStack, options: DaysOptions, sessions, say: _Narrator, captu
     stack.callback(client.close)
     keys = bus.Keys(namespace)
     rules = ExitRules.from_settings(config.load(config.ExitSettings))
-    line = _Line(engine, executor, client, keys, rules, say, workdir, options.seed)
+    manager = _start_streamer_and_manager(stack, client, keys, rules, redis_url)
+    line = _Line(engine, executor, client, keys, rules, say, workdir, options.seed, manager)
     entries: list[audit.EntryRun] = []
     files = None
     for number, session in enumerate(sessions, start=1):
@@ -116,6 +123,10 @@ def _run(stack: ExitStack, options: DaysOptions, sessions, say: _Narrator, captu
         say(_progress(number, len(sessions), session.date, files.report.account.equity, line))
 
     from services.reporter import render_text
+
+    late = f"; {line.streamed_late} time(s) the stream lagged and the manager reconciled all" if line.streamed_late else ""
+    say(f"\nstreamer: {client.xlen(keys.trade_updates)} trade update(s) through the Redis stream "
+        f"{keys.trade_updates}, read by the manager{late}")
 
     say("\n== final report")
     say(render_text.render(files.report))
@@ -140,6 +151,34 @@ def _start_market(stack: ExitStack, seed: int, start: datetime):
     return engine, thread.base_url
 
 
+def _start_streamer_and_manager(stack: ExitStack, client, keys, rules, redis_url: str):
+    """The streamer's real loop in a thread (WebSocket to the market, trade updates into the Redis
+    stream), and the manager's stream consumer, which the demo polls after each step of time so the
+    story stays deterministic."""
+    from services.manager.daemon import Manager
+    from services.manager.settings import ManagerSettings
+    from services.streamer.daemon import Streamer
+    from services.streamer.settings import StreamerSettings
+
+    broker_settings = config.load(config.BrokerSettings)
+    streamer = Streamer(make_executor(broker_settings), client, keys, config.load(StreamerSettings))
+    thread = threading.Thread(target=streamer.run, name="demo-streamer", daemon=True)
+    thread.start()
+
+    def stop_streamer() -> None:
+        streamer.stop()
+        thread.join(timeout=5)
+
+    stack.callback(stop_streamer)
+    stream_client = bus.connect(redis_url, blocking=True)
+    stack.callback(stream_client.close)
+    manager = Manager(make_executor(broker_settings), client, stream_client, keys, rules,
+                      config.load(ManagerSettings))
+    stack.callback(manager.close)
+    manager.consumer.start()
+    return manager
+
+
 def _progress(number: int, total: int, day: date, equity, line: _Line) -> str:
     width = 20
     done = width * number // total
@@ -150,8 +189,10 @@ def _progress(number: int, total: int, day: date, equity, line: _Line) -> str:
 class _Line:
     """The line's services, driven one step of virtual time after another."""
 
-    def __init__(self, engine, executor, client, keys, rules, say, workdir: Path, seed: int):
+    def __init__(self, engine, executor, client, keys, rules, say, workdir: Path, seed: int, manager):
         self.seed = seed
+        self.manager = manager
+        self.streamed_late = 0
         self.engine, self.executor, self.client, self.keys, self.rules = engine, executor, client, keys, rules
         self.say, self.workdir = say, workdir
         self.fills_seen = 0
@@ -183,7 +224,7 @@ class _Line:
         self.say(f"  09:35 trader: {_trade_line(traded)}")
         entry_run = audit.EntryRun(day=day, at=self.engine.now(), buying_power=buying_power)
         self.engine.advance(PROTECT_AFTER_SECONDS)
-        self._manage(tick=False, reconcile=True)
+        self._manage(tick=False)
         close = session.close.astimezone(NEW_YORK)
         moment = entry_at
         while True:
@@ -217,18 +258,37 @@ class _Line:
                  f"wrote {len(prices)} sample logs instead (fallback)")
 
     def _manage(self, *, tick: bool, reconcile: bool = False) -> None:
-        """The manager's two duties: protect what filled, then the soft-exit tick. Like the streamer
-        feeding the manager, a reconcile follows new fills (and runs at the day's edges regardless)."""
-        from services.manager.reconcile import reconcile_all
+        """The manager's two duties: protect what filled (from the fills the streamer put in the Redis
+        stream), then the soft-exit tick; a full reconcile at the day's edges, as its timer would."""
         from services.manager.tick import run_tick
 
-        if self._announce_fills() or reconcile:
-            reconcile_all(self.executor, self.client, self.keys, self.rules, "demo")
+        if self._announce_fills():
+            self._consume_stream()
+        if reconcile:
+            self.manager.reconcile_all("demo")
         if tick:
             run_tick(self.executor, self.client, self.keys, self.rules)
             if self._announce_fills():
-                reconcile_all(self.executor, self.client, self.keys, self.rules, "demo")
+                self._consume_stream()
         self._announce_exits()
+
+    def _consume_stream(self) -> None:
+        """Wait (briefly, in wall time) for the streamer to write every update the market emitted,
+        then let the manager read them. If the stream lags, the manager reconciles everything."""
+        emitted = self.engine.state()["event_count"]
+        deadline = wall.monotonic() + STREAM_WAIT_SECONDS
+        while self._streamed() < emitted and wall.monotonic() < deadline:
+            wall.sleep(0.005)
+        while True:
+            batch = self.manager.consumer.poll(block_ms=0)
+            if not (batch.acked or batch.failed or batch.dead_lettered):
+                break
+        if self._streamed() < emitted:
+            self.streamed_late += 1
+            self.manager.reconcile_all("demo")
+
+    def _streamed(self) -> int:
+        return self.client.xlen(self.keys.trade_updates)
 
     def _announce_fills(self) -> int:
         """Print the fills since the last look; how many there were."""

@@ -18,6 +18,7 @@ import os
 import tempfile
 import threading
 import time as wall
+import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
@@ -92,7 +93,7 @@ def _run(stack: ExitStack, options: DaysOptions, sessions, say: _Narrator, captu
     workdir.mkdir(parents=True, exist_ok=True)
     engine, base_url = _start_market(stack, options.seed, _at(sessions[0].date, time(5, 0)))
     redis_url, redis_kind = _redis(stack)
-    namespace = os.environ.get("FL_NAMESPACE", "fl-demo")
+    namespace = os.environ.get("FL_NAMESPACE") or _namespace(redis_kind)
     env = {
         "ALPACA_API_KEY": "sim-key",
         "ALPACA_SECRET_KEY": SIM_SECRET,
@@ -139,6 +140,14 @@ def _run(stack: ExitStack, options: DaysOptions, sessions, say: _Narrator, captu
     violated = [c for c in checks if not c.held]
     say("every invariant held" if not violated else f"{len(violated)} invariant(s) VIOLATED")
     return 1 if violated else 0
+
+
+def _namespace(redis_kind: str) -> str:
+    """The embedded Redis is empty each run; a real one may hold an earlier demo's ledger and stream,
+    so each run there gets its own namespace (FL_NAMESPACE overrides)."""
+    if redis_kind.startswith("embedded"):
+        return "fl-demo"
+    return f"fl-demo-{uuid.uuid4().hex[:8]}"
 
 
 def _start_market(stack: ExitStack, seed: int, start: datetime):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, time
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 from services.demo.sample_logs import sample_logs, write_logs
 from shared import bus, config
@@ -115,7 +116,11 @@ def _start_market(stack: ExitStack, seed: int, start: datetime) -> tuple[MarketE
 def _redis(stack: ExitStack) -> tuple[str, str]:
     """REDIS_URL when set; otherwise an embedded, in-memory Redis on a free loopback port."""
     if os.environ.get("REDIS_URL"):
-        return os.environ["REDIS_URL"], os.environ["REDIS_URL"]
+        url = os.environ["REDIS_URL"]
+        parts = urlsplit(url)
+        # A password in the URL is a secret: show where, never how to log in.
+        shown = parts._replace(netloc=f"***@{parts.hostname}:{parts.port or 6379}") if parts.password else parts
+        return url, urlunsplit(shown)
     server = _embedded_redis_server()
     threading.Thread(target=server.serve_forever, name="embedded-redis", daemon=True).start()
     stack.callback(server.shutdown)

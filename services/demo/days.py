@@ -316,7 +316,7 @@ class _Line:
         return len(new)
 
     def _announce_exits(self) -> None:
-        from services.manager import ledger
+        from shared import ledger
 
         trades = ledger.read(self.client, self.keys)
         for trade in trades[self.trades_seen:]:

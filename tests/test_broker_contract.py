@@ -619,3 +619,16 @@ def wait_until(condition: Callable[[], bool], what: str, timeout: float = 10.0) 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for: {what}")
         time.sleep(0.02)
+
+
+@pytest.mark.parametrize(
+    ("qty", "target", "oco", "tif"),
+    [("10", "120", True, "gtc"), ("10.5", "120", False, "day"), ("0.4", "120", False, "day"), ("10", None, False, "gtc")],
+)
+def test_exit_shape_rule_is_one_oco_for_whole_shares_and_a_day_stop_for_fractions(qty, target, oco, tif):
+    from decimal import Decimal
+
+    from shared.broker.contract import protective_exit_shape
+
+    shape = protective_exit_shape(Decimal(qty), Decimal(target) if target else None)
+    assert (shape.oco, shape.time_in_force.value) == (oco, tif)

@@ -61,7 +61,7 @@ from alpaca.trading.stream import TradingStream
 from pydantic import ValidationError
 
 from shared import logs
-from shared.broker.contract import OrderExecutor, TradeUpdateStream
+from shared.broker.contract import OrderExecutor, TradeUpdateStream, protective_exit_shape
 from shared.config import BrokerSettings
 from shared.errors import (
     BrokerError,
@@ -100,7 +100,7 @@ from shared.models import (
     TradeUpdate,
     TradingDay,
 )
-from shared.money import ZERO, is_whole, to_decimal
+from shared.money import ZERO, to_decimal
 
 log = logging.getLogger(__name__)
 
@@ -634,8 +634,9 @@ class AlpacaExecutor(OrderExecutor):
         client_order_id: str,
     ) -> Order:
         _require_finite(f"protect {symbol}", qty=qty, stop_price=stop_price, target_price=target_price)
-        fractional = not is_whole(qty)
-        if target_price is not None and not fractional:
+        shape = protective_exit_shape(qty, target_price)
+        tif = AlpacaTimeInForce(shape.time_in_force.value)
+        if shape.oco:
             # OCO: the take-profit limit is the parent, the stop its child leg; one cancels the other.
             return self._submit(
                 f"protect {qty} {symbol} with OCO stop {stop_price} target {target_price} "
@@ -646,15 +647,13 @@ class AlpacaExecutor(OrderExecutor):
                     symbol=symbol,
                     qty=qty,
                     side=OrderSide.SELL,
-                    time_in_force=AlpacaTimeInForce.GTC,
+                    time_in_force=tif,
                     order_class=AlpacaOrderClass.OCO,
                     take_profit=TakeProfitRequest(limit_price=target_price),
                     stop_loss=StopLossRequest(stop_price=stop_price),
                     client_order_id=client_order_id,
                 ),
             )
-        # Fractional shares: Alpaca allows only simple `day` orders, so a plain stop, renewed daily.
-        tif = AlpacaTimeInForce.DAY if fractional else AlpacaTimeInForce.GTC
         return self._submit(
             f"protect {qty} {symbol} with {tif.value} stop {stop_price} (client_order_id={client_order_id})",
             symbol,

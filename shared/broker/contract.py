@@ -31,11 +31,31 @@ from shared.models import (
     Order,
     Position,
     Timeframe,
+    TimeInForce,
     TradeUpdate,
     TradingDay,
 )
+from shared.money import is_whole
 
 MAX_CLIENT_ORDER_ID_LEN = 48
+
+
+@dataclass(frozen=True)
+class ExitShape:
+    """The form a protective exit takes at the broker (see `submit_protective_exit`)."""
+
+    oco: bool
+    time_in_force: TimeInForce
+
+
+def protective_exit_shape(qty: Decimal, target_price: Decimal | None) -> ExitShape:
+    """Alpaca's rules, decided once for every adapter: whole shares with a target are one `gtc` OCO
+    (stop and target hold the same shares; two plain sells cannot). Fractional shares may only be sold
+    by simple `day` orders, so they get a plain day stop; without a target, a plain `gtc` stop."""
+    fractional = not is_whole(qty)
+    if target_price is not None and not fractional:
+        return ExitShape(oco=True, time_in_force=TimeInForce.GTC)
+    return ExitShape(oco=False, time_in_force=TimeInForce.DAY if fractional else TimeInForce.GTC)
 
 
 @dataclass(frozen=True)

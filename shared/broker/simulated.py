@@ -21,7 +21,7 @@ from datetime import date, datetime
 from decimal import Decimal
 
 from shared import logs
-from shared.broker.contract import OrderExecutor, TradeUpdateStream
+from shared.broker.contract import OrderExecutor, TradeUpdateStream, protective_exit_shape
 from shared.errors import BrokerError, BrokerUnavailable, InputError, NotCancelable, NotFound
 from shared.market.calendar import NEW_YORK
 from shared.models import (
@@ -42,7 +42,7 @@ from shared.models import (
     TradeUpdate,
     TradingDay,
 )
-from shared.money import ZERO, is_whole
+from shared.money import ZERO
 from shared.sim.engine import MarketEngine, PositionView
 from shared.sim.orders import OrderRequest, SimOrder, TradeEvent
 from shared.sim.paths import to_price
@@ -250,8 +250,8 @@ class SimulatedExecutor(OrderExecutor):
         target_price: Decimal | None,
         client_order_id: str,
     ) -> Order:
-        fractional = not is_whole(qty)
-        if target_price is not None and not fractional:
+        shape = protective_exit_shape(qty, target_price)
+        if shape.oco:
             return self._submit(
                 f"protect {qty} {symbol} with OCO stop {stop_price} target {target_price} "
                 f"(client_order_id={client_order_id})",
@@ -259,7 +259,7 @@ class SimulatedExecutor(OrderExecutor):
                     symbol=symbol,
                     side=Side.SELL,
                     type=OrderType.LIMIT,
-                    time_in_force=TimeInForce.GTC,
+                    time_in_force=shape.time_in_force,
                     qty=qty,
                     order_class=OrderClass.OCO,
                     take_profit_limit_price=target_price,
@@ -267,7 +267,7 @@ class SimulatedExecutor(OrderExecutor):
                     client_order_id=client_order_id,
                 ),
             )
-        tif = TimeInForce.DAY if fractional else TimeInForce.GTC
+        tif = shape.time_in_force
         return self._submit(
             f"protect {qty} {symbol} with {tif.value} stop {stop_price} (client_order_id={client_order_id})",
             OrderRequest(

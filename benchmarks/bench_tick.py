@@ -8,8 +8,10 @@ bars since entry); then each measured tick follows 5 simulated minutes later. Th
 are set out of reach so no exit fires: this is the cost of looking, which is what every tick pays.
 
 Broker requests are HTTP requests counted at the client (every `requests.Session.request`).
-Floor, measured in the same run: the same reads done bare (clock, positions, prices, bars for the
-same symbols and window) without Redis, decisions or the CSV; ratio = tick time / floor.
+Floor, measured in the same run: the same reads done bare (positions, prices, bars for the same
+symbols and window) without Redis, decisions or the CSV; ratio = tick time / floor. The tick asks no
+clock: "now" is the position listing's Date header, and the session comes from Redis (the first tick
+of the day stores it when the scheduler has not).
 
     .venv/bin/python benchmarks/bench_tick.py [--sizes 10,100,1000,5000] [--repeat 3]
 """
@@ -101,7 +103,6 @@ def main() -> int:
                 counts.append(dict(_COUNTS))
                 assert report.positions == size and not report.exits and not report.rebuilt
                 started = time.perf_counter()
-                executor.get_clock()
                 listed = [p.symbol for p in executor.get_positions()]
                 executor.get_latest_prices(listed)
                 executor.get_bars(listed, Timeframe.MINUTE, now - timedelta(minutes=5), now)
@@ -127,7 +128,9 @@ def main() -> int:
     print()
     print(f"tick = median of {args.repeat} ticks without exits (5 simulated minutes apart); floor = the same broker "
           "reads done bare; rebuild = the first tick over positions without state (order history + bars since "
-          "entry). The adapter asks prices and bars for at most 200 symbols per request.")
+          "entry; its count includes the day's one calendar request). The adapter asks prices and bars for at most "
+          "200 symbols per request (Alpaca refuses longer symbol lists as Request-URI Too Large), so a tick makes "
+          "1 + 2 x ceil(positions / 200) requests: 3 up to 200 positions.")
     return 0
 
 

@@ -482,6 +482,19 @@ def test_clock_is_the_markets_time_and_follows_advances(broker):
     assert later.next_open == datetime(2024, 3, 5, 9, 30, tzinfo=NEW_YORK)
 
 
+def test_position_listing_carries_the_brokers_time_of_the_answer(broker):
+    buy_filled(broker.executor, "AAPL", Decimal("2"), "contract-time-1")
+    broker.market.advance(3 * 3600 + 25)  # 13:00:25, virtual
+
+    positions, at = broker.executor.get_positions_at()
+
+    assert [p.symbol for p in positions] == ["AAPL"]
+    # The market's own time (the HTTP Date header over the wire: whole seconds), not the machine's.
+    assert at is not None and at.tzinfo is not None
+    assert at == broker.executor.get_clock().timestamp.replace(microsecond=0)
+    assert at == datetime(2024, 3, 4, 13, 0, 25, tzinfo=NEW_YORK)
+
+
 def test_calendar_agrees_with_nyse_on_holidays_and_early_closes(broker):
     days = broker.executor.get_calendar(date(2024, 3, 25), date(2024, 7, 5))
 

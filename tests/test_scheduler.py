@@ -242,3 +242,16 @@ def test_session_relative_times_follow_the_open_and_an_early_close():
     normal, early = entries_on(date(2024, 7, 2), plan), entries_on(date(2024, 7, 3), plan)  # July 3: 13:00 close
     assert at_of(normal, "trade") == [ny(2024, 7, 2, 9, 35)] and at_of(early, "trade") == [ny(2024, 7, 3, 9, 35)]
     assert at_of(normal, "report") == [ny(2024, 7, 2, 15, 30)] and at_of(early, "report") == [ny(2024, 7, 3, 12, 30)]
+
+
+def test_a_look_leaves_the_brokers_sessions_in_redis_for_the_managers_tick(redis_client, keys, market):
+    from shared.market import sessions
+
+    scheduler(redis_client, keys, market).tick(ny(2024, 3, 4, 9, 36))  # a Monday
+    not_asked = None  # a cache miss would have to ask this "broker", and fail
+    monday = sessions.session_on(not_asked, redis_client, keys, date(2024, 3, 4))
+    assert monday == market.get_calendar(date(2024, 3, 4), date(2024, 3, 4))[0]
+    assert sessions.session_on(not_asked, redis_client, keys, date(2024, 3, 3)) is None  # Sunday: closed
+    assert sessions.in_session(not_asked, redis_client, keys, ny(2024, 3, 4, 15, 59))
+    assert not sessions.in_session(not_asked, redis_client, keys, ny(2024, 3, 4, 16, 0))
+    assert 0 < redis_client.ttl(sessions.session_key(keys, date(2024, 3, 4))) <= sessions.TTL_SECONDS

@@ -9,51 +9,35 @@ import csv
 import os
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from conftest import redis_url
 from simhelpers import NEW_YORK, start_sim
-from test_exit_scenarios import ENTRY, MONDAY, Desk, flat_bars_csv
+from test_exit_scenarios import ENTRY, MONDAY, RULES, Desk, flat_bars_csv
 
 from services.manager import hwm, portfolio, tick
 from shared import bus, queues
 from shared import position_store as store
 from shared.broker.alpaca import AlpacaExecutor
-from shared.models import Timeframe
 
 D = Decimal
 ROOT = Path(__file__).resolve().parents[1]
 
 
 class CountingExecutor(AlpacaExecutor):
-    """Counts the broker calls a tick makes (each is one HTTP request below 200 symbols)."""
+    """Records every HTTP request the executor sends (method and path), as the broker would count them."""
 
     def __init__(self, settings):
         super().__init__(settings)
         self.calls: list[str] = []
+        for client in (self._trading, self._submitter, self._data):
+            client._session.hooks["response"].append(self._record)
 
-    def get_clock(self):
-        self.calls.append("clock")
-        return super().get_clock()
-
-    def get_positions(self):
-        self.calls.append("positions")
-        return super().get_positions()
-
-    def get_latest_prices(self, symbols):
-        self.calls.append("prices")
-        return super().get_latest_prices(symbols)
-
-    def get_bars(self, symbols, timeframe, start, end):
-        self.calls.append(f"bars {Timeframe(timeframe).value}")
-        return super().get_bars(symbols, timeframe, start, end)
-
-    def get_orders_updated_since(self, since):
-        self.calls.append("order history")
-        return super().get_orders_updated_since(since)
+    def _record(self, response, *_args, **_kwargs):
+        self.calls.append(f"{response.request.method} {response.request.path_url.split('?', 1)[0]}")
 
 
 @pytest.fixture
@@ -77,15 +61,24 @@ def counting_desk(flat_market, redis_client, keys, tmp_path):
     desk.close()
 
 
-def test_tick_without_exits_asks_the_broker_four_times_however_many_positions(counting_desk):
+def test_tick_without_exits_sends_three_requests_and_no_clock_request(counting_desk):
     desk = counting_desk
     for symbol in ("BEV", "TRL", "TIM"):
         desk.open_position(symbol)
     desk.advance_to(MONDAY + timedelta(minutes=5))
     desk.executor.calls.clear()
-    report = desk.tick()
-    assert report.positions == 3 and report.exits == []
-    assert desk.executor.calls == ["clock", "positions", "prices", "bars 1Min"]
+    first = desk.tick()
+    # The day's first tick learns the session once (kept in Redis for the scheduler and later ticks).
+    assert first.positions == 3 and first.exits == []
+    assert desk.executor.calls == ["GET /v2/positions", "GET /v2/calendar", "GET /v2/stocks/snapshots",
+                                   "GET /v2/stocks/bars"]
+    desk.advance_to(MONDAY + timedelta(minutes=10))
+    desk.executor.calls.clear()
+    second = desk.tick()
+    assert second.positions == 3 and second.exits == []
+    assert desk.executor.calls == ["GET /v2/positions", "GET /v2/stocks/snapshots", "GET /v2/stocks/bars"]
+    # "now" came from the position listing's Date header: the simulator's virtual time.
+    assert second.at == (MONDAY + timedelta(minutes=10)).astimezone(NEW_YORK)
 
 
 def test_spike_between_two_ticks_raises_the_high_water_mark_from_minute_bar_highs(desk):
@@ -113,7 +106,8 @@ def test_lost_state_is_rebuilt_from_the_first_fill_and_the_bars_since_entry(coun
     desk.executor.calls.clear()
     report = desk.tick()
     assert report.rebuilt == ["LOST"] and report.exits == []
-    assert desk.executor.calls == ["clock", "positions", "prices", "order history", "bars 1Min"]
+    assert desk.executor.calls == ["GET /v2/positions", "GET /v2/calendar", "GET /v2/stocks/snapshots",
+                                   "GET /v2/orders", "GET /v2/stocks/bars"]
     state = desk.state("LOST")
     assert state.first_fill_at == first_fill_at and state.entry_price == ENTRY and state.qty == D("10")
     assert state.high_water_mark == D("103.00") and state.breakeven_armed and state.trailing_armed
@@ -179,6 +173,40 @@ def test_closed_market_makes_the_tick_do_nothing_even_when_an_exit_would_fire(de
     assert report.status is tick.TickStatus.MARKET_CLOSED and report.exits == []
     assert desk.executor.get_position("TIM").qty == D("10")
     assert len(desk.sells("TIM")) == 1  # only its protection
+
+
+@pytest.mark.parametrize(("hhmm", "status"), [("12:55", tick.TickStatus.DONE),
+                                               ("13:05", tick.TickStatus.MARKET_CLOSED)])
+def test_early_close_day_ends_the_ticks_at_the_brokers_close_not_at_four(hhmm, status, redis_client, keys):
+    # 2024-11-29, the day after Thanksgiving: the NYSE closes at 13:00.
+    hour, minute = (int(x) for x in hhmm.split(":"))
+    market = start_sim(start=datetime(2024, 11, 29, hour, minute, tzinfo=NEW_YORK))
+    executor = AlpacaExecutor(market.broker_settings())
+    try:
+        report = tick.run_tick(executor, redis_client, keys, RULES)
+    finally:
+        executor.close()
+        market.stop()
+    assert report.status is status
+    assert report.at == datetime(2024, 11, 29, hour, minute, tzinfo=NEW_YORK)
+
+
+class _NoServerTime(AlpacaExecutor):
+    """A broker whose answers carry no Date header (a proxy stripped it)."""
+
+    def get_positions_at(self):
+        return self.get_positions(), None
+
+
+def test_without_a_server_time_the_tick_asks_the_brokers_clock_instead(flat_market, redis_client, keys):
+    executor = _NoServerTime(flat_market.broker_settings())
+    try:
+        flat_market.control.advance(seconds=90)
+        report = tick.run_tick(executor, redis_client, keys, RULES)
+    finally:
+        executor.close()
+    assert report.status is tick.TickStatus.DONE
+    assert report.at == MONDAY + timedelta(seconds=90)
 
 
 def test_portfolio_csv_lists_open_positions_with_entry_last_price_peak_armed_exits_and_days_held(desk):

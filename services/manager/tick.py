@@ -1,6 +1,7 @@
 """The manager's tick (RQ job `manage_positions`, every 5 minutes in market hours; `factoryline manage`).
 
-Reads: the halt flag, the broker's clock, every open position (one listing), the latest price of
+Reads: the halt flag, every open position (one listing, whose HTTP Date header is the broker's "now"),
+the day's session (kept in Redis by `shared.market.sessions`: no broker request), the latest price of
 all of them (one batched request; the last trade when the ask is missing), the minute bars since
 the last tick (one batched request), and each position's `PositionState` in Redis (one MGET).
 Decides: `shared.exits.evaluate` raises the high-water mark with the highest price seen since the
@@ -9,9 +10,11 @@ exit fires (trailing, break-even, time stop).
 Writes: the advanced states (compare-and-set: a fill processed meanwhile wins), the exits
 (`services.manager.exiting`), and portfolio.csv.
 
-Broker requests per tick when no exit fires and no state is lost: clock, positions, prices, bars (the
-adapter splits prices and bars into one request per 200 symbols). A lost state adds two requests for
-all lost symbols together (order history, bars since entry); each exit adds its own.
+Broker requests per tick when no exit fires and no state is lost: 3 (positions, prices, bars) up to
+200 positions. Past that the adapter splits prices and bars into one request per 200 symbols (Alpaca
+answers a longer symbol list with "Request-URI Too Large"), so 1 + 2 x ceil(n / 200). A cold session
+cache adds one calendar request for the day; a lost state adds two requests for all lost symbols
+together (order history, bars since entry); each exit adds its own.
 Does nothing (and says so) while the halt flag is set or the market is closed.
 """
 
@@ -33,6 +36,8 @@ from shared import bus, config, logs
 from shared.broker.contract import OrderExecutor
 from shared.errors import FactoryLineError
 from shared.exits import ExitDecision, ExitRules, PositionState, evaluate, soft_exit
+from shared.market import sessions
+from shared.market.calendar import NEW_YORK
 from shared.models import Position, Timeframe
 from shared.money import ZERO
 
@@ -150,13 +155,12 @@ def run_tick(
     if client.exists(keys.halt):
         logs.event(log, "tick_skipped", level=logging.WARNING, reason="halt flag set")
         return TickReport(TickStatus.HALTED)
-    clock = executor.get_clock()
-    now = clock.timestamp
-    if not clock.is_open:
+    listed, now = _positions_and_now(executor)
+    if not sessions.in_session(executor, client, keys, now):
         logs.event(log, "tick_skipped", reason="market closed", at=now.isoformat())
         return TickReport(TickStatus.MARKET_CLOSED, at=now)
     report = TickReport(TickStatus.DONE, at=now)
-    positions = {p.symbol: p for p in executor.get_positions() if p.qty > ZERO}
+    positions = {p.symbol: p for p in listed if p.qty > ZERO}
     report.positions = len(positions)
     prices = _prices(executor, positions)
     report.unpriced = sorted(s for s in positions if s not in prices)
@@ -210,6 +214,16 @@ def run_tick(
     logs.event(log, "tick_done", positions=report.positions, exits=len(report.exits), rebuilt=len(report.rebuilt),
                unpriced=len(report.unpriced), seconds=round(report.seconds, 3))
     return report
+
+
+def _positions_and_now(executor: OrderExecutor) -> tuple[list[Position], datetime]:
+    """The position listing, and "now" as the broker's time when it answered (its Date header), so
+    the tick needs no clock request. A broker answer without a time costs one clock request instead."""
+    listed, at = executor.get_positions_at()
+    if at is None:
+        logs.event(log, "tick_clock_fallback", reason="the position listing carried no server time")
+        at = executor.get_clock().timestamp
+    return listed, at.astimezone(NEW_YORK)
 
 
 def _prices(executor: OrderExecutor, positions: dict[str, Position]) -> dict[str, Decimal]:

@@ -5,8 +5,9 @@ two replicas, or a restart inside the grace window, never put the same run on a 
 second enqueue gets rq's DuplicateJobError and is counted as `already_enqueued`. RQ keeps the job
 hash 7 days after success and 30 after failure (shared.queues), far longer than any grace window.
 
-Trading days come from the broker (`executor.get_calendar`), fetched once per New York date; a
-broker that does not answer skips that look, and the next one tries again.
+Trading days come from the broker (`executor.get_calendar`), fetched once per New York date and kept
+in Redis for the manager's tick (`shared.market.sessions`); a broker that does not answer skips that
+look, and the next one tries again.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from shared import logs, queues
 from shared.broker.contract import OrderExecutor
 from shared.bus import Keys
 from shared.errors import FactoryLineError
+from shared.market import sessions as market_sessions
 from shared.market.calendar import NEW_YORK
 from shared.models import TradingDay
 
@@ -70,7 +72,10 @@ class Scheduler:
         """Yesterday's and today's sessions (New York dates): a grace window may reach back over
         midnight. Cached per date; the broker is asked once a day."""
         if day not in self._sessions:
-            self._sessions = {day: self.executor.get_calendar(day - timedelta(days=1), day)}
+            start = day - timedelta(days=1)
+            self._sessions = {day: self.executor.get_calendar(start, day)}
+            # Shared with the manager's tick, which then never asks the broker for the calendar.
+            market_sessions.store(self.rq_client, self.keys, start, day, self._sessions[day])
         return self._sessions[day]
 
     def entries_near(self, now: datetime) -> list[Entry]:

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from email.utils import format_datetime
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -376,6 +377,10 @@ class SimServer:
             response = _error(500, 50010000, "internal server error")
         if headers and not response.prepared:
             response.headers.update(headers)
+        if not response.prepared:
+            # The server's own time, as every HTTP server states it (RFC 9110 s. 6.6.1): here the
+            # virtual time, which the manager's tick reads instead of asking GET /v2/clock.
+            response.headers["Date"] = format_datetime(self.engine.now().astimezone(UTC), usegmt=True)
         return response
 
     # -- account and positions ---------------------------------------------------------------

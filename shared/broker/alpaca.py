@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
 import requests
@@ -401,6 +402,26 @@ def _install_timeout(client: Any, seconds: float) -> None:
     session.request = request_with_timeout  # type: ignore[method-assign]
 
 
+def _record_server_time(client: Any, into: threading.local) -> None:
+    """Keep the `Date` header of each response (the server's time, RFC 9110 s. 6.6.1, whole seconds)
+    in a thread-local, so a caller can read the time of the answer it just got without a clock request."""
+
+    def hook(response: requests.Response, *_args: Any, **_kwargs: Any) -> None:
+        into.server_time = _parse_http_date(response.headers.get("Date"))
+
+    client._session.hooks["response"].append(hook)
+
+
+def _parse_http_date(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    return parsed if parsed.tzinfo is not None else None
+
+
 def _set_retries(client: Any, retries: int, wait: float) -> None:
     # Private attributes: the constructors of TradingClient/StockHistoricalDataClient do not expose
     # them, and RESTClient ignores retry_attempts=0. Read by RESTClient._request on every call.
@@ -462,6 +483,8 @@ class AlpacaExecutor(OrderExecutor):
         for client in (self._trading, self._submitter, self._data):
             _install_timeout(client, self._timeout)
         self._feed = DataFeed(settings.ALPACA_DATA_FEED)
+        self._answers = threading.local()
+        _record_server_time(self._trading, self._answers)
 
     def __repr__(self) -> str:
         return f"AlpacaExecutor(endpoint={self._settings.ALPACA_ENDPOINT!r})"
@@ -545,6 +568,11 @@ class AlpacaExecutor(OrderExecutor):
 
     def get_positions(self) -> list[Position]:
         return [position_from_alpaca(p) for p in self._call("get positions", self._trading.get_all_positions)]
+
+    def get_positions_at(self) -> tuple[list[Position], datetime | None]:
+        self._answers.server_time = None
+        positions = self.get_positions()
+        return positions, self._answers.server_time
 
     def get_position(self, symbol: str) -> Position | None:
         try:

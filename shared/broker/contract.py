@@ -102,6 +102,11 @@ class OrderExecutor(abc.ABC):
     def get_positions(self) -> list[Position]:
         """Every open position. `qty_available` excludes shares held by open sell orders."""
 
+    def get_positions_at(self) -> tuple[list[Position], datetime | None]:
+        """Every open position, and the broker's own time when it answered (None when the answer
+        did not say). One request: the manager's tick takes "now" from it instead of asking the clock."""
+        return self.get_positions(), None
+
     @abc.abstractmethod
     def get_position(self, symbol: str) -> Position | None:
         """The position in `symbol`, or None when flat."""

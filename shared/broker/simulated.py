@@ -132,6 +132,9 @@ class SimulatedExecutor(OrderExecutor):
     def get_positions(self) -> list[Position]:
         return [position_model(p) for p in self.engine.positions()]
 
+    def get_positions_at(self) -> tuple[list[Position], datetime | None]:
+        return self.get_positions(), self.engine.now()
+
     def get_position(self, symbol: str) -> Position | None:
         try:
             return position_model(self.engine.position(symbol))

@@ -19,6 +19,7 @@ from simhelpers import NEW_YORK, start_sim
 from test_exit_scenarios import ENTRY, MONDAY, RULES, Desk, flat_bars_csv
 
 from services.manager import hwm, portfolio, tick
+from services.manager import reconcile as rec
 from shared import bus, queues
 from shared import position_store as store
 from shared.broker.alpaca import AlpacaExecutor
@@ -92,6 +93,26 @@ def test_spike_between_two_ticks_raises_the_high_water_mark_from_minute_bar_high
     state = desk.state("SPK")
     assert state.high_water_mark == D("101.80") and state.breakeven_armed and not state.trailing_armed
     assert report.exits == []  # 100.52 is still above the entry
+
+
+def test_a_spike_before_a_second_fill_still_counts_at_the_next_tick(desk):
+    desk.open_position("PART")
+    desk.tick()  # 10:00: the state's last look
+    desk.sim.control.set_price("PART", "102.60")  # +2.58% at 10:02: arms trailing
+    desk.advance_to(MONDAY + timedelta(minutes=2))
+    desk.sim.control.set_price("PART", "100.50")
+    desk.advance_to(MONDAY + timedelta(minutes=4))
+    # A second buy fills and the reconcile folds it into the state (new average entry, 20 shares).
+    desk.executor.buy_qty("PART", D("10"), f"{desk.keys.ns}-PART-entry-2")
+    rec.reconcile_symbol(desk.executor, desk.client, desk.keys, "PART", RULES, rec.START)
+    assert desk.state("PART").qty == D("20")
+    desk.advance_to(MONDAY + timedelta(minutes=5))
+    report = desk.tick()
+    # Peak 102.60 over the new entry 100.27: trailing exits at 100.27 + 50% x 2.33 = 101.435 or below.
+    [result] = report.exits
+    assert result.decision.reason.value == "trailing" and result.qty_sold == D("20")
+    assert report.states["PART"].entry_price == D("100.27")
+    assert report.states["PART"].high_water_mark == D("102.60")
 
 
 def test_lost_state_is_rebuilt_from_the_first_fill_and_the_bars_since_entry(counting_desk):

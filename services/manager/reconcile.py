@@ -417,7 +417,8 @@ def _current_state(executor: OrderExecutor, symbol: str, state: PositionState | 
                        client_order_id=hint.entry_client_order_id)
         return new_state, adopted
     if state.entry_price != position.avg_entry_price or state.qty != position.qty:
-        return state.with_entry(position.avg_entry_price, position.qty, max(state.updated_at, _now())), False
+        # updated_at stays: the next tick still counts the bars since the last one (a spike in between).
+        return state.with_entry(position.avg_entry_price, position.qty, state.updated_at), False
     return state, False
 
 

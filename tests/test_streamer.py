@@ -74,6 +74,29 @@ def test_every_update_type_lands_in_the_stream_once_and_reads_back_validated(red
         u.event.value for u in ONE_OF_EACH]
 
 
+def test_a_burst_written_in_one_batch_keeps_order_and_drops_duplicates_within_it(redis_client, keys):
+    recorder = Recorder(redis_client, keys)
+    burst = [_update("fill", "filled", "10", oid=f"o-{i}") for i in range(150)]
+    with_repeats = burst[:75] + burst[10:20] + burst[75:]
+    entry_ids = recorder.write_many(with_repeats)
+    assert [e is None for e in entry_ids] == [False] * 75 + [True] * 10 + [False] * 75
+    assert _entries(redis_client, keys) == burst
+
+
+def test_a_redis_that_lost_its_scripts_is_given_them_again_and_nothing_is_lost():
+    import fakeredis  # a private server: flushing its script cache touches nobody else's Redis
+
+    from shared.bus import Keys
+
+    client = fakeredis.FakeRedis(decode_responses=True)
+    keys = Keys("scripts-lost")
+    recorder = Recorder(client, keys)
+    assert recorder.write(ONE_OF_EACH[0]) is not None
+    client.script_flush()  # what a Redis restart without persistence does to the script cache
+    assert all(entry_id is not None for entry_id in recorder.write_many(ONE_OF_EACH[1:4]))
+    assert _entries(client, keys) == ONE_OF_EACH[:4]
+
+
 def test_backfilled_copy_of_a_delivered_fill_adds_no_second_entry(redis_client, keys):
     recorder = Recorder(redis_client, keys)
     live = _update("fill", "filled", "10")

@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from services.demo.days import DEFAULT_FIRST_DAY, TICK_MINUTES, DaysOptions, run_days  # noqa: E402
+from services.demo.days import DEFAULT_FIRST_DAY, DEMO_UNIVERSE_SIZE, TICK_MINUTES, DaysOptions, run_days  # noqa: E402
 from services.demo.runner import _at  # noqa: E402
 from shared.market.calendar import nyse  # noqa: E402
 from shared.sim.engine import MarketEngine  # noqa: E402
@@ -36,7 +36,8 @@ def bare_market(days: int, seed: int) -> float:
     while len(sessions) < days:
         sessions.append(nyse().next_session(sessions[-1].date))
     started = time.perf_counter()
-    engine = MarketEngine.create(seed=seed, start=_at(sessions[0].date, clock(5, 0)), speed=0)
+    engine = MarketEngine.create(seed=seed, start=_at(sessions[0].date, clock(5, 0)), speed=0,
+                                 universe_size=DEMO_UNIVERSE_SIZE)
     for session in sessions:
         moment = _at(session.date, clock(9, 35))
         while moment < _at(session.date, clock(16, 5)):
@@ -56,12 +57,15 @@ def main() -> int:
         handler.setLevel(logging.ERROR)
     printed = io.StringIO()
     started = time.perf_counter()
-    status = run_days(DaysOptions(seed=args.seed, days=args.days), out=lambda line: printed.write(line + "\n"))
+    status = run_days(DaysOptions(seed=args.seed, days=args.days, progress_bar=False),
+                      out=lambda line: printed.write(line + "\n"))
     demo_seconds = time.perf_counter() - started
     floor_seconds = bare_market(args.days, args.seed)
     per_second = args.days / demo_seconds
     print(f"demo: {args.days} simulated day(s) in {demo_seconds:.2f} s = {per_second:.2f} days/s "
           f"(exit status {status}; {printed.getvalue().count(' fill ')} fill lines)")
+    scanned = next((line for line in printed.getvalue().splitlines() if line.startswith("entries: ")), "")
+    print(scanned)
     print(f"floor (bare market, same days and 5-minute steps): {floor_seconds:.2f} s; "
           f"ratio demo/floor {demo_seconds / floor_seconds:.1f}x")
     print(f"target: 10 days under {TARGET_SECONDS_FOR_10_DAYS} s -> {10 / per_second:.1f} s projected "

@@ -114,6 +114,29 @@ def test_same_seed_gives_the_same_prices_and_another_seed_different_ones():
         assert a.bars("MSFT", timeframe, *window) != c.bars("MSFT", timeframe, *window)
 
 
+def test_history_before_the_start_moves_in_the_session_like_the_days_after_it():
+    # The scanner backtests the history before the start, the demo trades the days after it: both
+    # must be the same kind of chart (each day opening near the previous close and moving in the
+    # session), or a backtest would judge a strategy on gaps it will never meet live.
+    import math
+    import statistics
+
+    def gap_share(bars) -> float:
+        gaps = [math.log(b.open / a.close) for a, b in zip(bars, bars[1:], strict=False)]
+        moves = [math.log(b.close / a.close) for a, b in zip(bars, bars[1:], strict=False)]
+        return statistics.pvariance(gaps) / statistics.pvariance(moves)
+
+    before = MarketEngine.create(start=ny(2024, 3, 4, 9, 0))
+    after = MarketEngine.create(start=ny(2022, 3, 1, 9, 0))
+    after.advance_to(ny(2024, 3, 4, 9, 0))
+    window = (ny(2022, 3, 2), ny(2024, 3, 1, 23, 0))
+    for symbol in ("AAPL", "TSLA", "SENS"):
+        for engine in (before, after):
+            bars = engine.bars(symbol, "1Day", *window)
+            assert len(bars) > 480
+            assert gap_share(bars) < 0.2, (symbol, engine is before)
+
+
 def test_minute_bars_aggregate_exactly_to_the_daily_bar():
     engine = MarketEngine.create(start=ny(2024, 3, 8, 17, 0))
     for symbol in ("AAPL", "SENS", "TSLA"):

@@ -1,10 +1,11 @@
 """The demo over several trading days: the whole line on the simulated market, step by step.
 
-Each day: the scanner scans the simulated universe at 05:00 New York (sample logs only if it finds
-nothing), the ranker ranks at 06:00, the trader enters at 09:35, the manager protects every fill and
-runs its soft-exit tick every 5 minutes until the close, and the reporter writes the day's report at
-16:05. Fills travel as in production: the streamer (its real loop, in a thread) holds the market's
-trade-update WebSocket and writes each update to the Redis stream; the manager's consumer reads the
+Each day: the scanner scans the simulated universe at 05:00 New York (two years of the seeded daily
+history, every strategy backtested), the ranker keeps its IN_TRADE + PROFITABLE signals at 06:00, the
+trader buys them at 09:35, the manager protects every fill and runs its soft-exit tick every 5 minutes
+until the close, and the reporter writes the day's report at 16:05. Nothing is made up: a day whose
+scan the ranker keeps nothing of is a day without entries, and the demo says so. Fills travel as in
+production: the streamer (its real loop, in a thread) holds the market's trade-update WebSocket and writes each update to the Redis stream; the manager's consumer reads the
 stream and protects. The demo polls that consumer after each step of virtual time. Virtual time moves only when the demo says so, so a seed gives the same story every run.
 The services are called through their own job functions, over HTTP to the simulator and over Redis
 (embedded unless REDIS_URL is set), exactly as in production; the demo is wiring and narration.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import sys
 import tempfile
 import threading
 import time as wall
@@ -22,11 +24,11 @@ import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 from services.demo import audit
 from services.demo.runner import _at, _environment, _redis
-from services.demo.sample_logs import sample_logs, write_logs
 from shared import bus, config
 from shared.broker import make_executor
 from shared.errors import InputError
@@ -38,9 +40,15 @@ DEFAULT_FIRST_DAY = date(2026, 11, 2)
 DEFAULT_DAYS = 10
 SIM_SECRET = "sim-secret-do-not-print"
 TICK_MINUTES = 5
+#: A demo day runs from the scan to the report (New York).
+DAY_STARTS = time(5, 0)
+DAY_ENDS = time(16, 5)
 #: Seconds the demo lets the market run between an entry and the manager's protection pass.
 PROTECT_AFTER_SECONDS = 2
-SAMPLE_UNIVERSE = 10
+#: Tickers in the demo's market: the simulator's 25 named ones plus synthetic ones (XAAA, XAAB, ...).
+#: A nightly scan looks at many tickers because on any one night only a few fire a signal whose
+#: backtest proves itself; 50 gives the ranker something to keep on (nearly) every day.
+DEMO_UNIVERSE_SIZE = 50
 #: Wall seconds the demo waits for the streamer to catch up with the market's trade updates.
 STREAM_WAIT_SECONDS = 5
 
@@ -51,18 +59,56 @@ class DaysOptions:
     first_day: date = DEFAULT_FIRST_DAY
     days: int = DEFAULT_DAYS
     workdir: Path | None = None
+    #: A progress bar redrawn in place (True), plain lines only (False); None: a bar when stdout is a terminal.
+    progress_bar: bool | None = None
 
 
 class _Narrator:
-    """Prints and remembers every line the demo shows (the secret audit reads them back)."""
+    """Prints and remembers every line the demo shows (the secret audit reads them back). With a
+    live bar, the bar is wiped before each line so lines never mix with it."""
 
-    def __init__(self, out):
+    def __init__(self, out, bar: LiveBar | None = None):
         self.out = out
+        self.bar = bar
         self.lines: list[str] = []
 
     def __call__(self, text: str = "") -> None:
         self.lines.append(text)
+        if self.bar is not None:
+            self.bar.clear()
         self.out(text)
+
+
+class LiveBar:
+    """The progress bar on a terminal: percent done, day i/N and the simulated New York time, redrawn
+    in place on one line (carriage return) and wiped before any other line is printed."""
+
+    WIDTH = 24
+
+    def __init__(self, stream, sessions):
+        self.stream = stream
+        self.sessions = sessions
+        self.shown = ""
+
+    def draw(self, number: int, moment: datetime) -> None:
+        """`number`: the day (1-based) in progress; `moment`: the simulated time now."""
+        session = self.sessions[number - 1]
+        start, end = _at(session.date, DAY_STARTS), _at(session.date, DAY_ENDS)
+        into_day = min(max((moment - start) / (end - start), 0.0), 1.0)
+        fraction = (number - 1 + into_day) / len(self.sessions)
+        done = int(self.WIDTH * fraction)
+        text = (f"[{'#' * done}{'.' * (self.WIDTH - done)}] {int(100 * fraction):3d}%  "
+                f"day {number}/{len(self.sessions)}  {moment.astimezone(NEW_YORK):%Y-%m-%d %H:%M} New York")
+        if text != self.shown:
+            self.stream.write("\r" + text + "\x1b[K")
+            self.stream.flush()
+            self.shown = text
+
+    def clear(self) -> None:
+        if self.shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self.shown = ""
 
 
 def run_days(options: DaysOptions, out=print) -> int:
@@ -75,7 +121,9 @@ def run_days(options: DaysOptions, out=print) -> int:
     sessions = [first]
     while len(sessions) < options.days:
         sessions.append(nyse().next_session(sessions[-1].date))
-    say = _Narrator(out)
+    show_bar = sys.stdout.isatty() if options.progress_bar is None else options.progress_bar
+    bar = LiveBar(sys.stdout, sessions) if show_bar else None
+    say = _Narrator(out, bar)
     captured = io.StringIO()
     handler = logging.StreamHandler(captured)
     handler.setLevel(logging.DEBUG)
@@ -84,6 +132,8 @@ def run_days(options: DaysOptions, out=print) -> int:
         with ExitStack() as stack:
             return _run(stack, options, sessions, say, captured)
     finally:
+        if bar is not None:
+            bar.clear()
         logging.getLogger().removeHandler(handler)
 
 
@@ -115,13 +165,17 @@ def _run(stack: ExitStack, options: DaysOptions, sessions, say: _Narrator, captu
     keys = bus.Keys(namespace)
     rules = ExitRules.from_settings(config.load(config.ExitSettings))
     manager = _start_streamer_and_manager(stack, client, keys, rules, redis_url)
-    line = _Line(engine, executor, client, keys, rules, say, workdir, options.seed, manager)
+    line = _Line(engine, executor, client, keys, rules, say, workdir, manager)
     entries: list[audit.EntryRun] = []
     files = None
     for number, session in enumerate(sessions, start=1):
+        line.day_number = number
         entry_run, files = line.day(session)
         entries.append(entry_run)
         say(_progress(number, len(sessions), session.date, files.report.account.equity, line))
+    quiet = [str(s.date) for s in sessions if s.date not in line.scan_days]
+    say(f"\nentries: on {len(line.scan_days)} of {len(sessions)} day(s) the trader bought what that morning's "
+        "scan found (no sample signals are made up)" + (f"; no entries on {', '.join(quiet)}" if quiet else ""))
 
     from services.reporter import render_text
 
@@ -158,7 +212,7 @@ def _start_market(stack: ExitStack, seed: int, start: datetime):
     from services.sim.server import ServerThread, SimServer
     from shared.sim.engine import MarketEngine
 
-    engine = MarketEngine.create(seed=seed, start=start, speed=0)
+    engine = MarketEngine.create(seed=seed, start=start, speed=0, universe_size=DEMO_UNIVERSE_SIZE)
     thread = ServerThread(SimServer(engine, api_key="sim-key", secret_key=SIM_SECRET, rate_limit=0)).start()
     stack.callback(thread.stop)
     return engine, thread.base_url
@@ -202,8 +256,7 @@ def _progress(number: int, total: int, day: date, equity, line: _Line) -> str:
 class _Line:
     """The line's services, driven one step of virtual time after another."""
 
-    def __init__(self, engine, executor, client, keys, rules, say, workdir: Path, seed: int, manager):
-        self.seed = seed
+    def __init__(self, engine, executor, client, keys, rules, say, workdir: Path, manager):
         self.manager = manager
         self.streamed_late = 0
         self.engine, self.executor, self.client, self.keys, self.rules = engine, executor, client, keys, rules
@@ -212,6 +265,9 @@ class _Line:
         self.trades_seen = 0
         self.fill_count = 0
         self.exit_count = 0
+        self.day_number = 1
+        #: Days the trader sent entries (for the signals the ranker kept from that morning's scan).
+        self.scan_days: list[date] = []
 
     def day(self, session):
         from services.ranker.jobs import rank_signals
@@ -220,21 +276,18 @@ class _Line:
 
         day = session.date
         self.say(f"\n== {day}")
-        self._advance_to(_at(day, time(5, 0)))
+        self._advance_to(_at(day, DAY_STARTS))
         self._scan()
         self._advance_to(_at(day, time(6, 0)))
         ranked = rank_signals(now=self.engine.now().isoformat())
-        if not ranked["kept"]:
-            self._sample_logs(day, ranked)
-            ranked = rank_signals(now=self.engine.now().isoformat())
-        tickers = ", ".join(s["ticker"] for s in ranked["kept"]) or "-"
-        self.say(f"  06:00 ranker: {ranked['logs']} log(s), kept {len(ranked['kept'])} ({tickers}), "
-                 f"rejected {len(ranked['rejected'])}")
+        self._say_ranked(ranked)
         entry_at = _at(day, time(9, 35))
         self._advance_to(entry_at)
         buying_power = self.executor.get_account().buying_power
         traded = trade_signals()
         self.say(f"  09:35 trader: {_trade_line(traded)}")
+        if any(e["status"] == "submitted" for e in traded.get("entries", [])):
+            self.scan_days.append(day)
         entry_run = audit.EntryRun(day=day, at=self.engine.now(), buying_power=buying_power)
         self.engine.advance(PROTECT_AFTER_SECONDS)
         self._manage(tick=False)
@@ -246,7 +299,7 @@ class _Line:
                 break
             self._advance_to(moment)
             self._manage(tick=True)
-        self._advance_to(_at(day, time(16, 5)))
+        self._advance_to(_at(day, DAY_ENDS))
         self._manage(tick=False, reconcile=True)
         files = write_report(self.executor, self.client, self.keys, self.rules, self.workdir / "reports")
         return entry_run, files
@@ -254,6 +307,8 @@ class _Line:
     def _advance_to(self, moment: datetime) -> None:
         if moment > self.engine.now():
             self.engine.advance_to(moment)
+        if self.say.bar is not None:
+            self.say.bar.draw(self.day_number, self.engine.now())
 
     def _scan(self) -> None:
         from services.scanner.jobs import scan_targets
@@ -261,14 +316,18 @@ class _Line:
         summary = scan_targets(now=self.engine.now().isoformat(), workers=1)
         self.say(f"  05:00 scanner: {summary['scanned']} ticker(s) scanned, {summary['in_trade']} in trade")
 
-    def _sample_logs(self, day: date, ranked: dict) -> None:
-        """The fallback when the scan gives the ranker nothing to keep (a short simulated history
-        rarely proves a strategy): sample logs in the same format, so the rest of the line runs."""
-        tickers = [a.symbol for a in self.engine.assets()][:SAMPLE_UNIVERSE]
-        prices = {s: p.price for s, p in self.executor.get_latest_prices(tickers).items()}
-        write_logs(self.workdir / "logs", sample_logs(prices, self.engine.now(), self.seed * 100_000 + day.toordinal()))
-        self.say(f"  06:00 ranker kept none of {ranked['logs']} scanned log(s); "
-                 f"wrote {len(prices)} sample logs instead (fallback)")
+    def _say_ranked(self, ranked: dict) -> None:
+        kept = ranked["kept"]
+        if not kept:
+            self.say(f"  06:00 ranker: kept NONE of {ranked['logs']} scanned log(s): no signal in trade with a "
+                     "profitable backtest, so no entries today")
+            return
+        self.say(f"  06:00 ranker: kept {len(kept)} of {ranked['logs']} scanned log(s), "
+                 f"rejected {len(ranked['rejected'])}")
+        for signal in kept:
+            self.say(f"    {signal['rank']}. {signal['ticker']:<5} {signal['strategy']:<21} win rate "
+                     f"{Decimal(signal['win_rate']) * 100:.1f}% over {signal['trades']} backtest trades, "
+                     f"average {Decimal(signal['avg_return']) * 100:+.2f}%")
 
     def _manage(self, *, tick: bool, reconcile: bool = False) -> None:
         """The manager's two duties: protect what filled (from the fills the streamer put in the Redis
@@ -329,4 +388,10 @@ class _Line:
 
 def _trade_line(traded: dict) -> str:
     counts = ", ".join(f"{n} {status}" for status, n in sorted(traded.get("counts", {}).items()))
-    return counts or f"{traded.get('status', '-')}: {traded.get('reason', '')}".rstrip(": ")
+    skips = traded.get("skips", [])
+    if not counts and not skips:
+        return f"{traded.get('status', '-')}: {traded.get('reason', '')}".rstrip(": ")
+    bought = ", ".join(e["symbol"] for e in traded.get("entries", []) if e["status"] == "submitted")
+    skipped = ", ".join(f"{s['symbol']} ({s['reason']})" for s in skips)
+    return ((counts or "0 submitted") + (f": {bought}" if bought else "")
+            + (f"; skipped {skipped}" if skipped else ""))

@@ -3,9 +3,14 @@
 Prices are integers in ticks of $0.0001 (exact, fast), always on Alpaca's increments: whole cents at
 or above $1, 1/100 cent below. `to_price` turns ticks into the Decimal every caller sees.
 
-A symbol's daily path is a geometric Brownian motion anchored at the asset's base price on the
-anchor session (the engine's start), walked forward and backward lazily with two seeded generators,
-so it depends only on (seed, symbol, anchor) and any range is cheap to ask for. Each session's
+A symbol's daily path is a geometric random walk with the asset's daily volatility, anchored at its
+base price on the anchor session (the engine's start), walked forward and backward lazily with
+seeded generators, so it depends only on (seed, symbol, anchor) and any range is cheap to ask for.
+It has the structure real charts have, so a trend strategy can prove itself in a backtest (or not):
+trend regimes (bull, flat, bear: a drift of +0.1, 0 or -0.1 daily volatilities a session, lasting
+about 90 sessions) and, per ticker, some momentum (0, 0.1 or 0.2 of a session's surprise carries
+into the next). Each bar opens near the previous close and moves in the session, walked forward or
+backward alike. Each session's
 minute path is a seeded bridge from the day's open to its close that touches the day's high and
 low exactly, so minute bars aggregate to the daily bar. A bars CSV can replace the generated days.
 """
@@ -55,6 +60,23 @@ def stable_seed(*parts: object) -> int:
     return int.from_bytes(digest, "big")
 
 
+#: The trend regimes of a generated path: each session's expected return in daily volatilities
+#: (bull, flat, bear). A regime lasts REGIME_SESSIONS sessions on average, then gives way to one of
+#: the other two; the three are equally likely over time, so the market as a whole does not drift.
+REGIME_DRIFTS: tuple[float, ...] = (0.1, 0.0, -0.1)
+REGIME_SESSIONS = 90
+#: A ticker's momentum: how much of one session's surprise carries into the next (the daily returns'
+#: autocorrelation), one of these per (seed, ticker). 0 is a pure random walk around the regime's drift.
+MOMENTUM_CHOICES: tuple[float, ...] = (0.0, 0.1, 0.2)
+
+
+def next_regime(regime: int, rng: random.Random) -> int:
+    """The next session's regime: the same one, or (1 in REGIME_SESSIONS) one of the others."""
+    if rng.random() * REGIME_SESSIONS >= 1.0:
+        return regime
+    return rng.choice([r for r in range(len(REGIME_DRIFTS)) if r != regime])
+
+
 @dataclass(frozen=True, slots=True)
 class DayBar:
     """One session's bar for one symbol, in ticks."""
@@ -98,23 +120,34 @@ class SymbolPath:
         self._days: dict[int, DayBar] = dict(given_days or {})
         self._given_minutes = given_minutes or {}
         self._minute_cache: OrderedDict[int, list[MinuteBar]] = OrderedDict()
+        self._fwd_rng = random.Random(stable_seed(seed, symbol, "forward"))
+        self._bwd_rng = random.Random(stable_seed(seed, symbol, "backward"))
+        self._momentum = random.Random(stable_seed(seed, symbol, "momentum")).choice(MOMENTUM_CHOICES)
+        # Regimes and shocks are chains walked both ways from the anchor session (both are
+        # reversible: walked backward they have the same statistics as forward).
+        self._regime_rngs = {
+            "forward": random.Random(stable_seed(seed, symbol, "regime-forward")),
+            "backward": random.Random(stable_seed(seed, symbol, "regime-backward")),
+        }
+        anchor_regime = random.Random(stable_seed(seed, symbol, "regime")).randrange(len(REGIME_DRIFTS))
+        self._regime = {"forward": anchor_regime, "backward": anchor_regime}
+        self._shock = {"forward": 0.0, "backward": 0.0}
+        #: The close of the session before the lowest generated one (None: no backward generation).
+        self._bwd_close: float | None
         if self._days:
             # Replay: generated days continue forward from the last given close, backward not at all.
             self._lo = min(self._days)
             self._hi = max(self._days)
             self._fwd_close = float(self._days[self._hi].close)
-            self._bwd_open = None
+            self._bwd_close = None
         else:
             close = float(round_ticks(base_price * TICKS_PER_DOLLAR))
-            first = self._make_day(
-                close_prev=None, close=close, rng=random.Random(stable_seed(seed, symbol, "anchor"))
-            )
+            before = self._step_back(close)
+            first = self._make_day(before, close, random.Random(stable_seed(seed, symbol, "anchor")))
             self._days[anchor] = first
             self._lo = self._hi = anchor
             self._fwd_close = float(first.close)
-            self._bwd_open = float(first.open)
-        self._fwd_rng = random.Random(stable_seed(seed, symbol, "forward"))
-        self._bwd_rng = random.Random(stable_seed(seed, symbol, "backward"))
+            self._bwd_close = before
 
     # -- daily ----------------------------------------------------------------------------
     def day(self, index: int) -> DayBar | None:
@@ -124,18 +157,28 @@ class SymbolPath:
         if index > self._hi:
             self._extend_forward(index)
         elif index < self._lo:
-            if self._bwd_open is None:
+            if self._bwd_close is None:
                 return None
             self._extend_backward(index)
         return self._days.get(index)
 
-    def _step(self, rng: random.Random) -> float:
-        return math.exp(-0.5 * self._sigma**2 + self._sigma * rng.gauss(0.0, 1.0))
+    def _step(self, rng: random.Random, way: str) -> float:
+        """One session's close-to-close factor in the regime of `way` ("forward" or "backward"), then
+        the regime for the next session that way."""
+        sigma, phi = self._sigma, self._momentum
+        shock = phi * self._shock[way] + math.sqrt(1.0 - phi * phi) * rng.gauss(0.0, 1.0)
+        self._shock[way] = shock
+        drift = REGIME_DRIFTS[self._regime[way]] * sigma
+        self._regime[way] = next_regime(self._regime[way], self._regime_rngs[way])
+        return math.exp(drift - 0.5 * sigma**2 + sigma * shock)
 
-    def _make_day(self, close_prev: float | None, close: float, rng: random.Random) -> DayBar:
+    def _step_back(self, close: float) -> float:
+        """The previous session's close, given this one's."""
+        return max(close / self._step(self._bwd_rng, "backward"), float(_MIN_TICKS))
+
+    def _make_day(self, close_prev: float, close: float, rng: random.Random) -> DayBar:
         sigma = self._sigma
-        reference = close if close_prev is None else close_prev
-        open_ = reference * math.exp(0.25 * sigma * rng.gauss(0.0, 1.0))
+        open_ = close_prev * math.exp(0.25 * sigma * rng.gauss(0.0, 1.0))
         high = max(open_, close) * math.exp(abs(0.6 * sigma * rng.gauss(0.0, 1.0)))
         low = min(open_, close) * math.exp(-abs(0.6 * sigma * rng.gauss(0.0, 1.0)))
         volume = int(self._volume * math.exp(0.35 * rng.gauss(0.0, 1.0)))
@@ -146,7 +189,7 @@ class SymbolPath:
 
     def _extend_forward(self, index: int) -> None:
         while self._hi < index:
-            close = max(self._fwd_close * self._step(self._fwd_rng), float(_MIN_TICKS))
+            close = max(self._fwd_close * self._step(self._fwd_rng, "forward"), float(_MIN_TICKS))
             bar = self._make_day(self._fwd_close, close, self._fwd_rng)
             self._hi += 1
             self._days[self._hi] = bar
@@ -154,12 +197,11 @@ class SymbolPath:
 
     def _extend_backward(self, index: int) -> None:
         while self._lo > index:
-            # The previous close is this day's open shifted back by the overnight gap.
-            close = max(self._bwd_open / self._step(self._bwd_rng), float(_MIN_TICKS))
-            bar = self._make_day(None, close, self._bwd_rng)
+            close = self._bwd_close
+            before = self._step_back(close)
             self._lo -= 1
-            self._days[self._lo] = bar
-            self._bwd_open = float(bar.open)
+            self._days[self._lo] = self._make_day(before, close, self._bwd_rng)
+            self._bwd_close = before
 
     # -- minutes --------------------------------------------------------------------------
     def minutes(self, index: int) -> list[MinuteBar]:

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -95,6 +96,28 @@ def test_a_redis_that_lost_its_scripts_is_given_them_again_and_nothing_is_lost()
     client.script_flush()  # what a Redis restart without persistence does to the script cache
     assert all(entry_id is not None for entry_id in recorder.write_many(ONE_OF_EACH[1:4]))
     assert _entries(client, keys) == ONE_OF_EACH[:4]
+
+
+def test_the_demos_embedded_redis_takes_a_fresh_recorders_first_batch():
+    # The embedded server (fakeredis over TCP) drops the connection when a pipeline meets an error
+    # reply such as NOSCRIPT; the recorder loads its script before its first batch, so it never does.
+    import redis
+
+    from services.demo.runner import _embedded_redis_server
+    from shared.bus import Keys
+
+    server = _embedded_redis_server()
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        host, port = server.server_address
+        client = redis.Redis(host=host, port=port, decode_responses=True, socket_timeout=5)
+        keys = Keys("embedded-first-batch")
+        recorder = Recorder(client, keys)
+        assert all(entry_id is not None for entry_id in recorder.write_many(ONE_OF_EACH))
+        assert _entries(client, keys) == ONE_OF_EACH
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_backfilled_copy_of_a_delivered_fill_adds_no_second_entry(redis_client, keys):

@@ -105,6 +105,7 @@ class Recorder:
         self.seen_ttl = seen_ttl
         self.on_redis_back = on_redis_back
         self._script = client.register_script(_RECORD_ONCE)
+        self._script_loaded = False
         self._queue: deque[_Pending] = deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -125,6 +126,11 @@ class Recorder:
         a burst of fills costs two round trips, not two per fill. Entry ids, None for duplicates.
         Raises redis errors (nothing of the batch is then known to be written: the dedup marks make
         retrying the whole batch safe)."""
+        if not self._script_loaded:
+            # Loaded up front (again after any Redis failure: a restart empties the script cache), so
+            # the batch never meets NOSCRIPT in the middle of a pipeline.
+            self._script.sha = self.client.script_load(_RECORD_ONCE)
+            self._script_loaded = True
         recorded_at = datetime.now(UTC).isoformat()
         pipe = self.client.pipeline(transaction=False)
         for update in updates:
@@ -138,9 +144,12 @@ class Recorder:
         try:
             entry_ids = pipe.execute()
         except redis.exceptions.NoScriptError:
-            # Redis lost its script cache (a restart): every call of the batch failed alike. Load, retry.
-            self._script.sha = self.client.script_load(_RECORD_ONCE)
+            # Someone ran SCRIPT FLUSH: every call of the batch failed alike. Load, retry once.
+            self._script_loaded = False
             return self.write_many(updates)
+        except (redis.RedisError, OSError):
+            self._script_loaded = False
+            raise
         self._mirror(updates, entry_ids)
         return entry_ids
 

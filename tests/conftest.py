@@ -53,24 +53,71 @@ def pytest_report_header(config):
     return f"redis: {_backend['kind']} at {url}"
 
 
+_KEPT = pytest.StashKey[list]()
+
+
+def pytest_configure(config):
+    config.stash[_KEPT] = []
+
+
+@pytest.fixture(scope="session")
+def keep_artifact(pytestconfig):
+    """Name a file a test leaves for people to look at (a screenshot); listed after the run."""
+    def keep(label: str, path) -> None:
+        pytestconfig.stash[_KEPT].append((label, path))
+    return keep
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    kept = config.stash.get(_KEPT, [])
+    if kept:
+        terminalreporter.section("kept for people to look at")
+        for label, path in kept:
+            terminalreporter.write_line(f"{label}: {path}")
+
+
 @pytest.fixture
-def namespace() -> str:
-    return f"test-{uuid.uuid4().hex[:10]}"
+def namespace():
+    """A fresh key prefix; at the end every key of it is removed from the test Redis, with the RQ
+    jobs, results, workers and schedulers that served its queues (RQ names those by uuid, not by
+    queue), whoever wrote them: the test, a job, or a service run as a subprocess."""
+    name = f"test-{uuid.uuid4().hex[:10]}"
+    yield name
+    client = redis.Redis.from_url(redis_url(), decode_responses=True)
+    try:
+        remove_namespace(client, name)
+    finally:
+        client.close()
+
+
+def remove_namespace(client: redis.Redis, namespace: str) -> None:
+    doomed = list(client.scan_iter(match=f"{namespace}*", count=1000))
+    doomed += client.scan_iter(match=f"rq:*{namespace}*", count=1000)
+    for job_key in client.scan_iter(match="rq:job:*", count=1000):
+        origin = client.hget(job_key, "origin") if client.type(job_key) == "hash" else None
+        if origin and origin.startswith(namespace):
+            job_id = job_key.removeprefix("rq:job:")
+            doomed += [job_key, f"rq:results:{job_id}", f"rq:executions:{job_id}"]
+            doomed += client.scan_iter(match=f"rq:execution:{job_id}:*", count=1000)
+    for registry in ("rq:worker:*", "rq:scheduler:*"):
+        for key in client.scan_iter(match=registry, count=1000):
+            queues = client.hget(key, "queues") if client.type(key) == "hash" else None
+            if queues and namespace in queues:
+                doomed.append(key)
+    for start in range(0, len(doomed), 500):
+        client.delete(*doomed[start:start + 500])
+    # RQ also lists every queue and worker in registry sets: remove only the members that are ours.
+    for registry in ("rq:queues", "rq:workers"):
+        ours = [m for m in client.smembers(registry) if namespace in m or m in doomed]
+        if ours:
+            client.srem(registry, *ours)
 
 
 @pytest.fixture
 def redis_client(namespace):
     client = redis.Redis.from_url(redis_url(), decode_responses=True)
     yield client
-    for key in client.scan_iter(match=f"{namespace}*", count=1000):
-        client.delete(key)
-    for key in client.scan_iter(match=f"rq:*{namespace}*", count=1000):
-        client.delete(key)
-    # RQ also lists every queue and worker in registry sets: remove only the members that are ours.
-    for registry in ("rq:queues", "rq:workers"):
-        ours = [m for m in client.smembers(registry) if namespace in m]
-        if ours:
-            client.srem(registry, *ours)
+    remove_namespace(client, namespace)
     client.close()
 
 

@@ -1,7 +1,7 @@
 """rq-dashboard as the operator sees it: started like the compose file starts it (`--json`, basic
 auth) against a Redis holding the project's queues and jobs; a request without the login is
 refused; headless Chromium logs in and shows the queues; a screenshot is kept at
-`reports/test-artifacts/dashboard.png` (gitignored) and its path printed.
+`reports/test-artifacts/dashboard.png` (gitignored) and its path listed after the run.
 
 Chromium comes from `scripts/ensure_chromium.sh`. Missing: the test fails under CI=true, else skips.
 """
@@ -203,7 +203,7 @@ class Browser:
             self.process.wait(timeout=10)
 
 
-def test_chromium_logs_in_and_shows_the_projects_queues(dashboard, keys, tmp_path):
+def test_chromium_logs_in_and_shows_the_projects_queues(dashboard, keys, tmp_path, keep_artifact):
     binary = chromium_path()
     base, password = dashboard
     names = [keys.queue(s) for s in SERVICES]
@@ -225,4 +225,4 @@ def test_chromium_logs_in_and_shows_the_projects_queues(dashboard, keys, tmp_pat
     screenshot.write_bytes(png)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(png) > 10_000  # a blank or error page compresses to a few KB
-    print(f"\ndashboard screenshot: {screenshot}")
+    keep_artifact("dashboard screenshot", screenshot)

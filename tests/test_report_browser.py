@@ -2,7 +2,7 @@
 
 The scenario is the reporter test's (the simulated market over alpaca-py, the manager's reconcile and
 ledger, real Redis, three closes). Chromium takes a screenshot, kept at
-`reports/test-artifacts/report.png` (gitignored) and printed, and dumps the DOM it rendered; the test
+`reports/test-artifacts/report.png` (gitignored) and listed after the run, and dumps the DOM it rendered; the test
 checks the curve and bars are drawn and that the figures shown are the JSON file's.
 
 Chromium comes from `scripts/ensure_chromium.sh`. Missing: the test fails under CI=true, else skips.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import redis_url
+from conftest import redis_url, remove_namespace
 from simhelpers import start_sim
 from test_reporter import Scenario, run_scenario
 
@@ -89,7 +89,7 @@ def png_size(path: Path) -> tuple[int, int]:
 
 
 @pytest.fixture(scope="module")
-def rendered(tmp_path_factory):
+def rendered(tmp_path_factory, keep_artifact):
     """One scenario and one Chromium run for the whole module (Chromium takes seconds to start)."""
     binary = chromium_path()
     tmp_path = tmp_path_factory.mktemp("browser")
@@ -100,8 +100,7 @@ def rendered(tmp_path_factory):
         scenario: Scenario = run_scenario(handle, client, Keys(namespace), tmp_path / "reports")
     finally:
         handle.stop()
-        for key in client.scan_iter(match=f"{namespace}*", count=1000):
-            client.delete(key)
+        remove_namespace(client, namespace)
         client.close()
     html_path = scenario.files[-1].html_path
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -111,7 +110,8 @@ def rendered(tmp_path_factory):
                     html_path.as_uri())
     assert screenshot.is_file(), f"chromium wrote no screenshot: {shot.stderr[-2000:]}"
     shutil.copy(html_path, ARTIFACTS / "report.html")
-    print(f"\nreport screenshot: {screenshot}\nreport html: {ARTIFACTS / 'report.html'}")
+    keep_artifact("report screenshot", screenshot)
+    keep_artifact("report html", ARTIFACTS / "report.html")
     dumped = chromium(binary, tmp_path / "profile-dom", "--dump-dom", html_path.as_uri())
     assert dumped.returncode == 0 and "<svg" in dumped.stdout, dumped.stderr[-2000:]
     dom = Dom()

@@ -13,6 +13,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from conftest import redis_url
@@ -22,6 +23,22 @@ from test_trader import FIVE, buy_orders, by_symbol, rank_today, trader  # noqa:
 from services.trader.jobs import trade_signals
 from shared.bus import connect_rq
 from shared.queues import enqueue
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and every process descended from it (Linux /proc), children before parents."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                # Field 4 of /proc/<pid>/stat is the parent pid; the name (field 2) may hold spaces.
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    tree = [root]
+    for pid in tree:
+        tree += [child for child, parent in parents.items() if parent == pid]
+    return tree[::-1]
 
 
 def entries_per_symbol(market) -> dict[str, int]:
@@ -110,7 +127,8 @@ def test_worker_killed_mid_run_then_run_again_leaves_exactly_one_entry_per_signa
     trader.control.delay_requests(5, 1.5, path_prefix="/v2/orders", method="POST", when="after")
     enqueue(connect_rq(redis_url()), keys, "trader", "services.trader.jobs.trade_signals")
     with open(tmp_path / "worker.log", "w") as log:
-        # Its own session, so the SIGKILL reaches the work horse RQ forks for the job as well.
+        # The job runs in the work horse RQ forks, in a process group of its own: the kill takes the
+        # whole tree, as stopping the container would.
         worker = subprocess.Popen([sys.executable, "-m", "services.trader"], cwd=tmp_path, env=worker_env,
                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -120,8 +138,11 @@ def test_worker_killed_mid_run_then_run_again_leaves_exactly_one_entry_per_signa
                 assert time.monotonic() < deadline, "the worker never got to the second order"
                 time.sleep(0.05)
         finally:
-            os.killpg(worker.pid, signals_module.SIGKILL)
+            tree = process_tree(worker.pid)
+            for pid in tree:
+                os.kill(pid, signals_module.SIGKILL)
             worker.wait(timeout=10)
+    assert len(tree) >= 2, f"no work horse under the worker: {tree}"
     time.sleep(2)  # longer than the answer delay: nothing of the killed run arrives late
     killed_at = entries_per_symbol(trader)
     assert 2 <= sum(killed_at.values()) < 5 and set(killed_at.values()) == {1}

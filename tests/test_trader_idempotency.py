@@ -6,6 +6,7 @@ Real things only: alpaca-py against the simulator's server, real Redis, and for 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal as signals_module
 import subprocess
@@ -140,7 +141,8 @@ def test_worker_killed_mid_run_then_run_again_leaves_exactly_one_entry_per_signa
         finally:
             tree = process_tree(worker.pid)
             for pid in tree:
-                os.kill(pid, signals_module.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signals_module.SIGKILL)
             worker.wait(timeout=10)
     assert len(tree) >= 2, f"no work horse under the worker: {tree}"
     time.sleep(2)  # longer than the answer delay: nothing of the killed run arrives late

@@ -77,6 +77,28 @@ def next_regime(regime: int, rng: random.Random) -> int:
     return rng.choice([r for r in range(len(REGIME_DRIFTS)) if r != regime])
 
 
+class _Walk:
+    """One direction of a symbol's daily walk from the anchor session: its generator (which also
+    shapes each bar), its regime chain and the last session's surprise (for momentum)."""
+
+    __slots__ = ("rng", "_regime_rng", "_regime", "_shock", "_sigma", "_phi")
+
+    def __init__(self, seed: int, symbol: str, way: str, sigma: float, momentum: float, regime: int):
+        self.rng = random.Random(stable_seed(seed, symbol, way))
+        self._regime_rng = random.Random(stable_seed(seed, symbol, f"regime-{way}"))
+        self._regime = regime
+        self._shock = 0.0
+        self._sigma, self._phi = sigma, momentum
+
+    def factor(self) -> float:
+        """One session's close-to-close factor in the current regime, then the next session's regime."""
+        sigma, phi = self._sigma, self._phi
+        self._shock = phi * self._shock + math.sqrt(1.0 - phi * phi) * self.rng.gauss(0.0, 1.0)
+        drift = REGIME_DRIFTS[self._regime] * sigma
+        self._regime = next_regime(self._regime, self._regime_rng)
+        return math.exp(drift - 0.5 * sigma**2 + sigma * self._shock)
+
+
 @dataclass(frozen=True, slots=True)
 class DayBar:
     """One session's bar for one symbol, in ticks."""
@@ -120,18 +142,12 @@ class SymbolPath:
         self._days: dict[int, DayBar] = dict(given_days or {})
         self._given_minutes = given_minutes or {}
         self._minute_cache: OrderedDict[int, list[MinuteBar]] = OrderedDict()
-        self._fwd_rng = random.Random(stable_seed(seed, symbol, "forward"))
-        self._bwd_rng = random.Random(stable_seed(seed, symbol, "backward"))
-        self._momentum = random.Random(stable_seed(seed, symbol, "momentum")).choice(MOMENTUM_CHOICES)
-        # Regimes and shocks are chains walked both ways from the anchor session (both are
-        # reversible: walked backward they have the same statistics as forward).
-        self._regime_rngs = {
-            "forward": random.Random(stable_seed(seed, symbol, "regime-forward")),
-            "backward": random.Random(stable_seed(seed, symbol, "regime-backward")),
-        }
-        anchor_regime = random.Random(stable_seed(seed, symbol, "regime")).randrange(len(REGIME_DRIFTS))
-        self._regime = {"forward": anchor_regime, "backward": anchor_regime}
-        self._shock = {"forward": 0.0, "backward": 0.0}
+        momentum = random.Random(stable_seed(seed, symbol, "momentum")).choice(MOMENTUM_CHOICES)
+        regime = random.Random(stable_seed(seed, symbol, "regime")).randrange(len(REGIME_DRIFTS))
+        # The walk goes both ways from the anchor session (regimes and momentum are reversible: walked
+        # backward they have the same statistics as forward).
+        self._fwd = _Walk(seed, symbol, "forward", daily_volatility, momentum, regime)
+        self._bwd = _Walk(seed, symbol, "backward", daily_volatility, momentum, regime)
         #: The close of the session before the lowest generated one (None: no backward generation).
         self._bwd_close: float | None
         if self._days:
@@ -162,19 +178,9 @@ class SymbolPath:
             self._extend_backward(index)
         return self._days.get(index)
 
-    def _step(self, rng: random.Random, way: str) -> float:
-        """One session's close-to-close factor in the regime of `way` ("forward" or "backward"), then
-        the regime for the next session that way."""
-        sigma, phi = self._sigma, self._momentum
-        shock = phi * self._shock[way] + math.sqrt(1.0 - phi * phi) * rng.gauss(0.0, 1.0)
-        self._shock[way] = shock
-        drift = REGIME_DRIFTS[self._regime[way]] * sigma
-        self._regime[way] = next_regime(self._regime[way], self._regime_rngs[way])
-        return math.exp(drift - 0.5 * sigma**2 + sigma * shock)
-
     def _step_back(self, close: float) -> float:
         """The previous session's close, given this one's."""
-        return max(close / self._step(self._bwd_rng, "backward"), float(_MIN_TICKS))
+        return max(close / self._bwd.factor(), float(_MIN_TICKS))
 
     def _make_day(self, close_prev: float, close: float, rng: random.Random) -> DayBar:
         sigma = self._sigma
@@ -189,8 +195,8 @@ class SymbolPath:
 
     def _extend_forward(self, index: int) -> None:
         while self._hi < index:
-            close = max(self._fwd_close * self._step(self._fwd_rng, "forward"), float(_MIN_TICKS))
-            bar = self._make_day(self._fwd_close, close, self._fwd_rng)
+            close = max(self._fwd_close * self._fwd.factor(), float(_MIN_TICKS))
+            bar = self._make_day(self._fwd_close, close, self._fwd.rng)
             self._hi += 1
             self._days[self._hi] = bar
             self._fwd_close = float(bar.close)
@@ -200,7 +206,7 @@ class SymbolPath:
             close = self._bwd_close
             before = self._step_back(close)
             self._lo -= 1
-            self._days[self._lo] = self._make_day(before, close, self._bwd_rng)
+            self._days[self._lo] = self._make_day(before, close, self._bwd.rng)
             self._bwd_close = before
 
     # -- minutes --------------------------------------------------------------------------

@@ -49,6 +49,12 @@ class NotFractionable(OrderRejected):
     pass
 
 
+class NotTradable(OrderRejected):
+    """The asset is halted or not tradable: no order is accepted. Resting orders may stay, so a
+    working stop must not be cancelled in the hope of replacing it (../shared/reference/alpaca.md
+    section 14)."""
+
+
 class FractionalRuleViolation(OrderRejected):
     """Fractional/notional order broke a fractional rule (TIF not day, not simple, short...)."""
 

@@ -229,6 +229,24 @@ class TradingDay(Model):
     close: AwareDatetime
 
 
+class Split(Model):
+    """A stock split as the broker's corporate-actions feed announces it.
+
+    On `ex_date` (a New York session date) the share count re-bases by `ratio` and the price by
+    its inverse: a 2-for-1 forward split is new_rate 2, old_rate 1 (ratio 2); a 1-for-4 reverse
+    split is new_rate 1, old_rate 4 (ratio 0.25)."""
+
+    symbol: str
+    ex_date: date
+    old_rate: Decimal
+    new_rate: Decimal
+
+    @property
+    def ratio(self) -> Decimal:
+        """The factor on share counts (prices divide by it)."""
+        return self.new_rate / self.old_rate
+
+
 class TradeEventType(StrEnum):
     NEW = "new"
     FILL = "fill"

@@ -108,6 +108,27 @@ class SimControl:
                 body[key] = value
         return self._post("/sim/asset", body)
 
+    def split(
+        self,
+        symbol: str,
+        new_rate: Decimal | str | int,
+        old_rate: Decimal | str | int,
+        orders: str = "adjust",
+        announce: bool = True,
+    ) -> dict:
+        """Split `symbol` now (2, 1: two for one; 1, 4: one for four): position, prices and history
+        re-base; resting orders "adjust" / "cancel" / "keep"; `announce=False`: no corporate action."""
+        return self._post(
+            "/sim/split",
+            {
+                "symbol": symbol,
+                "new_rate": str(new_rate),
+                "old_rate": str(old_rate),
+                "orders": orders,
+                "announce": announce,
+            },
+        )
+
     # -- fills ---------------------------------------------------------------------------------------
     def fill(
         self,

@@ -18,6 +18,11 @@ from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 import pytest
+import requests
+from alpaca.data.enums import CorporateActionsType
+from alpaca.data.historical.corporate_actions import CorporateActionsClient
+from alpaca.data.models.corporate_actions import ForwardSplit, ReverseSplit
+from alpaca.data.requests import CorporateActionsRequest
 from simhelpers import DEFAULT_START, start_sim
 
 from shared.broker.alpaca import AlpacaExecutor
@@ -29,6 +34,7 @@ from shared.errors import (
     NotCancelable,
     NotFound,
     NotFractionable,
+    NotTradable,
     OrderRejected,
 )
 from shared.market.calendar import NEW_YORK, nyse
@@ -64,6 +70,13 @@ class Market:
     def set_ask_missing(self, symbol: str) -> None:
         raise NotImplementedError
 
+    def split(self, symbol: str, new_rate: int, old_rate: int, **kw) -> None:
+        """Split now (`orders`, `announce` as `MarketEngine.split`)."""
+        raise NotImplementedError
+
+    def set_tradable(self, symbol: str, tradable: bool) -> None:
+        raise NotImplementedError
+
     def drop_stream(self, stream) -> None:
         """Break the trade-update connection the way the network would."""
         raise NotImplementedError
@@ -81,6 +94,12 @@ class EngineMarket(Market):
 
     def set_ask_missing(self, symbol: str) -> None:
         self.engine.set_ask_missing(symbol)
+
+    def split(self, symbol: str, new_rate: int, old_rate: int, **kw) -> None:
+        self.engine.split(symbol, new_rate, old_rate, **kw)
+
+    def set_tradable(self, symbol: str, tradable: bool) -> None:
+        self.engine.set_asset(symbol, tradable=tradable)
 
     def drop_stream(self, stream) -> None:
         stream.drop()
@@ -100,6 +119,12 @@ class ControlMarket(Market):
 
     def set_ask_missing(self, symbol: str) -> None:
         self.control.set_ask_missing(symbol)
+
+    def split(self, symbol: str, new_rate: int, old_rate: int, **kw) -> None:
+        self.control.split(symbol, new_rate, old_rate, **kw)
+
+    def set_tradable(self, symbol: str, tradable: bool) -> None:
+        self.control.set_asset(symbol, tradable=tradable)
 
     def drop_stream(self, stream) -> None:
         assert self.control.drop_stream() == 1
@@ -462,6 +487,147 @@ def test_daily_bars_are_one_per_session_oldest_first(broker):
 
     sessions = nyse().sessions(start.date(), end.date())
     assert [b.t.astimezone(NEW_YORK).date() for b in bars] == [s.date for s in sessions]
+
+
+# -- corporate actions and halts -------------------------------------------------------------------
+
+#: A split made now (Monday's session in progress) goes ex today.
+EX_DATE = DEFAULT_START.date()
+DAY = timedelta(days=1)
+
+
+def test_splits_feed_lists_an_announced_split_with_its_ratio_and_nothing_else(broker):
+    broker.market.split("AAPL", 2, 1)
+    broker.market.split("TSLA", 1, 4)
+
+    splits = broker.executor.get_splits(["tsla", "AAPL", "MSFT"], EX_DATE, EX_DATE)
+
+    assert [(s.symbol, s.ex_date, s.ratio) for s in splits] == [
+        ("AAPL", EX_DATE, Decimal("2")),
+        ("TSLA", EX_DATE, Decimal("0.25")),
+    ]
+    assert (splits[1].new_rate, splits[1].old_rate) == (Decimal("1"), Decimal("4"))
+    assert broker.executor.get_splits(["MSFT"], EX_DATE, EX_DATE) == []
+    assert broker.executor.get_splits(["AAPL"], EX_DATE + DAY, EX_DATE + 7 * DAY) == []
+    assert broker.executor.get_splits(["AAPL"], EX_DATE - 7 * DAY, EX_DATE - DAY) == []
+    assert broker.executor.get_splits([], EX_DATE, EX_DATE) == []
+
+
+def test_split_rebases_the_position_and_its_protective_oco(broker):
+    buy_filled(broker.executor, FRACTIONABLE, Decimal("10"), "contract-split-entry")
+    stop, target = protective_prices(broker.executor, FRACTIONABLE)
+    broker.executor.submit_protective_exit(FRACTIONABLE, Decimal("10"), stop, target, "contract-split-exit")
+
+    broker.market.split(FRACTIONABLE, 2, 1)
+
+    position = broker.executor.get_position(FRACTIONABLE)
+    [group] = broker.executor.get_open_orders(FRACTIONABLE)
+    assert (position.qty, position.qty_available) == (Decimal("20"), Decimal("0"))
+    assert (group.qty, group.limit_price) == (Decimal("20"), round_price(target / 2))
+    assert (group.legs[0].qty, group.legs[0].stop_price) == (Decimal("20"), round_price(stop / 2))
+
+
+def test_unannounced_split_rebases_the_position_but_the_feed_does_not_know_it(broker):
+    buy_filled(broker.executor, FRACTIONABLE, Decimal("10"), "contract-split-quiet")
+
+    broker.market.split(FRACTIONABLE, 2, 1, announce=False)
+
+    assert broker.executor.get_position(FRACTIONABLE).qty == Decimal("20")
+    assert broker.executor.get_splits([FRACTIONABLE], EX_DATE, EX_DATE) == []
+
+
+def test_order_on_a_non_tradable_asset_raises_not_tradable_and_resting_orders_stay(broker):
+    buy_filled(broker.executor, FRACTIONABLE, Decimal("10"), "contract-halt-entry")
+    stop, target = protective_prices(broker.executor, FRACTIONABLE)
+    broker.executor.submit_protective_exit(FRACTIONABLE, Decimal("10"), stop, target, "contract-halt-exit")
+
+    broker.market.set_tradable(FRACTIONABLE, False)
+
+    with pytest.raises(NotTradable) as refused:
+        broker.executor.buy_qty(FRACTIONABLE, Decimal("1"), "contract-halt-buy")
+    assert isinstance(refused.value, OrderRejected) and refused.value.status == 403
+    with pytest.raises(NotTradable):
+        broker.executor.sell_market(FRACTIONABLE, Decimal("1"), "contract-halt-sell")
+    assert broker.executor.get_order_by_client_id("contract-halt-buy") is None
+    assert broker.executor.get_asset(FRACTIONABLE).tradable is False
+    resting = broker.executor.get_open_orders(FRACTIONABLE)
+    assert [o.client_order_id for o in resting] == ["contract-halt-exit"]
+
+
+def test_no_symbols_ask_the_splits_feed_nothing(clean_env):
+    handle = start_sim()
+    executor = AlpacaExecutor(handle.broker_settings(FL_BROKER_TIMEOUT_SECONDS=2))
+    handle.stop()  # nothing listens any more: a request would fail
+    try:
+        assert executor.get_splits([], EX_DATE, EX_DATE) == []
+    finally:
+        executor.close()
+
+
+# -- the simulator's corporate-actions feed, read by alpaca-py itself -------------------------------
+
+
+def test_alpaca_py_corporate_actions_client_parses_the_simulators_feed():
+    handle = start_sim()
+    client = CorporateActionsClient(handle.api_key, handle.secret_key, url_override=handle.base_url)
+    client._retry = 0
+    splits = [CorporateActionsType.FORWARD_SPLIT, CorporateActionsType.REVERSE_SPLIT]
+    try:
+        handle.control.split("AAPL", 2, 1)
+        handle.control.split("TSLA", 1, 4)
+        handle.control.split("MSFT", 3, 1, announce=False)
+
+        symbols = ["AAPL", "TSLA", "MSFT"]
+        actions = client.get_corporate_actions(
+            CorporateActionsRequest(symbols=symbols, types=splits, start=EX_DATE, end=EX_DATE)
+        ).data
+        reverse_only = [CorporateActionsType.REVERSE_SPLIT]
+        only_reverse = client.get_corporate_actions(
+            CorporateActionsRequest(symbols=symbols, types=reverse_only, start=EX_DATE, end=EX_DATE)
+        ).data
+        later = client.get_corporate_actions(
+            CorporateActionsRequest(symbols=["AAPL"], start=EX_DATE + DAY, end=EX_DATE + 7 * DAY)
+        ).data
+    finally:
+        client._session.close()
+        handle.stop()
+
+    [forward] = actions["forward_splits"]
+    [reverse] = actions["reverse_splits"]
+    assert set(actions) == {"forward_splits", "reverse_splits"}
+    assert isinstance(forward, ForwardSplit) and isinstance(reverse, ReverseSplit)
+    assert (forward.symbol, forward.new_rate, forward.old_rate, forward.ex_date) == ("AAPL", 2, 1, EX_DATE)
+    assert forward.process_date == EX_DATE and forward.payable_date < EX_DATE and len(forward.cusip) == 9
+    assert (reverse.symbol, reverse.new_rate, reverse.old_rate, reverse.ex_date) == ("TSLA", 1, 4, EX_DATE)
+    assert reverse.new_cusip != reverse.old_cusip
+    assert set(only_reverse) == {"reverse_splits"}
+    assert [a.symbol for a in only_reverse["reverse_splits"]] == ["TSLA"]
+    assert later == {}
+
+
+def test_split_control_answers_bad_input_with_404_or_a_one_line_422():
+    handle = start_sim()
+    try:
+        answers = [
+            requests.post(f"{handle.base_url}/sim/split", json=body, timeout=10)
+            for body in (
+                {"symbol": "NOSUCHTICKER", "new_rate": 2, "old_rate": 1},
+                {"symbol": "AAPL", "new_rate": 0, "old_rate": 1},
+                {"symbol": "AAPL", "new_rate": 2, "old_rate": "-1"},
+                {"symbol": "AAPL", "new_rate": "Infinity", "old_rate": 1},
+                {"symbol": "AAPL", "new_rate": "1e999999", "old_rate": 1},
+                {"symbol": "AAPL", "old_rate": 1},
+                {"symbol": "AAPL", "new_rate": 2, "old_rate": 1, "orders": "replace"},
+                {"symbol": "AAPL", "new_rate": 2, "old_rate": 1, "announce": "yes"},
+            )
+        ]
+        state = handle.control.state()
+    finally:
+        handle.stop()
+
+    assert [a.status_code for a in answers] == [404] + [422] * 7
+    assert all("\n" not in a.json()["message"] for a in answers)
+    assert state["splits"] == [] and state["positions"] == []
 
 
 # -- clock and calendar ----------------------------------------------------------------------------

@@ -522,6 +522,153 @@ def test_ten_trading_days_with_resting_orders_in_twenty_symbols_process_every_se
     assert engine.clock_view().is_open
 
 
+# -- splits ----------------------------------------------------------------------------------------
+
+HALF_CENT = D("0.005")
+
+
+def test_forward_split_two_for_one_rebases_the_position_the_price_and_all_history(engine):
+    engine.submit_order(buy("AAPL", "10"))
+    held = engine.position("AAPL")
+    price = last_price(engine, "AAPL")
+    days = engine.bars("AAPL", "1Day", ny(2024, 2, 1), ny(2024, 3, 4, 23, 0))
+    minutes = engine.bars("AAPL", "1Min", ny(2024, 3, 1), ny(2024, 3, 4, 23, 0))
+
+    action = engine.split("AAPL", 2, 1)
+
+    position = engine.position("AAPL")
+    assert (action.type, action.ratio, action.ex_date) == ("forward_split", 2, date(2024, 3, 4))
+    assert position.qty == 20 and position.cost_basis == held.cost_basis
+    assert position.avg_entry_price == (held.avg_entry_price / 2).quantize(D("0.0001"))
+    assert abs(last_price(engine, "AAPL") - price / 2) <= HALF_CENT
+    assert abs(position.market_value - held.market_value) <= 20 * HALF_CENT
+    # History reads split-adjusted: the same bars, prices halved on the grid, volumes doubled.
+    for before, after in (
+        (days, engine.bars("AAPL", "1Day", ny(2024, 2, 1), ny(2024, 3, 4, 23, 0))),
+        (minutes, engine.bars("AAPL", "1Min", ny(2024, 3, 1), ny(2024, 3, 4, 23, 0))),
+    ):
+        assert [b.t for b in after] == [b.t for b in before]
+        for old, new in zip(before, after, strict=True):
+            assert abs(to_price(new.close) - to_price(old.close) / 2) <= HALF_CENT
+            assert abs(to_price(new.low) - to_price(old.low) / 2) <= HALF_CENT
+            assert new.volume == 2 * old.volume
+    today = engine.bars("AAPL", "1Day", ny(2024, 3, 4), ny(2024, 3, 4, 23, 0))[-1]
+    assert to_price(today.close) == last_price(engine, "AAPL")
+
+
+def test_reverse_split_one_for_four_keeps_the_fractional_share_and_the_cost_basis(engine):
+    engine.submit_order(buy("TSLA", "10"))
+    held = engine.position("TSLA")
+    price = last_price(engine, "TSLA")
+    days = engine.bars("TSLA", "1Day", ny(2024, 2, 1), ny(2024, 3, 1, 23, 0))
+
+    action = engine.split("TSLA", 1, 4)
+
+    position = engine.position("TSLA")
+    assert (action.type, action.ratio) == ("reverse_split", D("0.25"))
+    assert position.qty == D("2.5")  # no cash in lieu: the half share stays
+    assert position.cost_basis == held.cost_basis
+    assert position.avg_entry_price == (held.avg_entry_price * 4).quantize(D("0.0001"))
+    assert last_price(engine, "TSLA") == price * 4
+    after = engine.bars("TSLA", "1Day", ny(2024, 2, 1), ny(2024, 3, 1, 23, 0))
+    assert [to_price(b.open) for b in after] == [to_price(b.open) * 4 for b in days]
+    assert all(abs(new.volume * 4 - old.volume) <= 2 for old, new in zip(days, after, strict=True))
+
+
+def _protected(engine: MarketEngine, symbol: str = "AAPL"):
+    """10 shares under a GTC OCO (stop 150.01, target 200.01) and a resting GTC limit buy of 4 at
+    180.01: odd cents, so halving them lands between two cents and must be rounded."""
+    engine.submit_order(buy(symbol, "10"))
+    group = engine.submit_order(oco(symbol, "10", stop="150.01", target="200.01"))
+    limit = engine.submit_order(
+        buy(symbol, "4", type=OrderType.LIMIT, limit_price=D("180.01"), tif=TimeInForce.GTC)
+    )
+    return group, limit
+
+
+def test_split_adjusts_resting_orders_by_default_the_whole_oco_group(engine):
+    group, limit = _protected(engine)
+    buying_power = engine.account().buying_power
+
+    engine.split("AAPL", 2, 1)
+
+    parent, resting = engine.get_order(group.id), engine.get_order(limit.id)
+    leg = parent.legs[0]
+    assert (parent.status, leg.status, resting.status) == (OrderStatus.NEW, OrderStatus.HELD, OrderStatus.NEW)
+    assert (parent.qty, parent.limit_price) == (20, D("100.01"))  # 100.005 rounds half up
+    assert (leg.qty, leg.stop_price) == (20, D("75.01"))
+    assert (resting.qty, resting.limit_price) == (8, D("90.01"))
+    position = engine.position("AAPL")
+    assert (position.qty, position.qty_available) == (20, 0)  # the group holds all 20, once
+    assert engine.account().buying_power == buying_power  # 8 x 90.005 reserve = 4 x 180.01
+    assert "canceled" not in [e.event for e in engine.events_since(0)]
+    with pytest.raises(InsufficientQty):
+        engine.submit_order(sell("AAPL", "1"))
+
+
+def test_split_with_orders_cancel_cancels_every_open_order_of_the_symbol(engine):
+    group, limit = _protected(engine)
+    other = engine.submit_order(
+        buy("MSFT", "1", type=OrderType.LIMIT, limit_price=D("300"), tif=TimeInForce.GTC)
+    )
+
+    engine.split("AAPL", 2, 1, orders="cancel")
+
+    parent = engine.get_order(group.id)
+    assert parent.status is OrderStatus.CANCELED and parent.legs[0].status is OrderStatus.CANCELED
+    assert engine.get_order(limit.id).status is OrderStatus.CANCELED
+    assert engine.get_order(other.id).status is OrderStatus.NEW
+    assert events_of(engine, group.id)[-1] == "canceled" and events_of(engine, limit.id)[-1] == "canceled"
+    position = engine.position("AAPL")
+    assert (position.qty, position.qty_available) == (20, 20)
+
+
+def test_split_with_orders_keep_leaves_them_stale_and_holds_only_their_old_quantity(engine):
+    group, limit = _protected(engine)
+
+    engine.split("AAPL", 2, 1, orders="keep")
+
+    parent, resting = engine.get_order(group.id), engine.get_order(limit.id)
+    assert (parent.qty, parent.limit_price, parent.legs[0].stop_price) == (10, D("200.01"), D("150.01"))
+    assert (resting.qty, resting.limit_price) == (4, D("180.01"))
+    position = engine.position("AAPL")
+    assert (position.qty, position.qty_available) == (20, 10)
+    # The 10 shares the stale group does not hold can be offered (a limit: a market sell would
+    # wash against the resting buy).
+    engine.submit_order(sell("AAPL", "10", type=OrderType.LIMIT, limit_price=D("500"), tif=TimeInForce.GTC))
+    assert engine.position("AAPL").qty_available == 0
+
+
+def test_announced_split_is_recorded_and_unannounced_one_only_rebases():
+    engine = MarketEngine.create(start=ny(2024, 3, 8, 17, 0))  # Friday after the close
+    engine.submit_order(buy("AAPL", "3"))  # queued for Monday's open
+    engine.split("F", 3, 2)
+    engine.split("AAPL", 2, 1, announce=False)
+
+    recorded = engine.splits()
+    assert [(a.symbol, a.type, a.ex_date) for a in recorded] == [("F", "forward_split", date(2024, 3, 11))]
+    assert (recorded[0].new_rate, recorded[0].old_rate, recorded[0].ratio) == (3, 2, D("1.5"))
+    assert len(recorded[0].new_cusip) == 9 and recorded[0].record_date < recorded[0].ex_date
+    assert engine.splits(["AAPL"]) == [] and engine.splits(["F"], date(2024, 3, 12), date(2024, 3, 15)) == []
+    assert [s["symbol"] for s in engine.state()["splits"]] == ["F"]
+
+
+def test_split_refuses_bad_input_with_one_line_errors(engine):
+    for new_rate, old_rate, orders in (
+        (0, 1, "adjust"),
+        (2, -1, "adjust"),
+        ("nan", 1, "adjust"),
+        (2, 2, "adjust"),
+        (2, 1, "replace"),
+    ):
+        with pytest.raises(InputError) as refused:
+            engine.split("AAPL", new_rate, old_rate, orders=orders)
+        assert "\n" not in str(refused.value)
+    with pytest.raises(NotFound):
+        engine.split("NOSUCHTICKER", 2, 1)
+    assert engine.splits() == []
+
+
 # -- the in-process adapter ------------------------------------------------------------------------
 
 

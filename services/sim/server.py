@@ -5,9 +5,9 @@ Reads: HTTP requests from alpaca-py (TradingClient, StockHistoricalDataClient, T
 `MarketEngine` call. Writes: Alpaca-shaped JSON answers and trade updates to the one listening
 WebSocket. Control endpoints are unauthenticated: the server listens on loopback by default.
 
-Faithful details: key/secret headers checked on every `/v2` call (401 missing, 403 wrong);
-200 requests a minute per key and API (trading, market data) answered with 429 and
-X-RateLimit-* headers; one trade_updates connection per key (a second is refused, see
+Faithful details: key/secret headers checked on every `/v2` and `/v1` (corporate actions) call
+(401 missing, 403 wrong); 200 requests a minute per key and API (trading, market data) answered
+with 429 and X-RateLimit-* headers; one trade_updates connection per key (a second is refused, see
 docs/simulator.md); binary WebSocket frames holding one JSON object each, like the paper endpoint.
 """
 
@@ -50,6 +50,8 @@ STREAM_AUTH_TIMEOUT_SECONDS = 10.0
 TICK_SECONDS = 0.2
 MAX_BARS_PAGE = 10_000
 DEFAULT_BARS_PAGE = 1_000
+MAX_CORPORATE_ACTIONS_PAGE = 1_000
+DEFAULT_CORPORATE_ACTIONS_PAGE = 100
 
 
 def _json_default(value: object) -> object:
@@ -121,6 +123,22 @@ def _int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int
     if not lo <= number <= hi:
         raise _bad_request(f"{name} must be between {lo} and {hi}")
     return number
+
+
+def _list(request: web.Request, name: str) -> list[str]:
+    """A comma-separated query parameter, each item once (empty when absent)."""
+    raw = request.query.get(name, "")
+    return list(dict.fromkeys(item.strip() for item in raw.split(",") if item.strip()))
+
+
+def _day(request: web.Request, name: str, default: date) -> date:
+    value = request.query.get(name)
+    if not value:
+        return default
+    try:
+        return date.fromisoformat(value.strip()[:10])
+    except ValueError:
+        raise reject(OrderRejected, 400, 40010001, f"invalid {name}: {value!r} (YYYY-MM-DD)") from None
 
 
 def _symbols(request: web.Request) -> list[str]:
@@ -282,6 +300,7 @@ class SimServer:
         r.add_get("/v2/stocks/bars/latest", self.latest_bars)
         r.add_get("/v2/stocks/snapshots", self.snapshots)
         r.add_get("/v2/stocks/bars", self.bars)
+        r.add_get("/v1/corporate-actions", self.corporate_actions)
         r.add_get("/stream", self.stream)
         r.add_get("/sim/health", self.sim_health)
         r.add_get("/sim/state", self.sim_state)
@@ -293,6 +312,7 @@ class SimServer:
         r.add_post("/sim/asset", self.sim_asset)
         r.add_post("/sim/fill", self.sim_fill)
         r.add_post("/sim/partial_fill", self.sim_partial_fill)
+        r.add_post("/sim/split", self.sim_split)
         r.add_post("/sim/faults/drop_stream", self.sim_drop_stream)
         r.add_post("/sim/faults/delay", self.sim_fault)
         r.add_post("/sim/faults/fail", self.sim_fault)
@@ -345,14 +365,15 @@ class SimServer:
 
     async def _handle(self, request: web.Request, handler) -> web.StreamResponse:
         headers: dict[str, str] = {}
-        if request.path.startswith("/v2/"):
+        if request.path.startswith(("/v2/", "/v1/")):
             key = request.headers.get("APCA-API-KEY-ID")
             secret = request.headers.get("APCA-API-SECRET-KEY")
             if not key or not secret:
                 return _error(401, None, "unauthorized.")
             if key != self.api_key or secret != self.secret_key:
                 return _error(403, None, "forbidden.")
-            api = "data" if request.path.startswith("/v2/stocks/") else "trading"
+            # /v1 is the data API's corporate-actions feed: it counts against market data.
+            api = "data" if request.path.startswith(("/v2/stocks/", "/v1/")) else "trading"
             allowed, headers = self.rate_limiter.check(key, api)
             if not allowed:
                 response = _error(429, 42910000, "rate limit exceeded")
@@ -616,6 +637,47 @@ class SimServer:
                 break
         return _json({"bars": page, "next_page_token": next_token})
 
+    async def corporate_actions(self, request: web.Request) -> web.Response:
+        """GET /v1/corporate-actions: the announced splits, filtered by `symbols`, `cusips`,
+        `types` and ex_date in [start, end] (default: today, New York), or by `ids` alone; paged
+        by `limit` and `page_token` like Alpaca's data API."""
+        types = [t.lower() for t in _list(request, "types")]
+        unknown = [t for t in types if t not in wire.CORPORATE_ACTION_TYPES]
+        if unknown:
+            raise reject(OrderRejected, 400, 40010001, f"invalid types: {','.join(unknown)}")
+        limit = _int(request, "limit", DEFAULT_CORPORATE_ACTIONS_PAGE, 1, MAX_CORPORATE_ACTIONS_PAGE)
+        sort = request.query.get("sort", "asc").lower()
+        if sort not in ("asc", "desc"):
+            raise _bad_request(f"invalid sort: {sort!r}")
+        actions = self._corporate_actions_matching(request, types)
+        if sort == "desc":
+            actions.reverse()
+        offset = _decode_offset_token(request.query.get("page_token"))
+        page = actions[offset : offset + limit]
+        more = offset + limit < len(actions)
+        return _json(
+            {
+                "corporate_actions": wire.corporate_actions_json(page),
+                "next_page_token": _encode_page_token("corporate-actions", offset + limit) if more else None,
+            }
+        )
+
+    def _corporate_actions_matching(self, request: web.Request, types: list[str]) -> list:
+        ids = set(_list(request, "ids"))
+        if ids:  # Alpaca: ids exclude every other filter
+            return [a for a in self.engine.splits() if a.id in ids]
+        today = self.engine.now().astimezone(NEW_YORK).date()
+        start, end = _day(request, "start", today), _day(request, "end", today)
+        if end < start:
+            raise reject(OrderRejected, 400, 40010001, "end must not be before start")
+        symbols = [s.upper() for s in _list(request, "symbols")]
+        cusips = {c.upper() for c in _list(request, "cusips")}
+        return [
+            a
+            for a in self.engine.splits(symbols or None, start, end)
+            if (not types or a.type in types) and (not cusips or {a.old_cusip, a.new_cusip} & cusips)
+        ]
+
     # -- trade_updates stream ------------------------------------------------------------------------
     def _stream_busy(self, key: str | None = None) -> bool:
         return any(
@@ -750,6 +812,7 @@ class SimServer:
                 "orders": [order_entry(e) for e in state["orders"]],
                 "fills": state["fills"],
                 "rejections": state["rejections"],
+                "splits": state["splits"],
                 "event_count": state["event_count"],
                 "stream_connections": sum(1 for s in self.sessions if s.listening),
             }
@@ -814,6 +877,36 @@ class SimServer:
         body = await _body(request)
         self.engine.partial_fill_next(str(body.get("symbol", "")), to_decimal(body.get("fraction")))
         return _json({"ok": True})
+
+    async def sim_split(self, request: web.Request) -> web.Response:
+        """Split a symbol now. Unknown symbol: 404; bad rates, `orders` or `announce`: 422 with
+        one line (the /sim endpoints otherwise answer bad input 400)."""
+        body = await _body(request)
+        announce = body.get("announce", True)
+        if not isinstance(announce, bool):
+            return _error(422, None, f"announce must be true or false, got {announce!r}")
+        try:
+            action = self.engine.split(
+                str(body.get("symbol") or ""),
+                body.get("new_rate"),
+                body.get("old_rate"),
+                orders=body.get("orders", "adjust"),
+                announce=announce,
+            )
+        except InputError as exc:
+            return _error(422, None, str(exc))
+        last = self.engine.latest_trade(action.symbol)
+        return _json(
+            {
+                "symbol": action.symbol,
+                "type": action.type,
+                "ratio": action.ratio,
+                "ex_date": action.ex_date,
+                "announced": announce,
+                "last_trade": wire.trade_json(last[0], last[1], 0)["p"] if last else None,
+                "corporate_action": wire.split_json(action),
+            }
+        )
 
     async def sim_drop_stream(self, request: web.Request) -> web.Response:
         body = await _body(request)
@@ -881,6 +974,14 @@ def _parse_ws_json(data: str | bytes) -> dict:
 
 def _encode_page_token(symbol: str, index: int) -> str:
     return base64.urlsafe_b64encode(f"{symbol}|{index}".encode()).decode()
+
+
+def _decode_offset_token(token: str | None) -> int:
+    """The position a page token (from `_encode_page_token`) resumes at."""
+    _, offset = _decode_page_token(token)
+    if offset < 0:
+        raise _bad_request("invalid page_token")
+    return offset
 
 
 def _decode_page_token(token: str | None) -> tuple[str | None, int]:

@@ -17,7 +17,7 @@ from shared.errors import OrderRejected
 from shared.market.calendar import NEW_YORK
 from shared.models import OrderClass, OrderType, Side, TimeInForce, TradingDay
 from shared.money import to_decimal
-from shared.sim.engine import AccountView, ClockView, PositionView
+from shared.sim.engine import AccountView, ClockView, PositionView, SplitAction
 from shared.sim.market import Quote, TimedBar
 from shared.sim.orders import OrderRequest, SimOrder, TradeEvent
 from shared.sim.paths import TICKS_PER_DOLLAR
@@ -263,6 +263,64 @@ def bar_json(bar: TimedBar) -> dict:
         "n": bar.trades,
         "vw": round((bar.high + bar.low + bar.close) / 3 / TICKS_PER_DOLLAR, 4),
     }
+
+
+# -- corporate actions ---------------------------------------------------------------------
+
+#: Alpaca's corporate action types (GET /v1/corporate-actions `types`); the simulator has splits only.
+CORPORATE_ACTION_TYPES = (
+    "reverse_split",
+    "forward_split",
+    "unit_split",
+    "cash_dividend",
+    "stock_dividend",
+    "spin_off",
+    "cash_merger",
+    "stock_merger",
+    "stock_and_cash_merger",
+    "redemption",
+    "name_change",
+    "worthless_removal",
+    "rights_distribution",
+)
+
+
+def _rate(value: Decimal) -> int | float:
+    # The data API sends rates as JSON numbers (alpaca-py's models type them float).
+    return int(value) if value == value.to_integral_value() else float(value)
+
+
+def split_json(action: SplitAction) -> dict:
+    """One split as GET /v1/corporate-actions lists it under `forward_splits` or
+    `reverse_splits`. No `corporate_action_type` key: alpaca-py adds it from the group's name
+    and would fail on a duplicate."""
+    body: dict = {"id": action.id, "symbol": action.symbol}
+    if action.type == "forward_split":
+        body["cusip"] = action.new_cusip
+    else:
+        body["old_cusip"] = action.old_cusip
+        body["new_cusip"] = action.new_cusip
+    body.update(
+        {
+            "new_rate": _rate(action.new_rate),
+            "old_rate": _rate(action.old_rate),
+            "process_date": action.process_date.isoformat(),
+            "ex_date": action.ex_date.isoformat(),
+            "record_date": action.record_date.isoformat(),
+            "payable_date": action.payable_date.isoformat(),
+        }
+    )
+    if action.due_bill_redemption_date is not None:
+        body["due_bill_redemption_date"] = action.due_bill_redemption_date.isoformat()
+    return body
+
+
+def corporate_actions_json(actions: list[SplitAction]) -> dict:
+    """The `corporate_actions` object: one list per type that has any (`forward_splits`, ...)."""
+    grouped: dict[str, list[dict]] = {}
+    for action in actions:
+        grouped.setdefault(f"{action.type}s", []).append(split_json(action))
+    return grouped
 
 
 # -- requests -----------------------------------------------------------------------------

@@ -40,9 +40,10 @@ import requests
 import websockets
 from alpaca.common.enums import Sort
 from alpaca.common.exceptions import APIError
-from alpaca.data.enums import DataFeed
+from alpaca.data.enums import CorporateActionsType, DataFeed
 from alpaca.data.historical import StockHistoricalDataClient
-from alpaca.data.requests import StockBarsRequest, StockSnapshotRequest
+from alpaca.data.historical.corporate_actions import CorporateActionsClient
+from alpaca.data.requests import CorporateActionsRequest, StockBarsRequest, StockSnapshotRequest
 from alpaca.data.timeframe import TimeFrame
 from alpaca.trading import models as alpaca_models
 from alpaca.trading.client import TradingClient
@@ -77,6 +78,7 @@ from shared.errors import (
     NotCancelable,
     NotFound,
     NotFractionable,
+    NotTradable,
     OrderRejected,
     RateLimited,
     WashTrade,
@@ -95,6 +97,7 @@ from shared.models import (
     Position,
     PriceSource,
     Side,
+    Split,
     Timeframe,
     TimeInForce,
     TradeEventType,
@@ -132,6 +135,8 @@ T = TypeVar("T")
 _REJECTION_RULES: tuple[tuple[tuple[str, ...], type[OrderRejected]], ...] = (
     (("client_order_id must be unique",), DuplicateClientOrderId),
     (("not fractionable",), NotFractionable),
+    # "asset XYZ is not tradable": halted, delisted or mid corporate action; no order is accepted.
+    (("not tradable",), NotTradable),
     (("insufficient qty",), InsufficientQty),
     (("insufficient buying power",), InsufficientBuyingPower),
     (("wash trade",), WashTrade),
@@ -350,6 +355,25 @@ def bar_from_alpaca(bar: Any) -> Bar:
     )
 
 
+#: The corporate-action groups that are splits, as alpaca-py's CorporateActionsSet keys them.
+_SPLIT_GROUPS = ("forward_splits", "reverse_splits")
+
+
+def splits_from_alpaca(actions: Any) -> list[Split]:
+    """Forward and reverse splits of a CorporateActionsSet (rates are floats there: read through
+    their repr, so 1.5 stays 1.5)."""
+    return [
+        Split(
+            symbol=action.symbol,
+            ex_date=action.ex_date,
+            old_rate=to_decimal(action.old_rate),
+            new_rate=to_decimal(action.new_rate),
+        )
+        for group in _SPLIT_GROUPS
+        for action in actions.data.get(group, [])
+    ]
+
+
 def latest_price_from_snapshot(symbol: str, snapshot: Any) -> LatestPrice | None:
     """The ask when there is one (> 0), else the last trade; None when neither exists."""
     quote, trade = snapshot.latest_quote, snapshot.latest_trade
@@ -477,10 +501,13 @@ class AlpacaExecutor(OrderExecutor):
         self._trading = TradingClient(key, secret, paper=paper, url_override=endpoint)
         self._submitter = TradingClient(key, secret, paper=paper, url_override=endpoint)
         self._data = StockHistoricalDataClient(key, secret, url_override=settings.data_endpoint)
+        # Corporate actions are served by the data API too (/v1/corporate-actions), same host.
+        self._corporate = CorporateActionsClient(key, secret, url_override=settings.data_endpoint)
         _set_retries(self._trading, read_retries, read_retry_wait)
         _set_retries(self._data, read_retries, read_retry_wait)
+        _set_retries(self._corporate, read_retries, read_retry_wait)
         _set_retries(self._submitter, 0, 0)
-        for client in (self._trading, self._submitter, self._data):
+        for client in (self._trading, self._submitter, self._data, self._corporate):
             _install_timeout(client, self._timeout)
         self._feed = DataFeed(settings.ALPACA_DATA_FEED)
         self._answers = threading.local()
@@ -621,6 +648,31 @@ class AlpacaExecutor(OrderExecutor):
         for symbol_bars in bars.values():
             symbol_bars.sort(key=lambda bar: bar.t)
         return bars
+
+    def get_splits(self, symbols: Iterable[str], start: date, end: date) -> list[Split]:
+        wanted = _unique(symbols)
+        splits: list[Split] = []
+        for chunk in _chunks(wanted, SYMBOLS_PER_REQUEST):
+            request = self._request(
+                "get splits",
+                lambda chunk=chunk: CorporateActionsRequest(
+                    symbols=chunk,
+                    types=[CorporateActionsType.FORWARD_SPLIT, CorporateActionsType.REVERSE_SPLIT],
+                    start=start,
+                    end=end,
+                ),
+            )
+            # alpaca-py follows next_page_token itself until the last page.
+            actions = self._call(
+                f"get splits ({len(chunk)} symbols, {start}..{end})",
+                self._corporate.get_corporate_actions,
+                request,
+            )
+            splits.extend(splits_from_alpaca(actions))
+        # The feed filters on its own notion of the window: keep exactly what the contract promises.
+        asked = set(wanted)
+        chosen = [s for s in splits if start <= s.ex_date <= end and s.symbol in asked]
+        return sorted(chosen, key=lambda s: (s.ex_date, s.symbol))
 
     # -- orders ---------------------------------------------------------------------------
     def buy_notional(self, symbol: str, notional: Decimal, client_order_id: str) -> Order:
@@ -828,7 +880,7 @@ class AlpacaExecutor(OrderExecutor):
         return AlpacaTradeUpdateStream(self._settings)
 
     def close(self) -> None:
-        for client in (self._trading, self._submitter, self._data):
+        for client in (self._trading, self._submitter, self._data, self._corporate):
             client._session.close()
 
 

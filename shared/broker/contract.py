@@ -30,6 +30,7 @@ from shared.models import (
     MarketClock,
     Order,
     Position,
+    Split,
     Timeframe,
     TimeInForce,
     TradeUpdate,
@@ -126,6 +127,12 @@ class OrderExecutor(abc.ABC):
         self, symbols: Iterable[str], timeframe: Timeframe, start: datetime, end: datetime
     ) -> dict[str, list[Bar]]:
         """Bars in [start, end], oldest first, all pages fetched; batched across symbols."""
+
+    @abc.abstractmethod
+    def get_splits(self, symbols: Iterable[str], start: date, end: date) -> list[Split]:
+        """Forward and reverse splits of `symbols` with start <= ex_date <= end (New York dates),
+        oldest first, from the broker's corporate-actions feed. No symbols: an empty list and no
+        request. A feed can miss a split: callers still check quantities against positions."""
 
     # -- orders ---------------------------------------------------------------------------
     @abc.abstractmethod

@@ -2,9 +2,10 @@
 
 It calls the same engine methods as the Alpaca-compatible server (`services.sim.server`), so a
 refusal here is the refusal alpaca-py would get over the wire, raised as the same typed error
-(`NotFractionable`, `InsufficientQty`, `DuplicateClientOrderId`, ...). Orders are built exactly as
-`AlpacaExecutor` builds them (same types, time in force and order class), so the contract suite
-(tests/test_broker_contract.py) sees one behaviour from both adapters.
+(`NotFractionable`, `NotTradable`, `InsufficientQty`, `DuplicateClientOrderId`, ...): the engine's
+rules raise them typed, where `AlpacaExecutor` reads the type from the message. Orders are built
+exactly as `AlpacaExecutor` builds them (same types, time in force and order class), so the
+contract suite (tests/test_broker_contract.py) sees one behaviour from both adapters.
 
     engine = MarketEngine.create(seed=7, start=datetime(2024, 3, 4, 10, tzinfo=NEW_YORK))
     executor = SimulatedExecutor(engine)
@@ -36,6 +37,7 @@ from shared.models import (
     Position,
     PriceSource,
     Side,
+    Split,
     Timeframe,
     TimeInForce,
     TradeEventType,
@@ -190,6 +192,15 @@ class SimulatedExecutor(OrderExecutor):
                 for b in self.engine.bars(symbol, frame, start, end)
             ]
         return result
+
+    def get_splits(self, symbols: Iterable[str], start: date, end: date) -> list[Split]:
+        wanted = [s.strip().upper() for s in symbols if s and s.strip()]
+        if not wanted:
+            return []
+        return [
+            Split(symbol=a.symbol, ex_date=a.ex_date, old_rate=a.old_rate, new_rate=a.new_rate)
+            for a in sorted(self.engine.splits(wanted, start, end), key=lambda a: (a.ex_date, a.symbol))
+        ]
 
     # -- orders ---------------------------------------------------------------------------
     def _submit(self, action: str, request: OrderRequest) -> Order:

@@ -46,7 +46,7 @@ from shared.sim.market import (
     parse_timeframe,
 )
 from shared.sim.orders import HistoryEntry, OrderRequest, SimOrder, TradeEvent
-from shared.sim.paths import TICKS_PER_DOLLAR, to_price
+from shared.sim.paths import TICKS_PER_DOLLAR, stable_seed, to_price
 from shared.sim.universe import SimAsset, build_universe
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,15 @@ DEFAULT_SEED = 7
 DEFAULT_BUYING_POWER_CUSHION = Decimal("0.025")
 CENT = Decimal("0.01")
 _MICRO = timedelta(microseconds=1)
+#: What a split does to the symbol's resting orders (`MarketEngine.split`).
+SPLIT_ORDER_MODES = ("adjust", "cancel", "keep")
+#: Largest split either way (real ones stay far inside: 1-for-1000 reverse splits are rare); beyond
+#: it quantities and prices would outgrow Decimal's 28 digits or the price grid.
+MAX_SPLIT_RATIO = Decimal(10000)
+_MIN_RATE, _MAX_RATE = Decimal("1E-9"), Decimal("1E+9")
+#: Stable corporate-action ids: the same split in the same market has the same id.
+_ACTION_NAMESPACE = uuid.UUID("0f3b6a1e-2c4d-4e8f-9a7b-5d1c3e2f4a6b")
+_CUSIP_CHARS = "0123456789ABCDEFGHJKLMNPQRSTUVWXYZ"
 
 
 @dataclass
@@ -102,6 +111,66 @@ class ClockView:
     is_open: bool
     next_open: datetime
     next_close: datetime
+
+
+@dataclass(frozen=True)
+class SplitAction:
+    """One announced split, with the fields Alpaca's corporate-actions feed carries
+    (GET /v1/corporate-actions): a forward split keeps its CUSIP, a reverse split gets a new one."""
+
+    id: str
+    symbol: str
+    new_rate: Decimal
+    old_rate: Decimal
+    ex_date: date
+    process_date: date
+    record_date: date
+    payable_date: date
+    #: Forward splits only: when the due bills of shares sold before the ex date settle.
+    due_bill_redemption_date: date | None
+    old_cusip: str
+    new_cusip: str
+
+    @property
+    def ratio(self) -> Decimal:
+        """The factor on share counts (prices divide by it)."""
+        return self.new_rate / self.old_rate
+
+    @property
+    def type(self) -> str:
+        """Alpaca's corporate action type."""
+        return "forward_split" if self.ratio > 1 else "reverse_split"
+
+
+def cusip_for(text: str) -> str:
+    """A well-formed, made-up CUSIP (six issuer characters, issue "10", check digit) derived from
+    `text`, the same in every run: the simulator has no real CUSIPs, the feed needs one."""
+    number = stable_seed("cusip", text)
+    issuer = ""
+    for _ in range(6):
+        number, digit = divmod(number, len(_CUSIP_CHARS))
+        issuer += _CUSIP_CHARS[digit]
+    body = issuer + "10"
+    total = 0
+    for position, char in enumerate(body):
+        value = int(char) if char.isdigit() else ord(char) - ord("A") + 10
+        if position % 2 == 1:
+            value *= 2
+        total += value // 10 + value % 10
+    return body + str((10 - total % 10) % 10)
+
+
+def _split_rate(value: object, name: str) -> Decimal:
+    try:
+        rate = to_decimal(value)
+    except ValueError:
+        raise InputError(f"{name} must be a finite number, got {value!r}") from None
+    if rate <= ZERO:
+        raise InputError(f"{name} must be > 0, got {rate}")
+    if not _MIN_RATE <= rate <= _MAX_RATE:
+        # Beyond these, Decimal arithmetic on the rates could overflow: an input error, not a 500.
+        raise InputError(f"{name} must be between {_MIN_RATE} and {_MAX_RATE}, got {rate}")
+    return rate
 
 
 @dataclass(frozen=True)
@@ -177,6 +246,10 @@ class MarketEngine:
         self._fills: list[dict] = []
         self._rejections: list[dict] = []
         self._partial_next: dict[str, Decimal] = {}
+        #: Announced splits, in the order they took effect (the corporate-actions feed).
+        self._splits: list[SplitAction] = []
+        #: A symbol's CUSIP once a reverse split gave it a new one.
+        self._cusips: dict[str, str] = {}
         #: Alpaca's last_equity: equity at the previous trading day's close. A session's closing
         #: equity becomes last_equity only at the next open, so a 16:05 report still compares
         #: today's equity with yesterday's close.
@@ -1038,6 +1111,124 @@ class MarketEngine:
                     if executable is not None:
                         self._fill(order, executable, now)
 
+    def split(
+        self,
+        symbol: str,
+        new_rate: Decimal | int | str,
+        old_rate: Decimal | int | str,
+        *,
+        orders: str = "adjust",
+        announce: bool = True,
+    ) -> SplitAction:
+        """Split `symbol` now, new_rate for old_rate (2 for 1 forward, 1 for 4 reverse).
+
+        Its ex date is the current New York session's date (outside a session, the next one's).
+        The holding re-bases (qty x ratio, average entry / ratio: the cost basis stays; a reverse
+        split may leave a fraction, kept, no cash in lieu), and so do the price path and all its
+        history (`MarketData.split`). Resting orders of the symbol, by `orders`: "adjust" re-bases
+        them (`SimOrder.split_adjust`, OCO groups whole), "cancel" cancels them (with `canceled`
+        trade updates), "keep" leaves them stale. Shares held by open sells are derived from the
+        orders, so they agree with the position in all three. What Alpaca does is not certain
+        (docs/simulator.md). `announce=False` re-bases without a corporate-action record, like a
+        feed that missed it. Returns the split (recorded only when announced)."""
+        with self._lock:
+            now = self._sync_now()
+            symbol = self.asset(symbol).symbol
+            new, old = _split_rate(new_rate, "new_rate"), _split_rate(old_rate, "old_rate")
+            if new == old:
+                raise InputError("new_rate and old_rate are equal: that is no split")
+            if not 1 / MAX_SPLIT_RATIO <= new / old <= MAX_SPLIT_RATIO:
+                raise InputError(
+                    f"new_rate / old_rate must be between 1/{MAX_SPLIT_RATIO} and {MAX_SPLIT_RATIO}"
+                )
+            if orders not in SPLIT_ORDER_MODES:
+                raise InputError(f"orders must be one of {', '.join(SPLIT_ORDER_MODES)}, got {orders!r}")
+            action = self._split_action(symbol, new, old, now)
+            self._split_orders(symbol, action.ratio, orders, now)
+            self._split_holding(symbol, action.ratio)
+            self.market.split(symbol, action.ratio)
+            if announce:
+                self._splits.append(action)
+                self._cusips[symbol] = action.new_cusip
+            logs.event(
+                log,
+                "sim_split",
+                symbol=symbol,
+                new_rate=new,
+                old_rate=old,
+                ex_date=action.ex_date.isoformat(),
+                orders=orders,
+                announced=announce,
+            )
+            return action
+
+    def _split_action(self, symbol: str, new: Decimal, old: Decimal, now: datetime) -> SplitAction:
+        """The split's corporate-action record. Dates as big forward splits run (NVDA 2024: record
+        two sessions before the ex date, payable the session before, due bills redeemed the session
+        after); a reverse split's record and payable dates are its ex date."""
+        index = self.market.next_index(now)
+
+        def day(offset: int) -> date:
+            return self.sessions[min(max(index + offset, 0), len(self.sessions) - 1)].date
+
+        ex_date = day(0)
+        forward = new > old
+        old_cusip = self._cusips.get(symbol) or cusip_for(symbol)
+        return SplitAction(
+            id=str(uuid.uuid5(_ACTION_NAMESPACE, f"{symbol}|{ex_date}|{new}|{old}|{len(self._splits)}")),
+            symbol=symbol,
+            new_rate=new,
+            old_rate=old,
+            ex_date=ex_date,
+            process_date=ex_date,
+            record_date=day(-2) if forward else ex_date,
+            payable_date=day(-1) if forward else ex_date,
+            due_bill_redemption_date=day(1) if forward else None,
+            old_cusip=old_cusip,
+            new_cusip=old_cusip if forward else cusip_for(f"{symbol}|{ex_date}"),
+        )
+
+    def _split_orders(self, symbol: str, ratio: Decimal, mode: str, now: datetime) -> None:
+        members = sorted((o for o in self._open.values() if o.symbol == symbol), key=lambda o: o.seq)
+        if mode == "keep" or not members:
+            return
+        if mode == "cancel":
+            for order in members:
+                if order.is_open:  # an OCO sibling's cancel may have ended it already
+                    self._cancel_group(order, now)
+            return
+        stamp = self._stamp(now)
+        for order in members:
+            order.split_adjust(ratio, stamp)
+            self._record(order, "split_adjusted", stamp)
+
+    def _split_holding(self, symbol: str, ratio: Decimal) -> None:
+        holding = self._holdings.get(symbol)
+        if holding is None:
+            return
+        cost = holding.qty * holding.avg_entry_price
+        exact = holding.qty * ratio
+        qty = round_qty(exact)
+        if qty <= ZERO:
+            del self._holdings[symbol]  # less than a billionth of a share: nothing left to hold
+            return
+        holding.avg_entry_price = holding.avg_entry_price / ratio if qty == exact else cost / qty
+        holding.qty = qty
+
+    def splits(
+        self, symbols: Iterable[str] | None = None, start: date | None = None, end: date | None = None
+    ) -> list[SplitAction]:
+        """Announced splits of `symbols` (all when None) with start <= ex_date <= end, oldest first."""
+        with self._lock:
+            wanted = {s.strip().upper() for s in symbols} if symbols is not None else None
+            return [
+                action
+                for action in self._splits
+                if (wanted is None or action.symbol in wanted)
+                and (start is None or action.ex_date >= start)
+                and (end is None or action.ex_date <= end)
+            ]
+
     def set_ask_missing(self, symbol: str, missing: bool = True) -> None:
         with self._lock:
             symbol = self.asset(symbol).symbol
@@ -1128,6 +1319,7 @@ class MarketEngine:
                 "orders": [self._order_state(o) for o in self._top_level],
                 "fills": list(self._fills),
                 "rejections": list(self._rejections),
+                "splits": [{"type": a.type, **vars(a)} for a in self._splits],
                 "event_count": len(self._events),
             }
 

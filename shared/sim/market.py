@@ -2,7 +2,8 @@
 
 Wraps each symbol's seeded `SymbolPath` with what controls change: a "set price" makes the path
 continue from the given price (every later bar is multiplied by the factor that puts the price
-there), and an "ask missing" flag makes quotes show no ask (0), as thin IEX quotes often do.
+there), a split re-bases the whole path, history included (prices divided by the ratio, volumes
+multiplied), and an "ask missing" flag makes quotes show no ask (0), as thin IEX quotes often do.
 Nothing here ever shows the future: callers pass the virtual `now`.
 
 Price conventions: the last trade inside a session is the open of the minute in progress; outside
@@ -14,8 +15,8 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
-from decimal import Decimal
+from datetime import UTC, date, datetime, timedelta
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 from shared.errors import InputError
@@ -34,6 +35,8 @@ from shared.sim.universe import SimAsset
 
 MINUTE = timedelta(minutes=1)
 HALF_SPREAD_FRACTION = 0.0002
+#: Earlier than any bar: a split's adjustment entry starts here, so it covers all history.
+_BEGINNING = datetime(1, 1, 2, tzinfo=UTC)
 
 
 def increment_ticks(ticks: int) -> int:
@@ -113,6 +116,8 @@ class MarketData:
         #: symbol -> [(effective time, factor)], factor multiplies the base path from then on.
         self._adjust: dict[str, list[tuple[datetime, Decimal]]] = {}
         self._adjusted_minutes: dict[tuple[str, int, int], list[MinuteBar]] = {}
+        #: symbol -> product of its split ratios: every volume, past and future, is multiplied by it.
+        self._volume_factor: dict[str, Decimal] = {}
         self.ask_missing: set[str] = set()
 
     # -- lookup ---------------------------------------------------------------------------
@@ -189,12 +194,35 @@ class MarketData:
             entries[-1] = (entries[-1][0], factor)
         else:
             entries.append((effective, factor))
+        self._forget_adjusted(symbol)
+
+    def split(self, symbol: str, ratio: Decimal) -> None:
+        """Re-base the symbol's whole path, past and future, to a split of `ratio` (the factor on
+        share counts): every price is divided by it and every volume multiplied, so bars read as
+        split-adjusted (what Alpaca's adjusted bars show) and the last trade is the re-based price.
+
+        A split is one more price factor in force from the beginning of time: every factor a price
+        control set is divided too, so a later "set price" still lands where it is asked."""
+        entries = self._adjust.setdefault(symbol, [])
+        if not entries or entries[0][0] > _BEGINNING:
+            entries.insert(0, (_BEGINNING, Decimal(1)))
+        self._adjust[symbol] = [(moment, factor / ratio) for moment, factor in entries]
+        self._volume_factor[symbol] = self._volume_factor.get(symbol, Decimal(1)) * ratio
+        self._forget_adjusted(symbol)
+
+    def _forget_adjusted(self, symbol: str) -> None:
         self._adjusted_minutes = {k: v for k, v in self._adjusted_minutes.items() if k[0] != symbol}
 
     def _scale(self, ticks: int, factor: Decimal | None) -> int:
         if factor is None:
             return ticks
         return round_ticks(float(ticks * factor))
+
+    def _scale_volume(self, volume: int, symbol: str) -> int:
+        factor = self._volume_factor.get(symbol)
+        if factor is None:
+            return volume
+        return int((volume * factor).to_integral_value(rounding=ROUND_HALF_UP))
 
     # -- bars -----------------------------------------------------------------------------
     def minute_bars(self, symbol: str, index: int) -> list[MinuteBar]:
@@ -218,7 +246,15 @@ class MarketData:
         bars = []
         for k, (o, h, lo, c, v) in enumerate(base):
             f = first if first == last else self.factor(symbol, session.open + MINUTE * k)
-            bars.append((self._scale(o, f), self._scale(h, f), self._scale(lo, f), self._scale(c, f), v))
+            bars.append(
+                (
+                    self._scale(o, f),
+                    self._scale(h, f),
+                    self._scale(lo, f),
+                    self._scale(c, f),
+                    self._scale_volume(v, symbol),
+                )
+            )
         self._adjusted_minutes[key] = bars
         return bars
 
@@ -238,7 +274,8 @@ class MarketData:
                 if day is None:
                     return None
                 return DayBar(
-                    *(self._scale(x, first) for x in (day.open, day.high, day.low, day.close)), day.volume
+                    *(self._scale(x, first) for x in (day.open, day.high, day.low, day.close)),
+                    self._scale_volume(day.volume, symbol),
                 )
         bars = self.minute_bars(symbol, index)
         if not bars:

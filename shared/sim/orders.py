@@ -14,7 +14,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from shared.models import OrderClass, OrderStatus, OrderType, Side, TimeInForce
-from shared.money import ZERO
+from shared.money import TICK_SUB_DOLLAR, ZERO, round_price, round_qty
 
 QTY_QUANTUM = Decimal("0.000000001")
 
@@ -122,6 +122,23 @@ class SimOrder:
     def position_intent(self) -> str:
         return "buy_to_open" if self.side is Side.BUY else "sell_to_close"
 
+    def split_adjust(self, ratio: Decimal, when: datetime) -> None:
+        """Re-base the order to a split of `ratio` (the factor on share counts), as Alpaca says it
+        adjusts GTC limit orders: quantities x ratio (rounded down to 9 decimals, like the
+        position), stop and limit prices / ratio on the price grid. The filled value stays, so
+        the average fill price re-bases with the filled quantity; a buy's per-share reserve
+        divides too, so it holds the same buying power."""
+        if self.qty is not None:
+            self.qty = round_qty(self.qty * ratio)
+        self.filled_qty = round_qty(self.filled_qty * ratio)
+        if self.limit_price is not None:
+            self.limit_price = _rebased_price(self.limit_price, ratio)
+        if self.stop_price is not None:
+            self.stop_price = _rebased_price(self.stop_price, ratio)
+        if self.reserve_price is not None and self.qty is not None:
+            self.reserve_price = self.reserve_price / ratio
+        self.updated_at = when
+
     def group(self) -> list[SimOrder]:
         """This order and its legs (an OCO's stop leg is a child of its take-profit limit)."""
         return [self, *self.legs]
@@ -133,6 +150,11 @@ class SimOrder:
         copied.history = []
         copied.legs = [leg.snapshot() for leg in self.legs]
         return copied
+
+
+def _rebased_price(price: Decimal, ratio: Decimal) -> Decimal:
+    """price / ratio on Alpaca's grid, never below the smallest increment (never a zero price)."""
+    return max(round_price(price / ratio), TICK_SUB_DOLLAR)
 
 
 @dataclass(frozen=True)

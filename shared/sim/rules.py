@@ -19,6 +19,7 @@ from shared.errors import (
     InsufficientQty,
     InvalidPrice,
     NotFractionable,
+    NotTradable,
     OrderRejected,
     WashTrade,
 )
@@ -160,7 +161,8 @@ def check_asset(req: OrderRequest, asset: SimAsset | None) -> None:
     if asset is None:
         raise _unprocessable(f"asset {req.symbol} not found")
     if not asset.tradable:
-        raise reject(OrderRejected, 403, 40310000, f"asset {req.symbol} is not tradable")
+        # Same wire answer as before (403 / 40310000); in process the typed error says what it is.
+        raise reject(NotTradable, 403, 40310000, f"asset {req.symbol} is not tradable")
     if req.fractional:
         if not asset.fractionable:
             raise reject(NotFractionable, 403, 40310000, "requested asset is not fractionable")

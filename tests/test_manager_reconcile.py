@@ -189,7 +189,15 @@ def test_watch_renders_protection_and_exit_notifications_as_one_readable_line():
     closed = render(parse(json.dumps({"kind": "position_closed", "symbol": "AAPL", "exit_reason": "stop_loss",
                                       "qty": "10", "entry_price": "100", "exit_price": "95",
                                       "realized_pl": "-50"})), at)
-    assert closed == "09:30:01  POSITION_CLOSED  AAPL   stop_loss: 10 sh 100 -> 95  P/L -50"
+    assert closed == "09:30:01  POSITION_CLOSED  AAPL   stop_loss: 10 sh 100 -> 95  P/L -50.00"
+    # P/L in cents, half-up, signed: a fractional exit's exact -52.0065 and a gain.
+    fractional = render(parse(json.dumps({"kind": "position_closed", "symbol": "AAPL", "exit_reason": "stop_loss",
+                                          "qty": "10.5", "entry_price": "100.10", "exit_price": "95.147",
+                                          "realized_pl": "-52.0065"})), at)
+    assert fractional.endswith("P/L -52.01")
+    gain = render(parse(json.dumps({"kind": "position_closed", "symbol": "NVDA", "exit_reason": "take_profit",
+                                    "qty": "4", "realized_pl": "116.444"})), at)
+    assert gain.endswith("P/L +116.44")
 
 
 def test_watch_shows_unknown_kinds_and_non_json_payloads_without_crashing():

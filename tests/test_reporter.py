@@ -169,7 +169,7 @@ def test_day_pl_by_symbol_adds_realized_exits_to_what_is_still_held():
 def test_json_form_keeps_money_as_decimal_strings_and_round_trips():
     report = report_of(equity_curve=[EquityPoint(at=CLOSE, equity=D("100500.25"))])
     data = json.loads(report.model_dump_json())
-    assert data["account"]["equity"] == "100500" and data["positions"][0]["unrealized_pl"] == "40"
+    assert data["account"]["equity"] == "100500" and data["positions"][0]["unrealized_pl"] == "40.00"
     assert data["equity_curve"] == [{"at": "2026-11-24T21:05:00Z", "equity": "100500.25"}]
     assert type(report).model_validate_json(report.model_dump_json()) == report
 
@@ -180,6 +180,54 @@ def test_html_is_self_contained_and_escapes_what_the_broker_sends():
     assert "<b>X" not in page and "&lt;b&gt;X" in page
     for external in ("<script", "src=", "href=", "@import", "url("):
         assert external not in page
+
+
+def test_pl_is_shown_in_cents_half_up_in_the_model_the_json_the_table_and_the_page():
+    # 3 @ 95.005 from 100: -14.985 realized; a broker's unrealized 12.3456 on the open position.
+    held = position(last="101.25").model_copy(update={"unrealized_pl": D("12.3456")})
+    report = report_of(positions=[held], closed_trades=[closed("MSFT", CLOSE - timedelta(hours=1),
+                                                               exit_price="95.005", qty="3")])
+    (trade,) = report.closed_trades
+    assert trade.realized_pl == D("-14.99") and str(trade.realized_pl) == "-14.99"
+    assert str(report.positions[0].unrealized_pl) == "12.35"
+    data = json.loads(report.model_dump_json())
+    assert data["closed_trades"][0]["realized_pl"] == "-14.99"
+    assert (data["totals"]["realized_pl"], data["totals"]["unrealized_pl"], data["totals"]["total_pl"]) == (
+        "-14.99", "12.35", "-2.64")
+    assert {r["symbol"]: r["total_pl"] for r in data["pl_by_symbol"]} == {"AAPL": "12.35", "MSFT": "-14.99"}
+    text, page = render_text.render(report), render_html.render(report)
+    assert "-$14.99" in text and "+$12.35" in text and "-$2.64" in text
+    assert 'data-value="-14.99">-$14.99<' in page and 'data-value="12.35">+$12.35<' in page
+    for shown in (text, page):
+        assert "14.985" not in shown and "12.3456" not in shown
+
+
+def _stop_out_parts(opened_at: datetime) -> tuple[ClosedTrade, ClosedTrade]:
+    """AAPL 10.4 @ 100 stopped out at 95: the OCO's stop leg sold 10, the day stop 0.4, one second apart."""
+    hit = CLOSE - timedelta(hours=5)
+    common = dict(symbol="AAPL", entry_price=D("100"), exit_price=D("95"), exit_reason=ExitReason.STOP_LOSS,
+                  opened_at=opened_at, entry_client_order_id="entry-AAPL")
+    return (ClosedTrade.of(qty=D("10"), closed_at=hit, closing_order_id="oco-stop-leg",
+                           closing_client_order_id="prot-AAPL-stop", **common),
+            ClosedTrade.of(qty=D("0.4"), closed_at=hit + timedelta(seconds=1), closing_order_id="day-stop",
+                           closing_client_order_id="prot-AAPL-frac", **common))
+
+
+def test_a_10_and_0_4_share_stop_out_written_as_two_entries_is_one_lost_trade_in_the_report(redis_client, keys):
+    oco_leg, day_stop = _stop_out_parts(CLOSE - timedelta(days=2))
+    assert ledger.append_once(redis_client, keys, oco_leg) and ledger.append_once(redis_client, keys, day_stop)
+    assert len(ledger.read(redis_client, keys)) == 2
+    report = report_of(positions=[], closed_trades=ledger.read_closes(redis_client, keys))
+    (trade,) = report.closed_trades
+    assert (trade.symbol, trade.qty, trade.exit_price, trade.realized_pl) == ("AAPL", D("10.4"), D("95"), D("-52"))
+    assert trade.closing_order_ids == ["oco-stop-leg", "day-stop"] and trade.realized_pl_pct == D("-5.00")
+    totals = report.totals
+    assert (totals.closed_trades, totals.winning_trades, totals.losing_trades) == (1, 0, 1)
+    assert str(totals.realized_pl) == "-52.00"
+    text = render_text.render(report)
+    assert "closed today (1)" in text and "0/1" in text and "10.4" in text and "-$52.00" in text
+    page = render_html.render(report)
+    assert "Closed today (1)" in page and "0 won / 1 lost" in page and page.count('<tr class="trade"') == 1
 
 
 # -- equity history ----------------------------------------------------------------------------------
@@ -211,7 +259,7 @@ def run_scenario(market: SimHandle, client, keys, folder: Path) -> Scenario:
     files: list[ReportFiles] = []
     try:
         for symbol, qty in (("AAPL", "10"), ("MSFT", "5"), ("NVDA", "4")):
-            executor.buy_qty(symbol, D(qty), f"{keys.ns}-{symbol}-entry")
+            executor.buy_qty(symbol, D(qty), f"{keys.ns}-20240304-{symbol}-entry")
         reconcile_all(executor, client, keys, RULES, TIMER)
         start = market.control.advance(seconds=0).astimezone(NEW_YORK)
         for day in range(3):
@@ -306,6 +354,37 @@ def test_report_files_are_named_by_the_brokers_date_and_the_json_matches_the_rep
     assert "report-2024-03-06" in str(last.html_path)
 
 
+def test_a_fractional_position_stopped_out_by_its_oco_and_day_stop_is_one_trade_in_the_report(market, redis_client,
+                                                                                              keys, tmp_path):
+    """10.4 AAPL through the real manager: an OCO for 10 and a day stop for 0.4; the stop price fills both,
+    the ledger holds one entry per closing order, the report one trade, lost."""
+    executor = make_executor(market.broker_settings())
+    try:
+        executor.buy_qty("AAPL", D("10.4"), f"{keys.ns}-20240304-AAPL-entry")
+        reconcile_all(executor, redis_client, keys, RULES, TIMER)
+        sells = sorted((o.order_class.value, o.remaining_qty) for o in executor.get_open_orders("AAPL")
+                       if o.side is Side.SELL)
+        assert sells == [("oco", D("10")), ("simple", D("0.4"))]
+        entry = executor.get_position("AAPL").avg_entry_price
+        market.control.advance(seconds=600)
+        market.control.set_price("AAPL", (entry * D("0.90")).quantize(D("0.01")))
+        reconcile_all(executor, redis_client, keys, RULES, TIMER)
+        assert executor.get_position("AAPL") is None
+        market.control.advance(to=market.control.advance(seconds=0).astimezone(NEW_YORK).replace(hour=16, minute=5))
+        files = write_report(executor, redis_client, keys, RULES, tmp_path)
+    finally:
+        executor.close()
+    parts = ledger.read(redis_client, keys)
+    assert sorted(p.qty for p in parts) == [D("0.4"), D("10")]
+    (trade,) = files.report.closed_trades
+    assert trade.qty == D("10.4") and trade.exit_reason is ExitReason.STOP_LOSS
+    assert sorted(trade.closing_order_ids) == sorted(p.closing_order_id for p in parts)
+    assert trade.realized_pl == sum(p.realized_pl for p in parts).quantize(D("0.01")) < 0
+    totals = files.report.totals
+    assert (totals.closed_trades, totals.winning_trades, totals.losing_trades) == (1, 0, 1)
+    assert "closed today (1)" in render_text.render(files.report)
+
+
 # -- commands -----------------------------------------------------------------------------------------
 
 
@@ -324,7 +403,7 @@ _FACTORYLINE = ("import sys; from services import cli; "
 def test_factoryline_report_prints_the_table_and_writes_both_files(market, namespace, redis_client, tmp_path):
     executor = make_executor(market.broker_settings())
     try:
-        executor.buy_qty("AAPL", D("3"), f"{namespace}-AAPL-entry")
+        executor.buy_qty("AAPL", D("3"), f"{namespace}-20240304-AAPL-entry")
     finally:
         executor.close()
     env = {**market.broker_env(), "REDIS_URL": redis_url(), "FL_NAMESPACE": namespace}
@@ -407,7 +486,7 @@ def test_a_report_costs_the_same_four_broker_reads_with_two_or_twelve_positions(
         for count in (2, 12):
             for symbol in symbols[:count]:
                 if executor.get_position(symbol) is None:
-                    executor.buy_qty(symbol, D("1"), f"{keys.ns}-{symbol}-entry")
+                    executor.buy_qty(symbol, D("1"), f"{keys.ns}-20240304-{symbol}-entry")
             reconcile_all(executor, redis_client, keys, RULES, TIMER)
             counting = CountingExecutor(executor)
             files = write_report(counting, redis_client, keys, RULES, tmp_path / str(count))

@@ -9,11 +9,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from datetime import datetime
+from decimal import ROUND_HALF_UP
 from zoneinfo import ZoneInfo
 
 import redis
 
 from shared.bus import Keys
+from shared.money import CENT, to_decimal
 
 NEW_YORK = ZoneInfo("America/New_York")
 
@@ -23,6 +25,19 @@ _QUIET = {"kind", "symbol", "at"}
 
 def _money(value: object) -> str:
     return "?" if value in (None, "") else f"{value}"
+
+
+def _pl(value: object) -> str:
+    """A P/L as a person reads it: -50.00 / +116.44 (cents, half-up); the text as sent if not a number."""
+    if value in (None, ""):
+        return "?"
+    try:
+        amount = to_decimal(value).quantize(CENT, rounding=ROUND_HALF_UP)
+    except (ValueError, ArithmeticError):  # not a number, or too large for cents
+        return str(value)
+    if amount == 0:
+        return f"{abs(amount)}"  # never -0.00
+    return f"+{amount}" if amount > 0 else f"{amount}"
 
 
 def _fill(n: dict) -> str:
@@ -43,7 +58,7 @@ def _protected(n: dict) -> str:
 
 def _closed(n: dict) -> str:
     return (f"{n.get('exit_reason', '?')}: {n.get('qty', '?')} sh {_money(n.get('entry_price'))} -> "
-            f"{_money(n.get('exit_price'))}  P/L {_money(n.get('realized_pl'))}")
+            f"{_money(n.get('exit_price'))}  P/L {_pl(n.get('realized_pl'))}")
 
 
 def _trade_update(n: dict) -> str:

@@ -4,6 +4,11 @@ Reads the broker's clock, account, positions and open orders, the manager's posi
 mark, armed exits), today's closed trades from the ledger and the recorded equity history; decides
 nothing; the renderers (`render_text`, `render_html`) and the JSON file show the same model.
 
+A closed trade is one position close as a person sees it (`ledger.read_closes`: the whole-share OCO leg
+and the fractional day stop that one stop price filled are one trade). P/L figures (realized,
+unrealized, total) are in cents, half-up: each trade's and position's, and the totals as the sums of
+what the rows show. The ledger keeps the exact figures.
+
 `build_report` is pure (figures in, model out). `gather` does the reads; `record_equity` appends the
 account's equity to `Keys.equity_history` so every report adds one point to the equity curve.
 """
@@ -36,7 +41,7 @@ from shared.models import (
     Position,
     Side,
 )
-from shared.money import ZERO, round_price
+from shared.money import CENT, ZERO, round_price
 
 REPORT_SCHEMA_VERSION = 1
 HUNDRED = Decimal("100")
@@ -82,7 +87,8 @@ class PositionLine(Model):
 
 
 class TradeLine(Model):
-    """One closed trade of the day, as the ledger wrote it."""
+    """One closed trade of the day: one position close, however many closing orders it took (realized
+    P/L in cents)."""
 
     symbol: str
     qty: Decimal
@@ -93,7 +99,9 @@ class TradeLine(Model):
     exit_reason: ExitReason
     opened_at: AwareDatetime
     closed_at: AwareDatetime
+    #: The primary closing order; `closing_order_ids` has every broker order whose sells the trade covers.
     closing_order_id: str
+    closing_order_ids: list[str] = Field(default_factory=list)
 
 
 class AccountLine(Model):
@@ -161,7 +169,8 @@ def build_report(
     rules: ExitRules,
 ) -> DailyReport:
     """The report as of the broker's clock. Only trades closed on the clock's New York date count as
-    today's; positions are sorted by symbol, trades by closing time."""
+    today's; positions are sorted by symbol, trades by closing time. `closed_trades` are trades as a
+    person reads them (`ledger.read_closes`: one per position close), each shown as given."""
     now = clock.timestamp
     today = now.astimezone(NEW_YORK).date()
     sells: dict[str, list[Order]] = {}
@@ -197,6 +206,7 @@ def _position_line(position: Position, sells: list[Order], state: PositionState 
         last = entry
     market_value = position.market_value if position.market_value is not None else last * qty
     unrealized = position.unrealized_pl if position.unrealized_pl is not None else market_value - cost_basis
+    pct = _pct(unrealized, cost_basis)
     armed: list[ArmedExit] = []
     opened_at = time_stop_at = hwm = days = None
     if state is not None:
@@ -211,7 +221,7 @@ def _position_line(position: Position, sells: list[Order], state: PositionState 
             armed.append(ArmedExit(reason=ExitReason.BREAK_EVEN, exit_price=round_price(entry, ROUND_FLOOR)))
     return PositionLine(
         symbol=position.symbol, qty=qty, entry_price=entry, last_price=last, market_value=market_value,
-        cost_basis=cost_basis, unrealized_pl=unrealized, unrealized_pl_pct=_pct(unrealized, cost_basis),
+        cost_basis=cost_basis, unrealized_pl=cents(unrealized), unrealized_pl_pct=pct,
         days_held=days, opened_at=opened_at, high_water_mark=hwm,
         protective_orders=[protective_order(o) for o in sorted(sells, key=lambda o: o.created_at)],
         armed_exits=armed, time_stop_at=time_stop_at,
@@ -234,9 +244,10 @@ def protective_order(order: Order) -> ProtectiveOrder:
 def _trade_line(trade: ClosedTrade) -> TradeLine:
     return TradeLine(
         symbol=trade.symbol, qty=trade.qty, entry_price=trade.entry_price, exit_price=trade.exit_price,
-        realized_pl=trade.realized_pl, realized_pl_pct=_pct(trade.realized_pl, trade.entry_price * trade.qty),
+        realized_pl=cents(trade.realized_pl),
+        realized_pl_pct=_pct(trade.realized_pl, trade.entry_price * trade.qty),
         exit_reason=trade.exit_reason, opened_at=trade.opened_at, closed_at=trade.closed_at,
-        closing_order_id=trade.closing_order_id,
+        closing_order_id=trade.closing_order_id, closing_order_ids=trade.closing_order_ids,
     )
 
 
@@ -256,14 +267,16 @@ def _pl_by_symbol(lines: list[PositionLine], trades: list[TradeLine]) -> list[Sy
         unrealized[line.symbol] = unrealized.get(line.symbol, ZERO) + line.unrealized_pl
     for trade in trades:
         realized[trade.symbol] = realized.get(trade.symbol, ZERO) + trade.realized_pl
-    return [SymbolPL(symbol=s, unrealized_pl=unrealized.get(s, ZERO), realized_pl=realized.get(s, ZERO),
-                     total_pl=unrealized.get(s, ZERO) + realized.get(s, ZERO))
+    return [SymbolPL(symbol=s, unrealized_pl=cents(unrealized.get(s, ZERO)),
+                     realized_pl=cents(realized.get(s, ZERO)),
+                     total_pl=cents(unrealized.get(s, ZERO) + realized.get(s, ZERO)))
             for s in sorted(unrealized.keys() | realized.keys())]
 
 
 def _totals(lines: list[PositionLine], trades: list[TradeLine]) -> Totals:
-    unrealized = sum((line.unrealized_pl for line in lines), ZERO)
-    realized = sum((t.realized_pl for t in trades), ZERO)
+    # The rows are in cents already: the totals are the sums of what the rows show.
+    unrealized = cents(sum((line.unrealized_pl for line in lines), ZERO))
+    realized = cents(sum((t.realized_pl for t in trades), ZERO))
     return Totals(
         open_positions=len(lines),
         market_value=sum((line.market_value for line in lines), ZERO),
@@ -275,6 +288,11 @@ def _totals(lines: list[PositionLine], trades: list[TradeLine]) -> Totals:
         realized_pl=realized,
         total_pl=realized + unrealized,
     )
+
+
+def cents(amount: Decimal) -> Decimal:
+    """Money for a person: whole cents, half-up (-52.005 -> -52.01)."""
+    return amount.quantize(CENT, rounding=ROUND_HALF_UP)
 
 
 def _pct(amount: Decimal, base: Decimal) -> Decimal:
@@ -337,6 +355,6 @@ def gather(executor: OrderExecutor, client: redis.Redis, keys: Keys, rules: Exit
               if (s := position_store.load_state(client, keys, p.symbol)) is not None}
     return build_report(
         clock=snapshot.clock, account=snapshot.account, positions=snapshot.positions,
-        open_orders=snapshot.open_orders, states=states, closed_trades=ledger.read(client, keys),
+        open_orders=snapshot.open_orders, states=states, closed_trades=ledger.read_closes(client, keys),
         equity_curve=equity_history(client, keys), rules=rules,
     )

@@ -59,12 +59,13 @@ def scan_targets(
 
 
 def read_live_trades(redis_settings: config.RedisSettings) -> dict[str, list[LiveTrade]]:
-    """The ledger's closed trades by ticker (shared/ledger.py; the manager writes it)."""
+    """The ledger's closed trades by ticker (shared/ledger.py; the manager writes it), one per position
+    close (`ledger.read_closes`): a stop-out filled as an OCO leg and a fractional day stop is one live trade."""
     from shared import ledger
 
     client = bus.connect(redis_settings.REDIS_URL)
     try:
-        trades = ledger.read(client, bus.Keys(redis_settings.FL_NAMESPACE))
+        trades = ledger.read_closes(client, bus.Keys(redis_settings.FL_NAMESPACE))
     except redis.RedisError as exc:
         raise FactoryLineError(f"Redis (reading the ledger): {logs.redact(str(exc))}") from None
     finally:

@@ -40,12 +40,19 @@ def executor(sim):  # noqa: F811
     ex.close()
 
 
-def hold(executor, symbol: str, qty: str, *, protect: bool) -> None:
-    executor.buy_qty(symbol, Decimal(qty), f"t-{symbol}-entry")
+def hold(executor, symbol: str, qty: str, *, protect: bool, prefix: str = "t") -> None:
+    """Buy `qty` shares (and protect them with an OCO): client order ids `<prefix>-<SYMBOL>-...`; give the
+    line's own prefix (`line_prefix`) for orders `status` must count as the line's."""
+    executor.buy_qty(symbol, Decimal(qty), f"{prefix}-20240304-{symbol}-entry")
     if protect:
         entry = executor.get_position(symbol).avg_entry_price
         executor.submit_protective_exit(symbol, Decimal(qty), (entry * Decimal("0.95")).quantize(Decimal("0.01")),
-                                        (entry * Decimal("1.2")).quantize(Decimal("0.01")), f"t-{symbol}-oco")
+                                        (entry * Decimal("1.2")).quantize(Decimal("0.01")), f"{prefix}-{symbol}-oco")
+
+
+def line_prefix(namespace: str) -> str:
+    """The beginning of every client order id the line makes on the simulator's day (shared.ownership)."""
+    return f"{namespace}-20240304"
 
 
 def position_line(stdout: str, symbol: str) -> str:
@@ -53,14 +60,33 @@ def position_line(stdout: str, symbol: str) -> str:
     return [line for line in stdout.splitlines() if line.strip().startswith(symbol + " ")][-1]
 
 
+def section(stdout: str, title: str) -> list[str]:
+    """The lines of a `status` section: after its title line, up to the next blank line."""
+    lines = stdout.splitlines()
+    start = lines.index(title) + 1
+    end = next((i for i in range(start, len(lines)) if not lines[i].strip()), len(lines))
+    return lines[start:end]
+
+
+def status_row(stdout: str, symbol: str) -> str:
+    """The symbol's row in the positions table of `status`."""
+    (row,) = [line for line in section(stdout, "positions") if line.strip().startswith(symbol + " ")]
+    return row
+
+
+USERS_SECTION = "orders the line did not make (left alone)"
+
+
 def test_status_shows_an_unprotected_position_in_capitals_and_a_protected_one_covered(env, executor, tmp_path):
-    hold(executor, "AAPL", "10", protect=True)
-    hold(executor, "MSFT", "5", protect=False)
+    hold(executor, "AAPL", "10", protect=True, prefix=line_prefix(env["FL_NAMESPACE"]))
+    hold(executor, "MSFT", "5", protect=False, prefix=line_prefix(env["FL_NAMESPACE"]))
     result = run([*FACTORYLINE, "status"], env, tmp_path)
-    assert result.returncode == 1, result.stderr  # an unprotected position needs a person
-    assert "10/10" in position_line(result.stdout, "AAPL") and "covered" in position_line(result.stdout, "AAPL")
-    assert "0/5" in position_line(result.stdout, "MSFT") and "UNPROTECTED" in position_line(result.stdout, "MSFT")
+    assert result.returncode == 1, result.stdout + result.stderr  # an unprotected position needs a person
+    assert "10/10" in status_row(result.stdout, "AAPL") and "covered" in status_row(result.stdout, "AAPL")
+    assert "(user's)" not in status_row(result.stdout, "AAPL")
+    assert "0/5" in status_row(result.stdout, "MSFT") and "UNPROTECTED" in status_row(result.stdout, "MSFT")
     assert "UNPROTECTED: MSFT" in result.stdout
+    assert section(result.stdout, USERS_SECTION) == ["  none"]  # every order is the line's
     assert f"{env['FL_NAMESPACE']}-trader" in result.stdout and "halt       not set" in result.stdout
     assert "equity $" in result.stdout
 
@@ -258,16 +284,18 @@ def test_status_with_redis_unreachable_still_shows_the_broker_and_says_so_in_one
     result = run([*FACTORYLINE, "status"], {**env, "REDIS_URL": "redis://127.0.0.1:1/0"}, tmp_path)
     assert result.returncode == 1
     assert len([line for line in result.stdout.splitlines() if line.startswith("redis: UNREACHABLE")]) == 1
-    assert "covered" in position_line(result.stdout, "AAPL") and "equity $" in result.stdout
+    assert "covered" in status_row(result.stdout, "AAPL") and "equity $" in result.stdout
 
 
-def order(symbol: str, kind: str, qty: str, status: str = "new", legs: tuple = (), order_class: str = "simple"):
+def order(symbol: str, kind: str, qty: str, status: str = "new", legs: tuple = (), order_class: str = "simple",
+          client_order_id: str | None = None):
     from datetime import UTC, datetime
 
     from shared.models import Order
 
     at = datetime(2024, 3, 4, 15, tzinfo=UTC)
-    return Order(id=f"{symbol}-{kind}-{qty}", client_order_id=f"c-{symbol}-{kind}", symbol=symbol, side="sell",
+    return Order(id=f"{symbol}-{kind}-{qty}", client_order_id=client_order_id or f"c-{symbol}-{kind}",
+                 symbol=symbol, side="sell",
                  type=kind, order_class=order_class, time_in_force="gtc", status=status, qty=Decimal(qty),
                  stop_price=Decimal("95") if kind == "stop" else None,
                  limit_price=Decimal("120") if kind == "limit" else None, created_at=at, updated_at=at,
@@ -285,3 +313,96 @@ def test_coverage_counts_open_sell_stops_only_and_flags_a_partial_cover():
     assert (partial.covered, partial.protected) == (Decimal("4"), False)
     oco = order("AAPL", "limit", "10", order_class="oco", legs=(order("AAPL", "stop", "10", status="held"),))
     assert coverage(position, [oco]).covered == Decimal("10") and coverage(position, [oco]).protected
+
+
+def test_coverage_counts_the_users_stops_marks_them_and_says_what_the_users_sells_hold():
+    from services.ops.status import coverage
+    from shared.models import Position
+
+    position = Position(symbol="AAPL", qty=Decimal("10"), qty_available=Decimal("0"), avg_entry_price=Decimal("100"))
+    ours = order("AAPL", "stop", "6", client_order_id="fl-20240304-AAPL-stop-r1")
+    users_stop = order("AAPL", "stop", "4", client_order_id="my-stop")
+    mixed = coverage(position, [ours, users_stop], "fl")
+    assert (mixed.covered, mixed.protected, mixed.held_by_user) == (Decimal("10"), True, Decimal("4"))
+    assert mixed.stops == ("gtc stop 6 @ 95", "gtc stop 4 @ 95 (user's)")
+    # Another deployment's ids (another FL_NAMESPACE) are the user's too.
+    assert coverage(position, [ours], "other").stops == ("gtc stop 6 @ 95 (user's)",)
+    # A user's OCO holds its shares once (its stop leg and its limit hold the same 10).
+    users_oco = order("AAPL", "limit", "10", order_class="oco", client_order_id="my-oco",
+                      legs=(order("AAPL", "stop", "10", status="held", client_order_id="my-oco-stop"),))
+    assert coverage(position, [users_oco], "fl").held_by_user == Decimal("10")
+    # A user's limit sell holds shares and protects none.
+    target = coverage(position, [order("AAPL", "limit", "3", client_order_id="my-target")], "fl")
+    assert (target.covered, target.protected, target.held_by_user) == (Decimal("0"), False, Decimal("3"))
+
+
+def test_a_short_position_is_never_protected_whatever_stops_it_has():
+    from services.ops.status import coverage
+    from shared.models import Position
+
+    short = Position(symbol="AAPL", qty=Decimal("-5"), qty_available=Decimal("0"), avg_entry_price=Decimal("100"))
+    cov = coverage(short, [order("AAPL", "stop", "5")], "fl")
+    assert cov.short and not cov.protected and cov.covered == Decimal("0")
+    assert not coverage(short, [], "fl").protected
+
+
+def test_status_lists_the_users_orders_apart_and_counts_only_stops_as_protection(env, executor, sim, tmp_path):  # noqa: F811
+    from alpaca.trading.enums import OrderSide, TimeInForce
+    from alpaca.trading.requests import LimitOrderRequest, StopOrderRequest
+
+    ours = line_prefix(env["FL_NAMESPACE"])
+    hold(executor, "AAPL", "10", protect=True, prefix=ours)
+    hold(executor, "MSFT", "10", protect=False, prefix=ours)
+    hold(executor, "NVDA", "10", protect=False, prefix=ours)
+    by_hand = sim.trading_client()
+    msft, nvda = (executor.get_position(s).avg_entry_price for s in ("MSFT", "NVDA"))
+    by_hand.submit_order(StopOrderRequest(symbol="MSFT", qty=10, side=OrderSide.SELL, time_in_force=TimeInForce.GTC,
+                                          stop_price=float((msft * Decimal("0.9")).quantize(Decimal("0.01"))),
+                                          client_order_id="my-msft-stop"))
+    by_hand.submit_order(LimitOrderRequest(symbol="NVDA", qty=4, side=OrderSide.SELL, time_in_force=TimeInForce.GTC,
+                                           limit_price=float((nvda * Decimal("1.5")).quantize(Decimal("0.01"))),
+                                           client_order_id="my-nvda-target"))
+    by_hand.submit_order(LimitOrderRequest(symbol="KO", qty=3, side=OrderSide.BUY, time_in_force=TimeInForce.DAY,
+                                           limit_price=1.0, client_order_id="my-ko-bid"))
+    by_hand.submit_order(LimitOrderRequest(symbol="INTC", qty=2, side=OrderSide.BUY, time_in_force=TimeInForce.DAY,
+                                           limit_price=1.0, client_order_id="other-20240304-INTC-entry"))
+
+    result = run([*FACTORYLINE, "status"], env, tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr  # NVDA: a limit sell protects nothing
+    aapl, msft_row, nvda_row = (status_row(result.stdout, s) for s in ("AAPL", "MSFT", "NVDA"))
+    assert "covered" in aapl and "(user's)" not in aapl and "held by the user's" not in aapl
+    assert "10/10" in msft_row and "covered" in msft_row and "(user's)" in msft_row
+    assert "10 held by the user's orders" in msft_row
+    assert "0/10" in nvda_row and "UNPROTECTED" in nvda_row and "4 held by the user's orders" in nvda_row
+    assert "UNPROTECTED: NVDA:" in result.stdout
+    users = section(result.stdout, USERS_SECTION)
+    assert users[0].split() == ["symbol", "side", "type", "tif", "qty", "prices", "client", "order", "id"]
+    rows = {line.split()[-1]: line.split() for line in users[2:]}
+    assert set(rows) == {"my-msft-stop", "my-nvda-target", "my-ko-bid", "other-20240304-INTC-entry"}
+    assert rows["my-nvda-target"][:5] == ["NVDA", "sell", "limit", "gtc", "4"]
+    assert rows["my-msft-stop"][:5] == ["MSFT", "sell", "stop", "gtc", "10"]
+    assert rows["my-ko-bid"][:6] == ["KO", "buy", "limit", "day", "3", "limit"]
+    assert not any(ours in line for line in users)  # the line's own orders are not the user's
+
+
+def go_short(sim, symbol: str, qty: str) -> None:  # noqa: F811
+    """Put a short position in the simulator's book (it refuses to sell short, as the line never does;
+    an account can still end up short by hand or by a broker-side event)."""
+    from shared.sim.engine import Holding
+
+    engine = sim.engine
+    with engine._lock:
+        engine._holdings[symbol] = Holding(Decimal(qty), Decimal("50"), engine.now())
+
+
+def test_status_calls_a_short_position_an_alert_and_exits_1(env, executor, sim, tmp_path):  # noqa: F811
+    hold(executor, "AAPL", "10", protect=True, prefix=line_prefix(env["FL_NAMESPACE"]))
+    go_short(sim, "KO", "-5")
+    assert executor.get_position("KO").qty == Decimal("-5")
+    result = run([*FACTORYLINE, "status"], env, tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "SHORT: KO -5 shares: never expected; buy it back by hand" in result.stdout.splitlines()
+    row = status_row(result.stdout, "KO")
+    assert "SHORT" in row and "covered" not in row
+    assert "covered" in status_row(result.stdout, "AAPL")
+    assert "UNPROTECTED" not in result.stdout  # the short is named as what it is

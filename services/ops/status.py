@@ -4,7 +4,10 @@ Reads: the halt flag, every service's RQ queue (queued, started, failed: registr
 RQ's cleanup, so looking changes nothing) and the workers listening on them, the streamer's and the
 scheduler's health hashes, the manager's last tick, the trade-update stream and its consumer group,
 then the broker's account, positions and open orders.
-Decides: `coverage` (pure) says how many shares of each position open sell stops cover.
+Decides: `coverage` (pure) says how many shares of each position open sell stops cover (the line's
+and the user's: both protect the shares), how many of them the user's open sells hold, and that a
+short position is never protected; `shared.ownership` says which open orders are the user's
+(their client order id is not one the line makes under FL_NAMESPACE).
 Writes: nothing. A section whose source is unreachable (Redis, the broker) becomes one line saying
 so; the rest still prints.
 """
@@ -21,6 +24,7 @@ from shared.bus import SERVICES, Keys
 from shared.market.calendar import NEW_YORK
 from shared.models import Account, Order, OrderClass, OrderType, Position, Side
 from shared.money import ZERO, fmt_money
+from shared.ownership import is_ours, split_by_owner
 from shared.texttable import printable, table
 
 #: The streamer's leader writes its heartbeat every 2 s (docs/streamer.md): older than this, no live leader.
@@ -35,34 +39,56 @@ _STOP_TYPES = (OrderType.STOP, OrderType.STOP_LIMIT, OrderType.TRAILING_STOP)
 
 @dataclass(frozen=True)
 class Coverage:
-    """Shares of a position that open sell stops would sell, and what those stops are."""
+    """Shares of a position that open sell stops would sell, what those stops are, and how many shares
+    the user's open sell orders (any type) hold."""
 
     symbol: str
     held: Decimal
     covered: Decimal
     stops: tuple[str, ...] = ()
+    held_by_user: Decimal = ZERO
+
+    @property
+    def short(self) -> bool:
+        """The line never sells short: a negative position is an accident someone must undo by hand."""
+        return self.held < ZERO
 
     @property
     def protected(self) -> bool:
-        return self.held <= ZERO or self.covered >= self.held
+        """Every share of a long position under an open sell stop. A short never is: a sell stop does
+        not limit its loss (only buying it back does)."""
+        return not self.short and self.covered >= self.held
 
 
-def coverage(position: Position, open_orders: Iterable[Order]) -> Coverage:
+def coverage(position: Position, open_orders: Iterable[Order], namespace: str | None = None) -> Coverage:
     """Shares covered by the symbol's open sell stops: a plain stop, or the stop leg of an OCO (held
-    until its sibling fills or it triggers, still a live stop). Take-profit limits alone protect nothing."""
-    covered = ZERO
+    until its sibling fills or it triggers, still a live stop). Take-profit limits alone protect nothing.
+
+    With `namespace`, a stop the line did not make (`shared.ownership`) still counts (it protects the
+    shares) and is marked "(user's)"; and the shares the user's open sells of any type hold (once per
+    order: an OCO's legs hold the same shares) are `held_by_user`."""
+    covered = held_by_user = ZERO
     stops = []
     for order in open_orders:
         if order.symbol != position.symbol:
             continue
+        users = namespace is not None and not is_ours(order.client_order_id, namespace)
+        holds = ZERO
         for part in order.all_orders():
-            if part.side is not Side.SELL or not part.status.is_open or part.type not in _STOP_TYPES:
+            if part.side is not Side.SELL or not part.status.is_open:
                 continue
             remaining = part.remaining_qty if part.remaining_qty is not None else ZERO
+            holds = max(holds, remaining)
+            if part.type not in _STOP_TYPES:
+                continue
             covered += remaining
             kind = "oco stop" if order.order_class is OrderClass.OCO else f"{part.time_in_force.value} stop"
-            stops.append(f"{kind} {remaining} @ {part.stop_price}")
-    return Coverage(position.symbol, position.qty, min(covered, max(position.qty, ZERO)), tuple(stops))
+            stops.append(f"{kind} {remaining} @ {part.stop_price}" + (" (user's)" if users else ""))
+        if users:
+            held_by_user += holds
+    longest = max(position.qty, ZERO)  # a short has no shares to cover or to hold
+    return Coverage(position.symbol, position.qty, min(covered, longest), tuple(stops),
+                    min(held_by_user, longest))
 
 
 # -- what the screen shows -------------------------------------------------------------------------
@@ -104,10 +130,18 @@ class Status:
     account: Account | None = None
     positions: list[Position] = field(default_factory=list)
     coverage: dict[str, Coverage] = field(default_factory=dict)
+    #: Open orders whose client order id the line did not make (shared.ownership), as the broker lists them.
+    user_orders: list[Order] = field(default_factory=list)
 
     @property
     def unprotected(self) -> list[str]:
+        """Every position that needs a person (the command then exits 1): a long not fully under
+        stops, and any short."""
         return [s for s, c in sorted(self.coverage.items()) if not c.protected]
+
+    @property
+    def shorts(self) -> list[str]:
+        return [s for s, c in sorted(self.coverage.items()) if c.short]
 
 
 def read_redis(status: Status, client, rq_client, keys: Keys) -> None:
@@ -167,7 +201,8 @@ def read_broker(status: Status, executor) -> None:
     status.account = executor.get_account()
     status.positions = sorted(executor.get_positions(), key=lambda p: p.symbol)
     orders = executor.get_open_orders()
-    status.coverage = {p.symbol: coverage(p, orders) for p in status.positions}
+    _ours, status.user_orders = split_by_owner(orders, status.namespace)
+    status.coverage = {p.symbol: coverage(p, orders, status.namespace) for p in status.positions}
 
 
 # -- rendering (pure) -----------------------------------------------------------------------------
@@ -207,20 +242,59 @@ def render(status: Status) -> list[str]:
     lines += ["", "positions"]
     if not status.positions:
         lines.append("  none")
-        return lines
+    else:
+        lines += _position_lines(status)
+    lines += ["", "orders the line did not make (left alone)"]
+    if status.user_orders:
+        lines += table(("symbol", "side", "type", "tif", "qty", "prices", "client order id"),
+                       [user_order_row(o) for o in status.user_orders], right={4})
+    else:
+        lines.append("  none")
+    return lines
+
+
+def _position_lines(status: Status) -> list[str]:
     rows = []
     for p in status.positions:
         cov = status.coverage[p.symbol]
-        state = "covered" if cov.protected else "UNPROTECTED"
+        state = "SHORT" if cov.short else "covered" if cov.protected else "UNPROTECTED"
+        notes = list(cov.stops)
+        if cov.held_by_user > ZERO:
+            notes.append(f"{cov.held_by_user} held by the user's orders")
         rows.append((p.symbol, p.qty, p.qty_available, p.avg_entry_price, p.current_price or "-",
                      fmt_money(p.unrealized_pl) if p.unrealized_pl is not None else "-",
-                     f"{cov.covered}/{cov.held}", state, "; ".join(cov.stops) or "-"))
-    lines += table(("symbol", "qty", "available", "avg entry", "price", "unrealized", "stops cover", "protection",
-                    "stops"), rows, right={1, 2, 3, 4, 5, 6})
-    if status.unprotected:
-        lines += ["", f"UNPROTECTED: {', '.join(status.unprotected)}: shares without a resting stop at the broker "
+                     "-" if cov.short else f"{cov.covered}/{cov.held}", state, "; ".join(notes) or "-"))
+    lines = table(("symbol", "qty", "available", "avg entry", "price", "unrealized", "stops cover", "protection",
+                   "stops"), rows, right={1, 2, 3, 4, 5, 6})
+    shorts = set(status.shorts)
+    longs = [s for s in status.unprotected if s not in shorts]
+    if longs:
+        lines += ["", f"UNPROTECTED: {', '.join(longs)}: shares without a resting stop at the broker "
                       "(is the manager running? `factoryline reconcile` places the protection now)"]
+    if shorts:
+        lines.append("")
+        lines += [f"SHORT: {symbol} {status.coverage[symbol].held} shares: never expected; buy it back by hand"
+                  for symbol in sorted(shorts)]
     return lines
+
+
+def user_order_row(order: Order) -> tuple:
+    """One of the user's open orders as the status table shows it (its legs' prices included)."""
+    kind = order.type.value
+    if order.order_class is not OrderClass.SIMPLE:
+        kind = f"{order.order_class.value} {kind}"
+    if order.remaining_qty is not None:
+        qty: object = order.remaining_qty
+    else:
+        qty = f"{fmt_money(order.notional)} notional" if order.notional is not None else "-"
+    prices = []
+    for part in order.all_orders():
+        if part.limit_price is not None:
+            prices.append(f"limit {part.limit_price}")
+        if part.stop_price is not None:
+            prices.append(f"stop {part.stop_price}")
+    return (order.symbol, order.side.value, kind, order.time_in_force.value, qty, ", ".join(prices) or "market",
+            printable(order.client_order_id))
 
 
 def halt_line(value: str | None) -> str:

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
 
@@ -27,8 +27,17 @@ from alpaca.trading.enums import OrderSide, TimeInForce
 from alpaca.trading.requests import LimitOrderRequest, StopLossRequest, StopOrderRequest, TakeProfitRequest
 from conftest import redis_url
 from simhelpers import NEW_YORK, SimHandle, start_sim
+from test_streamer_faults import (  # noqa: F401 - a fixture
+    REDIS_PASSWORD,
+    assert_repeated_every_10_s_at_most,
+    assert_says_redis_is_unreachable,
+    log_events,
+    throwaway_redis_with_password,
+)
 
+from shared import bus
 from shared.broker import make_executor
+from shared.bus import Keys
 from shared.models import OrderClass, Side
 
 D = Decimal
@@ -106,7 +115,7 @@ class Line:
 
     # -- what the broker and the stream hold ---------------------------------------------------------
     def buy(self, symbol: str, qty: str):
-        return self.executor.buy_qty(symbol, D(qty), f"{self.keys.ns}-{symbol}-entry")
+        return self.executor.buy_qty(symbol, D(qty), f"{self.keys.ns}-20240304-{symbol}-entry")
 
     def stream_events(self, event: str) -> list[dict]:
         return [f for _id, f in self.client.xrange(self.keys.trade_updates) if f["event"] == event]
@@ -302,3 +311,53 @@ def test_shipped_protection_one_oco_holds_stop_and_target_for_the_same_shares(li
             order_class=AlpacaOrderClass.OCO, take_profit=TakeProfitRequest(limit_price=float(oco.limit_price)),
             stop_loss=StopLossRequest(stop_price=float(oco.legs[0].stop_price))))
     assert "insufficient qty available" in str(refused.value)
+
+
+# -- Redis away: said in the log, waited out ------------------------------------------------------------
+
+
+def test_a_manager_without_redis_says_so_every_10_s_never_dies_and_says_when_it_is_back(
+        throwaway_redis_with_password, tmp_path):  # noqa: F811 - the imported fixture
+    server = throwaway_redis_with_password
+    sim = start_sim()
+    client = bus.connect(server.url)
+    line = Line(sim, Keys("manager-unreachable"), client, tmp_path)
+    line.env["REDIS_URL"] = server.url
+    try:
+        # 1. No Redis at start: the first read of the stream fails; it waits, says so, and tries again.
+        server.kill()
+        proc = line._start("manager", "services.manager", FL_MANAGER_CONSUMER="m1", FL_MANAGER_RECONCILE_SECONDS="2")
+        wait_until("the first redis_unreachable", lambda: "redis_unreachable" in line.log("manager"), timeout=20)
+        wait_until("it said again", lambda: line.log("manager").count("redis_unreachable") >= 2, timeout=20)
+        assert proc.poll() is None, line.log("manager")[-3000:]
+        server.start()
+        wait_until("it caught up and reconciled", lambda: "reconcile_all_done trigger=start" in line.log("manager"),
+                   timeout=15)
+        assert line.log("manager").count("redis_reachable_again") == 1
+        wait_until("the timer's reconcile", lambda: "reconcile_all_done trigger=timer" in line.log("manager"),
+                   timeout=15)
+
+        # 2. Redis lost while it runs: said within ~2 s, waited out, said again when it is back.
+        before = line.log("manager").count("redis_unreachable")
+        killed_at = datetime.now(UTC)
+        server.kill()
+        wait_until("redis_unreachable", lambda: line.log("manager").count("redis_unreachable") > before, timeout=10)
+        text = line.log("manager")
+        assert_says_redis_is_unreachable(text, server, killed_at)
+        time.sleep(3)
+        assert line.log("manager").count("redis_unreachable") == before + 1  # not once per failed read
+        server.start()
+        wait_until("redis_reachable_again", lambda: line.log("manager").count("redis_reachable_again") == 2,
+                   timeout=10)
+        assert proc.poll() is None
+    finally:
+        line.stop_all()
+        sim.stop()
+        client.close()
+    assert proc.returncode == 0
+    text = line.log("manager")
+    assert_repeated_every_10_s_at_most(text)
+    downs = [float(f["down_seconds"]) for _, f in log_events(text, "redis_reachable_again")]
+    assert downs[0] >= 10 and 3 <= downs[1] < 10, downs
+    assert "redis_unavailable" not in text and "Traceback" not in text
+    assert REDIS_PASSWORD not in text

@@ -28,7 +28,7 @@ import redis
 from conftest import redis_url
 from simhelpers import ROOT, SimHandle, start_sim
 
-from services.streamer.recorder import Recorder
+from services.streamer.recorder import Recorder, RedisReachability
 from shared import bus
 from shared.broker import make_executor
 from shared.bus import Keys
@@ -46,19 +46,21 @@ def _free_port() -> int:
 
 
 class ThrowawayRedis:
-    """A redis-server subprocess of our own, without persistence, that a test may kill and restart."""
+    """A redis-server subprocess of our own, without persistence, that a test may kill and restart
+    (on the same port); with `password`, it requires it (`--requirepass`) and `url` carries it."""
 
-    def __init__(self, binary: str, workdir: Path):
+    def __init__(self, binary: str, workdir: Path, password: str | None = None):
         self.binary = binary
         self.workdir = workdir
+        self.password = password
         self.port = _free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.url = f"redis://{f':{password}@' if password else ''}127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen | None = None
 
     def start(self) -> None:
         self.process = subprocess.Popen(
             [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.workdir)],
+             "--dir", str(self.workdir), *(["--requirepass", self.password] if self.password else [])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         client = redis.Redis.from_url(self.url, socket_connect_timeout=0.2)
@@ -81,18 +83,33 @@ class ThrowawayRedis:
         self.process = None
 
 
-@pytest.fixture
-def throwaway_redis(tmp_path):
+def _throwaway(workdir: Path, password: str | None = None):
     binary = shutil.which("redis-server")
     if binary is None:
         if IN_CI:
             pytest.fail("CI=true but no redis-server binary: the Redis-restart tests need one (apt-get install "
                         "redis-server)")
         pytest.skip("redis-server is not installed: the Redis-restart tests need a throwaway server of their own")
-    server = ThrowawayRedis(binary, tmp_path)
+    server = ThrowawayRedis(binary, workdir, password)
     server.start()
-    yield server
-    server.kill()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def throwaway_redis(tmp_path):
+    yield from _throwaway(tmp_path)
+
+
+#: What the password-protected throwaway server requires: it must never appear in a log.
+REDIS_PASSWORD = "pw-7c1e9a55d0"
+
+
+@pytest.fixture
+def throwaway_redis_with_password(tmp_path):
+    yield from _throwaway(tmp_path, REDIS_PASSWORD)
 
 
 def _fill(n: int) -> TradeUpdate:
@@ -352,3 +369,110 @@ def _tail(url: str, keys: Keys, seen: list[str], reading: threading.Event) -> No
                 if fields.get("event") == "fill":
                     seen.append(fields["event_id"])
     client.close()
+
+
+# -- saying so when Redis cannot be reached ---------------------------------------------------------
+
+
+def log_events(text: str, name: str) -> list[tuple[datetime, dict[str, str]]]:
+    """Each `name` line of a service log (shared.logs format): its time and its key=value fields."""
+    import shlex
+
+    found = []
+    for line in text.splitlines():
+        parts = line.split(" ", 4)
+        if len(parts) >= 4 and parts[3] == name:
+            fields = dict(p.split("=", 1) for p in shlex.split(parts[4]) if "=" in p) if len(parts) > 4 else {}
+            found.append((datetime.fromisoformat(parts[0]), fields))
+    return found
+
+
+def assert_says_redis_is_unreachable(text: str, server: ThrowawayRedis, since: datetime) -> None:
+    """The first `redis_unreachable` after `since` came within ~2 s, names the server without its password."""
+    lines = [(at, f) for at, f in log_events(text, "redis_unreachable") if at >= since]
+    assert lines, text[-3000:]
+    at, fields = lines[0]
+    assert (at - since).total_seconds() <= 2.5, f"said {at - since} after Redis went away"
+    assert fields["redis"] == f"redis://:***@127.0.0.1:{server.port}/0"
+    assert fields["error"].startswith("ConnectionError")
+    assert REDIS_PASSWORD not in text
+
+
+def assert_repeated_every_10_s_at_most(text: str) -> None:
+    """Within one outage (up to its `redis_reachable_again`), `redis_unreachable` lines are >= 10 s apart."""
+    back = [at for at, _ in log_events(text, "redis_reachable_again")]
+    lines = [at for at, _ in log_events(text, "redis_unreachable")]
+    gaps = [(b - a).total_seconds() for a, b in zip(lines, lines[1:], strict=False)
+            if not any(a < again < b for again in back)]
+    assert all(gap >= 9.9 for gap in gaps), gaps
+
+
+def test_reachability_says_once_repeats_every_10_s_with_the_time_and_says_when_it_is_back(caplog):
+    import logging
+
+    now = [100.0]
+    client = redis.Redis.from_url(f"redis://:{REDIS_PASSWORD}@127.0.0.1:1/0")
+    logger = logging.getLogger("test.reachability")
+    watch = RedisReachability(client, logger, clock=lambda: now[0])
+    caplog.set_level(logging.INFO, logger="test.reachability")
+    watch.answered()  # healthy: nothing to say
+    error = redis.ConnectionError(f"Error 111 connecting to 127.0.0.1:1 with {REDIS_PASSWORD}. Connection refused.")
+    for _ in range(20):  # a failure every half second for 10 s
+        watch.failed(error)
+        now[0] += 0.5
+    watch.failed(error)  # 10 s after the first
+    now[0] += 3
+    watch.answered()
+    watch.answered()
+    records = [(r.levelname, r.getMessage(), r.fields) for r in caplog.records]
+    assert [(level, name) for level, name, _ in records] == [
+        ("WARNING", "redis_unreachable"), ("WARNING", "redis_unreachable"), ("INFO", "redis_reachable_again")]
+    assert [f["down_seconds"] for _, _, f in records] == ["0.0", "10.0", "13.0"]
+    assert records[0][2]["redis"] == "redis://:***@127.0.0.1:1/0"
+    assert REDIS_PASSWORD not in records[0][2]["error"] and "***" in records[0][2]["error"]
+    client.close()
+
+
+def test_streamers_without_redis_say_so_within_seconds_every_10_s_and_again_when_it_is_back(
+        market, throwaway_redis_with_password, tmp_path):
+    server = throwaway_redis_with_password
+    keys = Keys("unreachable")
+    group = Streamers(market, keys, server.url, tmp_path)
+    client = bus.connect(server.url)
+    executor = make_executor(market.broker_settings())
+    try:
+        leader = group.start("leader")
+        _eventually(lambda: _safe(lambda: _connected_leader(client, keys)) == leader.pid, what="the leader")
+        group.start("standby")
+        _eventually(lambda: "streamer_started" in group.log("standby"), what="the standby")
+        time.sleep(1.5)  # the standby polls the lock
+        killed_at = datetime.now(UTC)
+        server.kill()
+        _eventually(lambda: all("redis_unreachable" in group.log(n) for n in ("leader", "standby")), timeout=10,
+                    what="both to say Redis is unreachable")
+        executor.buy_qty("AAPL", Decimal("1"), "unreachable-fill")  # the leader keeps it until Redis is back
+        fill = _eventually(lambda: _fill_ids(market.control.events(0)), what="the fill")
+        for name in ("leader", "standby"):
+            assert_says_redis_is_unreachable(group.log(name), server, killed_at)
+        _eventually(lambda: all(group.log(n).count("redis_unreachable") >= 2 for n in ("leader", "standby")),
+                    timeout=20, what="the warning repeated")
+        server.start()  # same port, empty
+        _eventually(lambda: all("redis_reachable_again" in group.log(n) for n in ("leader", "standby")),
+                    timeout=10, what="both to say Redis is back")
+        _eventually(lambda: set(_safe(lambda: _stream_ids(client, keys)) or []) >= set(fill),
+                    what="the outage's fill recorded")
+        time.sleep(2.5)  # a heartbeat and a lock poll more: nothing more to say
+    finally:
+        executor.close()
+        codes = group.stop_all()
+        client.close()
+    assert codes == [0, 0]
+    for name in ("leader", "standby"):
+        text = group.log(name)
+        assert_repeated_every_10_s_at_most(text)
+        (back_at, back), = log_events(text, "redis_reachable_again")
+        assert float(back["down_seconds"]) >= 10
+        assert back["redis"] == f"redis://:***@127.0.0.1:{server.port}/0"
+        assert float(log_events(text, "redis_unreachable")[-1][1]["down_seconds"]) >= 10
+        assert all(at < back_at for at, _ in log_events(text, "redis_unreachable"))
+        assert REDIS_PASSWORD not in text

@@ -22,6 +22,7 @@ import redis
 from services.manager import reconcile as rec
 from services.manager.consumer import ConsumerOptions, TradeUpdateConsumer
 from services.manager.settings import ManagerSettings
+from services.streamer.recorder import RedisReachability
 from shared import logs
 from shared.broker.contract import OrderExecutor
 from shared.bus import Keys
@@ -29,6 +30,11 @@ from shared.exits import ExitRules
 from shared.models import TradeUpdate
 
 log = logging.getLogger(__name__)
+
+#: Redis failures `start` and `step` wait out (RedisReachability logs them) instead of dying.
+REDIS_DOWN = (redis.RedisError, OSError)
+#: Pause before the next try while Redis does not answer.
+REDIS_RETRY_SECONDS = 1.0
 
 
 class Manager:
@@ -61,6 +67,8 @@ class Manager:
         )
         self._stop = threading.Event()
         self._next_reconcile_all = 0.0
+        #: `redis_unreachable` within a poll of losing Redis, every 10 s while it lasts; `redis_reachable_again`.
+        self.reachability = RedisReachability(client, log)
 
     def protect(self, symbols: list[str], updates: list[TradeUpdate]) -> dict[str, BaseException | None]:
         """The consumer's handler: reconcile the symbols the events touched."""
@@ -81,11 +89,22 @@ class Manager:
         return reports
 
     def start(self) -> None:
+        """Catch up (own pending entries, dead replicas' entries, everything new), then reconcile every
+        position. While Redis does not answer it waits and tries the catch-up again (the entries stay
+        in the stream); it returns early only when `stop` is called meanwhile."""
         logs.event(log, "manager_starting", consumer=self.settings.FL_MANAGER_CONSUMER,
                    stream=self.keys.trade_updates)
-        recovered = self.consumer.start()
-        while (batch := self.consumer.poll(block_ms=0)).acked or batch.failed or batch.dead_lettered:
-            recovered.acked += batch.acked
+        while True:
+            try:
+                recovered = self.consumer.start()
+                while (batch := self.consumer.poll(block_ms=0)).acked or batch.failed or batch.dead_lettered:
+                    recovered.acked += batch.acked
+                break
+            except REDIS_DOWN as exc:
+                self.reachability.failed(exc)
+                if self._stop.wait(REDIS_RETRY_SECONDS):
+                    return
+        self.reachability.answered()
         logs.event(log, "manager_caught_up", acked=recovered.acked, failed=recovered.failed,
                    dead_lettered=recovered.dead_lettered)
         self.reconcile_all(rec.START)
@@ -105,10 +124,12 @@ class Manager:
             return
         try:
             self.consumer.poll(block_ms=int(min(1000, until_timer * 1000)) + 1)
-        except redis.RedisError as exc:
+        except REDIS_DOWN as exc:
             # Redis restarting: nothing is lost (entries stay in the stream); wait and read again.
-            logs.event(log, "redis_unavailable", level=logging.WARNING, reason=str(exc))
-            self._stop.wait(1.0)
+            self.reachability.failed(exc)
+            self._stop.wait(REDIS_RETRY_SECONDS)
+            return
+        self.reachability.answered()
 
     def stop(self) -> None:
         self._stop.set()

@@ -8,6 +8,12 @@ Threads: the main loop (lock, heartbeat, checkpoint), the broker stream (`TradeU
 the recorder's writer, the backfiller. Only the main loop writes the health heartbeat, so a slow
 Redis never stalls the broker stream.
 
+Redis gone: the main loop talks to it at least every 2 s (a standby polls the lock every second, the
+leader beats every 2 s), so `redis_unreachable` is logged within about 2 s of the first refused
+command, again every 10 s while it lasts, and `redis_reachable_again` once it answers
+(`RedisReachability`, shared with the recorder). Nothing stops: the broker stream stays up and the
+recorder keeps every update queued until it can write it.
+
 The checkpoint (`event_high_water` in the health hash) is the newest broker time of any update
 received, written only when every received update is in Redis and no backfill is under way. So
 every update not yet in Redis is at most one margin older than the checkpoint, and the next leader's
@@ -32,7 +38,7 @@ from shared.models import TradeUpdate
 
 from .backfill import Backfiller, backfill_since
 from .leader import LeaderLock, new_token
-from .recorder import Batch, Recorder
+from .recorder import Batch, Recorder, RedisReachability
 from .settings import StreamerSettings
 
 log = logging.getLogger(__name__)
@@ -59,9 +65,11 @@ class Streamer:
         self.token = token or new_token()
         self.margin = timedelta(seconds=settings.FL_STREAMER_BACKFILL_MARGIN_SECONDS)
         self.lock = LeaderLock(client, keys.streamer_leader, self.token, settings.FL_STREAMER_LOCK_TTL_SECONDS)
+        #: One voice for "Redis is gone / back", fed by the main loop (lock, heartbeat) and the recorder.
+        self.reachability = RedisReachability(client, log)
         self.recorder = Recorder(
             client, keys, maxlen=settings.FL_STREAMER_MAXLEN, seen_ttl=settings.FL_STREAMER_SEEN_TTL_SECONDS,
-            on_redis_back=self._on_redis_back,
+            on_redis_back=self._on_redis_back, reachability=self.reachability,
         )
         self.backfiller = Backfiller(executor, self.recorder, on_done=self._on_backfill_done)
         self._stop = threading.Event()
@@ -118,11 +126,13 @@ class Streamer:
         try:
             ours = self.lock.refresh() if self._leading else self.lock.try_acquire()
         except (redis.RedisError, OSError) as exc:
+            self.reachability.failed(exc)
             if self._leading and self._lock_unconfirmed_since is None:
                 self._lock_unconfirmed_since = time.monotonic()
                 # Keep streaming: Redis being away is no reason to drop the broker connection.
                 logs.event(log, "leader_lock_unconfirmed", level=logging.WARNING, error=type(exc).__name__)
             return
+        self.reachability.answered()
         self._lock_unconfirmed_since = None
         if ours and not self._leading:
             self._become_leader()
@@ -249,8 +259,10 @@ class Streamer:
             fields["event_high_water"] = high_water.isoformat()
         try:
             self.client.hset(self.keys.streamer_health, mapping=fields)
-        except redis.RedisError:
-            pass  # the recorder reports the outage; the next beat retries
+        except (redis.RedisError, OSError) as exc:
+            self.reachability.failed(exc)  # the next beat retries
+            return
+        self.reachability.answered()
 
     def _on_backfill_done(self, since: datetime, orders: int, batch: Batch) -> None:
         try:

@@ -39,6 +39,7 @@ import requests  # noqa: E402
 from simhelpers import start_sim  # noqa: E402
 
 from services.manager import tick  # noqa: E402
+from services.manager.context import ManagerContext  # noqa: E402
 from shared import bus  # noqa: E402
 from shared.broker import make_executor  # noqa: E402
 from shared.exits import ExitRules  # noqa: E402
@@ -89,7 +90,7 @@ def main() -> int:
             sim.control.advance(seconds=300)
             _COUNTS.clear()
             started = time.perf_counter()
-            first = tick.run_tick(executor, client, keys, UNREACHABLE, portfolio_path=portfolio_csv)
+            first = tick.run_tick(ManagerContext(executor, client, keys, UNREACHABLE), portfolio_path=portfolio_csv)
             rebuild_seconds = time.perf_counter() - started
             rebuild_requests = sum(_COUNTS.values())
             assert first.positions == size and not first.exits, first.lines()[-1]
@@ -98,7 +99,7 @@ def main() -> int:
                 now = sim.control.advance(seconds=300)
                 _COUNTS.clear()
                 started = time.perf_counter()
-                report = tick.run_tick(executor, client, keys, UNREACHABLE, portfolio_path=portfolio_csv)
+                report = tick.run_tick(ManagerContext(executor, client, keys, UNREACHABLE), portfolio_path=portfolio_csv)
                 times.append(time.perf_counter() - started)
                 counts.append(dict(_COUNTS))
                 assert report.positions == size and not report.exits and not report.rebuilt

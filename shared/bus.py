@@ -7,10 +7,16 @@ default `fl`) keeps several accounts, and the tests, apart on one Redis server.
 from __future__ import annotations
 
 import json
+import logging
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 
 import redis
+
+from shared import logs
 
 SERVICES = ("ranker", "trader", "manager", "reporter", "scanner")
 
@@ -47,6 +53,13 @@ class Keys:
     @property
     def ledger(self) -> str:
         return f"{self.ns}:ledger"
+
+    @property
+    def manager_notes(self) -> str:
+        """Hash symbol -> JSON {verdict, notes, at}: what the manager's last reconcile had to say about
+        a symbol (halted, short, a gap through the stop, shares the user's orders hold, a position
+        the line did not enter). Written by the manager, shown by `factoryline status`."""
+        return f"{self.ns}:manager:notes"
 
     @property
     def equity_history(self) -> str:
@@ -87,3 +100,71 @@ def publish(client: redis.Redis, keys: Keys, kind: str, **fields: object) -> Non
 def connect_rq(url: str) -> redis.Redis:
     """The connection RQ needs: bytes responses (RQ breaks with decode_responses=True)."""
     return redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
+
+
+# -- saying that Redis cannot be reached -----------------------------------------------------------
+
+#: While Redis stays unreachable, `redis_unreachable` is logged again at most this often.
+UNREACHABLE_REPEAT_SECONDS = 10.0
+
+
+def redis_address(client: redis.Redis) -> str:
+    """Where `client` connects, as a URL without its password (`redis://:***@host:port/db`)."""
+    pool = client.connection_pool
+    kwargs = pool.connection_kwargs
+    login = f"{kwargs.get('username') or ''}{':***' if kwargs.get('password') else ''}"
+    login = f"{login}@" if login else ""
+    db = kwargs.get("db", 0)
+    if kwargs.get("path"):
+        return logs.redact(f"unix://{login}{kwargs['path']}?db={db}")
+    scheme = "rediss" if issubclass(pool.connection_class, redis.SSLConnection) else "redis"
+    return logs.redact(f"{scheme}://{login}{kwargs.get('host', '?')}:{kwargs.get('port', '?')}/{db}")
+
+
+class RedisReachability:
+    """Says in the log that Redis cannot be reached, and keeps saying so until it can.
+
+    `failed(exc)` after any Redis error: the first one logs WARNING `redis_unreachable` (the address
+    without its password, the error, redacted), later ones repeat it at most every `repeat_seconds`
+    with `down_seconds`, how long it has lasted. `answered()` after any Redis command that worked:
+    once after an outage it logs INFO `redis_reachable_again` with the outage's length. Thread-safe:
+    every thread that talks to Redis may report to one instance."""
+
+    def __init__(self, client: redis.Redis, logger: logging.Logger, *,
+                 repeat_seconds: float = UNREACHABLE_REPEAT_SECONDS, clock: Callable[[], float] = time.monotonic):
+        password = client.connection_pool.connection_kwargs.get("password")
+        if password:
+            logs.register_secret(str(password))  # so no error text can carry it either
+        self.address = redis_address(client)
+        self.log = logger
+        self.repeat_seconds = repeat_seconds
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._down_since: float | None = None
+        self._said_at = 0.0
+
+    @property
+    def down(self) -> bool:
+        return self._down_since is not None
+
+    def failed(self, exc: BaseException) -> None:
+        with self._lock:
+            now = self.clock()
+            if self._down_since is None:
+                self._down_since = now
+            elif now - self._said_at < self.repeat_seconds:
+                return
+            self._said_at = now
+            lasted = now - self._down_since
+        logs.event(self.log, "redis_unreachable", level=logging.WARNING, redis=self.address,
+                   error=logs.redact(f"{type(exc).__name__}: {exc}"), down_seconds=f"{lasted:.1f}")
+
+    def answered(self) -> None:
+        if self._down_since is None:  # the common case, without the lock
+            return
+        with self._lock:
+            if self._down_since is None:
+                return
+            lasted = self.clock() - self._down_since
+            self._down_since = None
+        logs.event(self.log, "redis_reachable_again", redis=self.address, down_seconds=f"{lasted:.1f}")

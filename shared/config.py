@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from decimal import Decimal
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 from urllib.parse import urlparse
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
@@ -159,6 +159,10 @@ class ExitSettings(_Settings):
     FL_TRAILING_ARM_PCT: Decimal = Field(default=Decimal("2"), gt=0)
     FL_TRAILING_GIVEBACK_PCT: Decimal = Field(default=Decimal("50"), gt=0, lt=100)
     FL_TIME_STOP_DAYS: int = Field(default=7, ge=1)
+    #: Long positions the line did not enter (docs/operations.md, "Positions the line did not make"):
+    #: `protect` puts a stop FL_STOP_LOSS_PCT below the price when first seen (no target, no soft
+    #: exits, never an immediate sale); `ignore` leaves them and their orders alone.
+    FL_FOREIGN_POSITIONS: Literal["protect", "ignore"] = "protect"
 
 
 S = TypeVar("S", bound=_Settings)

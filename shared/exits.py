@@ -115,6 +115,11 @@ class PositionState(Model):
     breakeven_armed: bool = False
     trailing_armed: bool = False
     updated_at: AwareDatetime
+    #: A position the line did not enter (bought by hand, FL_FOREIGN_POSITIONS): no target, no soft
+    #: exits, and its stop is measured from `level_basis`, the price when the line first saw it.
+    foreign: bool = False
+    #: The price the protective levels are measured from, when that is not the entry price.
+    level_basis: Decimal | None = Field(default=None, gt=0)
 
     @classmethod
     def at_entry(cls, symbol: str, entry_price: Decimal, qty: Decimal, first_fill_at: datetime) -> PositionState:
@@ -144,6 +149,58 @@ class PositionState(Model):
             }
         )
 
+    @classmethod
+    def adopted(cls, symbol: str, entry_price: Decimal, qty: Decimal, price: Decimal, now: datetime) -> PositionState:
+        """A position the line did not enter: levels from the price it has now (a stop below the
+        market, never one it is already through), the time stop and soft exits off."""
+        state = cls.at_entry(symbol, entry_price, qty, now)
+        return state.model_copy(update={"foreign": True, "level_basis": price,
+                                        "high_water_mark": max(entry_price, price)})
+
+    @property
+    def basis(self) -> Decimal:
+        """The price the protective stop and target are measured from."""
+        return self.level_basis if self.level_basis is not None else self.entry_price
+
+    def levels(self, rules: ExitRules) -> tuple[Decimal, Decimal | None]:
+        """(stop, target) of the broker-side protection; a foreign position has no target."""
+        stop, target = protective_levels(self.basis, rules)
+        return stop, None if self.foreign else target
+
+    def rebased(self, ratio: Decimal, now: datetime) -> PositionState:
+        """The same position after a split that multiplied its share count by `ratio` (2 for a 2:1
+        forward split, 1/4 for a 1:4 reverse): every price divides by it, so no level moves relative
+        to the market and no exit fires from the old prices. Arming and times are kept."""
+        _require_aware(now)
+        if not ratio.is_finite() or ratio <= ZERO:
+            raise InputError(f"split ratio must be positive, got {ratio}")
+        return self.model_copy(update={
+            "entry_price": self.entry_price / ratio,
+            "qty": self.qty * ratio,
+            "high_water_mark": self.high_water_mark / ratio,
+            "level_basis": self.level_basis / ratio if self.level_basis is not None else None,
+            "updated_at": max(self.updated_at, now),
+        })
+
+    def follow_broker(self, qty: Decimal, entry_price: Decimal, now: datetime, *,
+                      split_ratio: Decimal | None = None) -> tuple[PositionState, Decimal | None]:
+        """The state brought up to the broker's quantity and average entry, and the split ratio
+        applied (None when none was).
+
+        A split is `split_ratio` (announced by the corporate-actions feed) when the broker's
+        quantity shows it, or any change of quantity that keeps the cost basis (a split changes the
+        share count and the average price inversely; a buy raises the cost basis and a sale lowers
+        it). Anything else is an ordinary fill: entry and quantity follow the broker, the peak and
+        armed flags stay (`with_entry`) and `updated_at` is kept, so the next tick still counts the
+        bars since its last look. After a split `updated_at` moves to `now`: bars from before it
+        carry the old prices and must not raise the re-based high-water mark."""
+        if qty == self.qty and entry_price == self.entry_price:
+            return self, None
+        ratio = split_ratio_between(self.qty, self.entry_price, qty, entry_price, announced=split_ratio)
+        if ratio is not None:
+            return self.rebased(ratio, now).model_copy(update={"qty": qty, "entry_price": entry_price}), ratio
+        return self.with_entry(entry_price, qty, self.updated_at), None
+
     def to_json(self) -> str:
         return self.model_dump_json()
 
@@ -161,6 +218,39 @@ class ExitDecision:
     reference_price: Decimal
     level: Decimal | None
     detail: str
+
+
+# -- splits -----------------------------------------------------------------------------------------
+
+#: How far the cost basis may move across a split (cash in lieu of a fractional share, rounding of
+#: the broker's average price) and still count as unchanged.
+SPLIT_COST_TOLERANCE = Decimal("0.005")
+
+
+def split_ratio_between(old_qty: Decimal, old_entry: Decimal, new_qty: Decimal, new_entry: Decimal, *,
+                        announced: Decimal | None = None) -> Decimal | None:
+    """The split that turned (old_qty @ old_entry) into (new_qty @ new_entry), or None.
+
+    With an `announced` ratio: the new quantity must be the old one times it (down to whole shares,
+    cash in lieu of a fraction) and the average entry the old one divided by it. Without one: the
+    quantity changed and the cost basis did not (within SPLIT_COST_TOLERANCE), the ratio being the
+    quantities' quotient."""
+    if old_qty <= ZERO or new_qty <= ZERO or old_entry <= ZERO or new_entry <= ZERO:
+        return None
+    if announced is not None and announced > ZERO and announced != ONE:
+        expected_qty = old_qty * announced
+        if expected_qty - ONE < new_qty <= expected_qty and _close(new_entry, old_entry / announced):
+            return announced
+    if new_qty == old_qty:
+        return None
+    if _close(new_qty * new_entry, old_qty * old_entry):
+        ratio = new_qty / old_qty
+        return ratio
+    return None
+
+
+def _close(a: Decimal, b: Decimal) -> bool:
+    return abs(a - b) <= SPLIT_COST_TOLERANCE * max(abs(a), abs(b))
 
 
 # -- levels -----------------------------------------------------------------------------------------

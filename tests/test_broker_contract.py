@@ -25,6 +25,7 @@ from alpaca.data.models.corporate_actions import ForwardSplit, ReverseSplit
 from alpaca.data.requests import CorporateActionsRequest
 from simhelpers import DEFAULT_START, start_sim
 
+from shared.broker import procedures
 from shared.broker.alpaca import AlpacaExecutor
 from shared.broker.contract import OrderExecutor
 from shared.broker.simulated import SimulatedExecutor
@@ -383,7 +384,7 @@ def test_protective_stop_fills_when_the_price_falls_through_it(broker):
 # -- cancels ---------------------------------------------------------------------------------------
 
 
-def test_cancel_all_for_symbol_releases_the_shares(broker):
+def test_cancel_and_release_cancels_only_the_named_orders_and_waits_for_the_shares(broker):
     broker.executor.buy_notional(FRACTIONABLE, Decimal("2000"), "contract-release-entry")
     qty = wait_for_order(broker.executor, "contract-release-entry", filled).filled_qty
     stop, target = protective_prices(broker.executor, FRACTIONABLE)
@@ -399,9 +400,10 @@ def test_cancel_all_for_symbol_releases_the_shares(broker):
         "MSFT", Decimal("1"), other_stop, None, "contract-release-other-stop"
     )
 
-    position = broker.executor.cancel_all_for_symbol(FRACTIONABLE, timeout=5)
+    ours = [o.id for o in broker.executor.get_open_orders(FRACTIONABLE)]
+    position, still_open = procedures.cancel_and_release(broker.executor, FRACTIONABLE, ours, timeout=5)
 
-    assert position is not None
+    assert position is not None and still_open == []
     assert position.qty == qty and position.qty_available == qty
     assert broker.executor.get_open_orders(FRACTIONABLE) == []
     assert [o.client_order_id for o in broker.executor.get_open_orders("MSFT")] == [
@@ -411,8 +413,20 @@ def test_cancel_all_for_symbol_releases_the_shares(broker):
     assert oco.status is OrderStatus.CANCELED
 
 
-def test_cancel_all_for_a_flat_symbol_returns_none(broker):
-    assert broker.executor.cancel_all_for_symbol("MSFT", timeout=5) is None
+def test_cancel_and_release_of_a_flat_symbol_returns_none(broker):
+    assert procedures.cancel_and_release(broker.executor, "MSFT", [], timeout=5) == (None, [])
+
+
+def test_cancel_and_release_leaves_an_order_it_was_not_given_and_counts_what_it_holds(broker):
+    buy_filled(broker.executor, "MSFT", Decimal("10"), "contract-keep-entry")
+    stop, target = protective_prices(broker.executor, "MSFT")
+    ours = broker.executor.submit_protective_exit("MSFT", Decimal("6"), stop, target, "contract-keep-ours")
+    broker.executor.submit_protective_exit("MSFT", Decimal("4"), stop, None, "contract-keep-users")
+
+    position, still_open = procedures.cancel_and_release(broker.executor, "MSFT", [ours.id], timeout=5)
+
+    assert position.qty == Decimal("10") and position.qty_available == Decimal("6")
+    assert [o.client_order_id for o in still_open] == ["contract-keep-users"]
 
 
 def test_cancel_of_a_filled_order_raises_not_cancelable(broker):
@@ -714,7 +728,8 @@ def test_orders_updated_since_include_an_older_order_that_changed(broker):
     broker.market.advance(60)
     since = broker.executor.get_clock().timestamp
 
-    broker.executor.cancel_all_for_symbol(FRACTIONABLE, timeout=5)
+    procedures.cancel_and_release(broker.executor, FRACTIONABLE,
+                                  [o.id for o in broker.executor.get_open_orders(FRACTIONABLE)], timeout=5)
 
     orders = broker.executor.get_orders_updated_since(since)
     assert [o.client_order_id for o in orders] == ["contract-hist-oco"]

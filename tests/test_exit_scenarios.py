@@ -22,14 +22,17 @@ from simhelpers import NEW_YORK, SimHandle, start_sim
 
 from services.manager import reconcile as rec
 from services.manager import tick
+from services.manager.context import ManagerContext
 from services.manager.exiting import ExitOutcome
 from shared import ledger
 from shared import position_store as store
 from shared.broker import make_executor
 from shared.broker.alpaca import AlpacaExecutor
+from shared.client_ids import entry_id
 from shared.exits import ExitReason, ExitRules
 from shared.market.calendar import nyse
 from shared.models import OrderClass, Side
+from shared.protection import Trigger
 
 D = Decimal
 RULES = ExitRules(stop_loss=D("0.05"), take_profit=D("0.20"), breakeven_arm=D("0.015"), trailing_arm=D("0.02"),
@@ -61,16 +64,20 @@ class Desk:
 
     def open_position(self, symbol: str, qty: str = "10") -> None:
         """Buy, then protect it the way the manager does (its reconcile creates the state)."""
-        self.executor.buy_qty(symbol, D(qty), f"{self.keys.ns}-{symbol}-entry")
-        report = rec.reconcile_symbol(self.executor, self.client, self.keys, symbol, RULES, rec.START)
+        day = self.executor.get_clock().timestamp.astimezone(NEW_YORK).date()
+        self.executor.buy_qty(symbol, D(qty), entry_id(day, symbol, namespace=self.keys.ns))
+        report = rec.reconcile_symbol(self.ctx(), symbol, Trigger.START)
         assert report.error is None and report.placed
 
-    def tick(self, **kw) -> tick.TickReport:
+    def ctx(self, **kw) -> ManagerContext:
         options = {"lock_wait_seconds": 10, "fill_wait_seconds": 5, **kw}
-        return tick.run_tick(self.executor, self.client, self.keys, RULES, portfolio_path=self.portfolio, **options)
+        return ManagerContext(self.executor, self.client, self.keys, RULES, **options)
+
+    def tick(self, **kw) -> tick.TickReport:
+        return tick.run_tick(self.ctx(**kw), portfolio_path=self.portfolio)
 
     def reconcile_timer(self) -> None:
-        rec.reconcile_all(self.executor, self.client, self.keys, RULES, rec.TIMER)
+        rec.reconcile_all(self.ctx(), Trigger.TIMER)
 
     def advance_to(self, when: datetime) -> None:
         self.sim.control.advance(to=when)
@@ -140,7 +147,7 @@ def test_each_position_exits_once_with_its_reason_and_realized_pl_over_several_d
     desk.advance_to(MONDAY + timedelta(days=1))
     desk.sim.control.set_price("BEV", "100.00")
     report = desk.tick()
-    assert [(e.symbol, e.decision.reason, e.outcome) for e in report.exits] == [
+    assert [(e.symbol, e.reason, e.outcome) for e in report.exits] == [
         ("BEV", ExitReason.BREAK_EVEN, ExitOutcome.SOLD)]
     trade = only_trade(desk, "BEV")
     assert (trade.qty, trade.entry_price, trade.exit_price) == (D("10"), ENTRY, D("99.98"))
@@ -152,7 +159,7 @@ def test_each_position_exits_once_with_its_reason_and_realized_pl_over_several_d
     desk.advance_to(MONDAY + timedelta(days=2))
     desk.sim.control.set_price("TRL", "105.00")
     report = desk.tick()
-    assert [(e.symbol, e.decision.reason) for e in report.exits] == [("TRL", ExitReason.TRAILING)]
+    assert [(e.symbol, e.reason) for e in report.exits] == [("TRL", ExitReason.TRAILING)]
     trade = only_trade(desk, "TRL")
     assert (trade.exit_price, trade.realized_pl) == (D("104.98"), D("49.60"))
 
@@ -183,7 +190,7 @@ def test_each_position_exits_once_with_its_reason_and_realized_pl_over_several_d
     # 11:01 New York is 7 days and 1 minute after the first fill: the time stop sells.
     desk.advance_to(datetime(2024, 3, 11, 11, 1, tzinfo=NEW_YORK))
     report = desk.tick()
-    assert [(e.symbol, e.decision.reason) for e in report.exits] == [("TIM", ExitReason.TIME_STOP)]
+    assert [(e.symbol, e.reason) for e in report.exits] == [("TIM", ExitReason.TIME_STOP)]
     trade = only_trade(desk, "TIM")
     assert (trade.exit_price, trade.realized_pl) == (D("99.98"), D("-0.40"))
 
@@ -243,7 +250,7 @@ def test_stop_filling_between_cancel_and_sell_sells_nothing_more_and_writes_one_
     arm_race(desk, "RACE", qty=None)
     report = desk.tick()
     (result,) = report.exits
-    assert (result.decision.reason, result.outcome) == (ExitReason.TRAILING, ExitOutcome.ALREADY_CLOSED)
+    assert (result.reason, result.outcome) == (ExitReason.TRAILING, ExitOutcome.ALREADY_CLOSED)
     assert desk.executor.get_position("RACE") is None
     assert [o["order_class"] for o in desk.sells("RACE")] == ["oco"]  # no market sell was ever sent
     trade = only_trade(desk, "RACE")

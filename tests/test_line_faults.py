@@ -147,4 +147,4 @@ def test_redis_restarted_mid_burst_every_position_ends_protected(restart_line):
     assert all("insufficient qty" in r.get("message", "") for r in line.refusals()), line.refusals()
     streamer, manager = line.log("streamer"), line.log("manager")
     assert "redis_unavailable_buffering" in streamer and "redis_back" in streamer
-    assert "redis_unavailable" in manager and "consumer_group_recreated" in manager
+    assert "redis_unreachable" in manager and "consumer_group_recreated" in manager

@@ -25,7 +25,6 @@ from simhelpers import NEW_YORK, SimHandle, start_sim
 from services.manager import locks
 from services.manager.consumer import ConsumerOptions, TradeUpdateConsumer
 from services.manager.daemon import Manager
-from services.manager.reconcile import START, TIMER
 from services.manager.settings import ManagerSettings
 from services.manager.watch import parse, render
 from shared import bus, ledger
@@ -34,6 +33,7 @@ from shared.broker.simulated import trade_update_model
 from shared.exits import ExitReason, ExitRules
 from shared.ledger import ClosedTrade
 from shared.models import OrderClass, OrderStatus, OrderType, Side
+from shared.protection import Trigger
 from shared.trade_events import encode_entry
 
 D = Decimal
@@ -299,7 +299,7 @@ class Desk:
         return self.manager.consumer.poll(block_ms=0)
 
     def buy(self, symbol: str, qty: str):
-        return self.executor.buy_qty(symbol, D(qty), f"{self.keys.ns}-{symbol}-entry-{len(self.updates)}")
+        return self.executor.buy_qty(symbol, D(qty), f"{self.keys.ns}-20240304-{symbol}-entry-{len(self.updates)}")
 
     def protection(self, symbol: str) -> list[tuple]:
         """The symbol's open sell orders as (class, remaining qty, stop, target, time in force)."""
@@ -367,15 +367,15 @@ def test_second_fill_event_for_same_order_places_no_new_orders(desk):
     assert [p[:2] for p in desk.protection("AAPL")] == [("oco", D("10"))]
 
 
-def test_fill_whose_shares_a_hand_placed_sell_already_holds_is_protected_after_reading_the_broker(desk):
+def test_fill_whose_shares_a_users_sell_already_holds_leaves_that_sell_alone(desk):
     desk.buy("AAPL", "10")
-    # Before the manager sees the fill, someone places a stop for all the shares by hand.
-    hand = desk.executor.submit_protective_exit("AAPL", D("10"), D("150.00"), None, f"{desk.keys.ns}-by-hand")
+    # Before the manager sees the fill, the user places a stop for 4 of the shares by hand.
+    hand = desk.executor.submit_protective_exit("AAPL", D("4"), D("150.00"), None, f"{desk.keys.ns}-by-hand")
     desk.step()
-    # The shortcut (protect straight from the fill) is refused by the broker (insufficient qty); the
-    # full reconcile then cancels the stray stop, confirms the release and places the one OCO.
-    assert hand.id in [o["id"] for o in desk.sells_ever_submitted("AAPL") if o["status"] == "canceled"]
-    assert [p[:2] for p in desk.protection("AAPL")] == [("oco", D("10"))]
+    # The fill alone says nothing of the user's order: the OCO for 10 is refused (insufficient qty),
+    # the broker is read, and the line protects the 6 the user's stop does not hold.
+    assert hand.id not in [o["id"] for o in desk.sells_ever_submitted("AAPL") if o["status"] == "canceled"]
+    assert sorted(p[:2] for p in desk.protection("AAPL")) == [("oco", D("6")), ("simple", D("4"))]
     assert desk.pending() == 0
 
 
@@ -430,7 +430,7 @@ def test_fractional_day_stop_expired_at_the_close_is_rearmed_by_the_timer_reconc
     desk.sim.engine.advance_to(datetime(2024, 3, 4, 16, 1, tzinfo=NEW_YORK))
     # The day stop expired with the session; the expiry event is not delivered (missed), the timer runs.
     assert [p[:2] for p in desk.protection("AMZN")] == [("oco", D("2"))]
-    reports = desk.manager.reconcile_all(TIMER)
+    reports = desk.manager.reconcile_all(Trigger.TIMER)
     assert reports["AMZN"].placed and reports["AMZN"].error is None
     assert [p[:2] for p in desk.protection("AMZN")] == [("oco", D("2")), ("simple", D("0.5"))]
     desk.sim.engine.advance_to(datetime(2024, 3, 5, 9, 31, tzinfo=NEW_YORK))
@@ -443,7 +443,7 @@ def test_position_opened_by_hand_is_adopted_protected_and_reported_loudly(desk, 
     pubsub.subscribe(desk.keys.notifications)
     desk.buy("TSLA", "3")  # its fill never reaches the stream: nobody told the manager
     with caplog.at_level(logging.WARNING):
-        reports = desk.manager.reconcile_all(START)
+        reports = desk.manager.reconcile_all(Trigger.START)
     assert reports["TSLA"].adopted
     assert [p[:2] for p in desk.protection("TSLA")] == [("oco", D("3"))]
     fixes = [r for r in caplog.records if r.getMessage() == "reconcile_fix" and r.levelno == logging.WARNING]
@@ -452,13 +452,15 @@ def test_position_opened_by_hand_is_adopted_protected_and_reported_loudly(desk, 
     assert "reconcile_fix" in kinds and "protected" in kinds
 
 
-def test_missing_protection_is_rearmed_and_a_stray_sell_canceled_by_reconcile_all(desk):
+def test_missing_protection_is_rearmed_and_a_stray_sell_of_ours_canceled_by_reconcile_all(desk):
     desk.buy("AAPL", "10")
     desk.step()
     (oco,) = [o for o in desk.executor.get_open_orders("AAPL") if o.side is Side.SELL]
     desk.executor.cancel_order(oco.id)  # someone canceled the protection by hand
-    stray = desk.executor.submit_protective_exit("AAPL", D("4"), D("150.00"), None, f"{desk.keys.ns}-stray")
-    reports = desk.manager.reconcile_all(TIMER)
+    # A sell under the line's own id form that is not the desired protection (e.g. an old revision).
+    stray = desk.executor.submit_protective_exit("AAPL", D("4"), D("150.00"), None,
+                                                 f"{desk.keys.ns}-20240304-AAPL-stop-r99")
+    reports = desk.manager.reconcile_all(Trigger.TIMER)
     assert stray.id in reports["AAPL"].canceled
     assert [p[:2] for p in desk.protection("AAPL")] == [("oco", D("10"))]
     assert desk.refusals() == []
@@ -480,7 +482,7 @@ def test_stop_fill_closes_the_position_into_the_ledger_once_as_a_stop_loss(desk)
     # Replaying every update and a full reconcile adds nothing.
     desk.publish_again()
     desk.manager.consumer.poll(block_ms=0)
-    desk.manager.reconcile_all(TIMER)
+    desk.manager.reconcile_all(Trigger.TIMER)
     assert len(ledger.read(desk.client, desk.keys)) == 1
     assert desk.executor.get_open_orders("AAPL") == []
 
@@ -538,7 +540,7 @@ def test_update_that_keeps_failing_goes_to_dead_letters_with_an_error_and_an_ale
     assert _next_message(pubsub)["kind"] == "alert"
     # The position is still covered: the timer reconcile looks at every position.
     desk.sim.control.clear_faults()
-    desk.manager.reconcile_all(TIMER)
+    desk.manager.reconcile_all(Trigger.TIMER)
     assert [p[:2] for p in desk.protection("AAPL")] == [("oco", D("10"))]
 
 
@@ -549,7 +551,8 @@ def test_reconcile_command_protects_an_unprotected_position_and_then_finds_nothi
     env = _env(FL_NAMESPACE=keys.ns, REDIS_URL=redis_url(), **sim.broker_env())
     first = subprocess.run(factoryline("reconcile"), cwd=ROOT, env=env, text=True, capture_output=True, timeout=60)
     assert first.returncode == 0, first.stderr
-    assert "AAPL: position 6, adopted" in first.stdout and "placed oco 6" in first.stdout
+    # Bought by hand: protected by a plain stop 5% under the price it has now, no target.
+    assert "AAPL: position 6, adopted" in first.stdout and "placed simple 6" in first.stdout
     second = subprocess.run(factoryline("reconcile", "--symbol", "aapl"), cwd=ROOT, env=env, text=True,
                             capture_output=True, timeout=60)
     assert second.returncode == 0, second.stderr

@@ -137,9 +137,9 @@ def test_halt_makes_the_trader_refuse_and_resume_clears_it(env, redis_client, ke
 
 def test_flatten_yes_leaves_no_position_no_open_order_and_never_sells_short(
         env, executor, sim, redis_client, keys, tmp_path):  # noqa: F811
-    hold(executor, "AAPL", "10", protect=True)
-    hold(executor, "MSFT", "5", protect=False)
-    hold(executor, "TSLA", "2.5", protect=False)
+    hold(executor, "AAPL", "10", protect=True, prefix=line_prefix(env["FL_NAMESPACE"]))
+    hold(executor, "MSFT", "5", protect=False, prefix=line_prefix(env["FL_NAMESPACE"]))
+    hold(executor, "TSLA", "2.5", protect=False, prefix=line_prefix(env["FL_NAMESPACE"]))
     result = run([*FACTORYLINE, "flatten", "--yes"], env, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert executor.get_positions() == []
@@ -156,7 +156,7 @@ def test_flatten_yes_leaves_no_position_no_open_order_and_never_sells_short(
 
 
 def test_flatten_without_yes_and_without_a_terminal_refuses_in_one_line(env, executor, tmp_path):
-    hold(executor, "AAPL", "10", protect=False)
+    hold(executor, "AAPL", "10", protect=False, prefix=line_prefix(env["FL_NAMESPACE"]))
     result = run([*FACTORYLINE, "flatten"], env, tmp_path)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "refused" in result.stderr and "--yes" in result.stderr
@@ -186,7 +186,7 @@ def test_status_lists_the_workers_listening_on_the_queues(env, namespace, keys, 
 
 def test_flatten_while_the_market_is_closed_changes_nothing_and_keeps_the_stops(
         env, executor, sim, redis_client, keys, tmp_path):  # noqa: F811
-    hold(executor, "AAPL", "10", protect=True)
+    hold(executor, "AAPL", "10", protect=True, prefix=line_prefix(env["FL_NAMESPACE"]))
     sim.control.advance(to="2024-03-04T17:00:00-05:00")
     result = run([*FACTORYLINE, "flatten", "--yes"], env, tmp_path)
     assert result.returncode == 1
@@ -197,8 +197,8 @@ def test_flatten_while_the_market_is_closed_changes_nothing_and_keeps_the_stops(
 
 
 def test_flatten_reports_a_refused_sell_and_still_flattens_the_others(env, executor, sim, tmp_path):  # noqa: F811
-    hold(executor, "AAPL", "10", protect=False)
-    hold(executor, "MSFT", "5", protect=False)
+    hold(executor, "AAPL", "10", protect=False, prefix=line_prefix(env["FL_NAMESPACE"]))
+    hold(executor, "MSFT", "5", protect=False, prefix=line_prefix(env["FL_NAMESPACE"]))
     # The next order submission (AAPL's sell: symbols go in order) is refused by the broker.
     sim.control.fail_requests(1, 422, path_prefix="/v2/orders", method="POST")
     result = run([*FACTORYLINE, "flatten", "--yes"], env, tmp_path)
@@ -211,7 +211,7 @@ def test_flatten_reports_a_refused_sell_and_still_flattens_the_others(env, execu
 
 
 def test_flatten_keeps_an_earlier_halt_and_its_reason(env, executor, redis_client, keys, tmp_path):
-    hold(executor, "AAPL", "3", protect=False)
+    hold(executor, "AAPL", "3", protect=False, prefix=line_prefix(env["FL_NAMESPACE"]))
     run([*FACTORYLINE, "halt", "--reason", "incident 42"], env, tmp_path)
     flat = run([*FACTORYLINE, "flatten", "--yes"], env, tmp_path)
     assert flat.returncode == 0 and "already set; kept" in flat.stdout
@@ -236,7 +236,7 @@ def run_on_terminal(args: list[str], env: dict[str, str], cwd: Path, typed: str)
 
 def test_flatten_on_a_terminal_shows_the_plan_and_does_nothing_unless_flatten_is_typed(
         env, executor, redis_client, keys, tmp_path):
-    hold(executor, "AAPL", "10", protect=True)
+    hold(executor, "AAPL", "10", protect=True, prefix=line_prefix(env["FL_NAMESPACE"]))
     result = run_on_terminal([*FACTORYLINE, "flatten"], env, tmp_path, "yes\n")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "type 'flatten' to go ahead" in result.stdout and "not confirmed: nothing done" in result.stdout
@@ -246,7 +246,7 @@ def test_flatten_on_a_terminal_shows_the_plan_and_does_nothing_unless_flatten_is
 
 
 def test_flatten_on_a_terminal_sells_once_flatten_is_typed(env, executor, tmp_path):
-    hold(executor, "AAPL", "10", protect=True)
+    hold(executor, "AAPL", "10", protect=True, prefix=line_prefix(env["FL_NAMESPACE"]))
     result = run_on_terminal([*FACTORYLINE, "flatten"], env, tmp_path, "flatten\n")
     assert result.returncode == 0, result.stdout + result.stderr
     assert executor.get_position("AAPL") is None and executor.get_open_orders() == []
@@ -263,12 +263,14 @@ def documented_key_patterns() -> list:
 
 def test_every_key_a_trading_day_leaves_under_the_namespace_is_in_docs_redis_md(
         env, executor, sim, redis_client, keys, namespace, tmp_path):  # noqa: F811
+    from services.manager.context import ManagerContext
     from services.manager.reconcile import reconcile_all
     from shared.config import ExitSettings
     from shared.exits import ExitRules
+    from shared.protection import Trigger
 
     hold(executor, "AAPL", "10", protect=False)
-    reconcile_all(executor, redis_client, keys, ExitRules.from_settings(ExitSettings(_env_file=None)), "test")
+    reconcile_all(ManagerContext(executor, redis_client, keys, ExitRules.from_settings(ExitSettings(_env_file=None))), Trigger.MANUAL)
     assert run([sys.executable, "-m", "services.cli", "manage"], env, tmp_path).returncode == 0
     written = set(redis_client.scan_iter(match=f"{namespace}:*"))  # position, protection, last tick
     run([*FACTORYLINE, "flatten", "--yes"], env, tmp_path)
@@ -388,11 +390,7 @@ def test_status_lists_the_users_orders_apart_and_counts_only_stops_as_protection
 def go_short(sim, symbol: str, qty: str) -> None:  # noqa: F811
     """Put a short position in the simulator's book (it refuses to sell short, as the line never does;
     an account can still end up short by hand or by a broker-side event)."""
-    from shared.sim.engine import Holding
-
-    engine = sim.engine
-    with engine._lock:
-        engine._holdings[symbol] = Holding(Decimal(qty), Decimal("50"), engine.now())
+    sim.engine.set_holding(symbol, Decimal(qty), Decimal("50"))
 
 
 def test_status_calls_a_short_position_an_alert_and_exits_1(env, executor, sim, tmp_path):  # noqa: F811

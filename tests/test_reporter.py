@@ -21,7 +21,8 @@ import pytest
 from conftest import redis_url
 from simhelpers import NEW_YORK, SimHandle, start_sim
 
-from services.manager.reconcile import TIMER, reconcile_all
+from services.manager.context import ManagerContext
+from services.manager.reconcile import reconcile_all
 from services.reporter import render_html, render_text
 from services.reporter.jobs import ReportFiles, write_report
 from services.reporter.report import (
@@ -46,6 +47,7 @@ from shared.models import (
     Side,
     TimeInForce,
 )
+from shared.protection import Trigger
 
 D = Decimal
 ROOT = Path(__file__).resolve().parents[1]
@@ -260,7 +262,7 @@ def run_scenario(market: SimHandle, client, keys, folder: Path) -> Scenario:
     try:
         for symbol, qty in (("AAPL", "10"), ("MSFT", "5"), ("NVDA", "4")):
             executor.buy_qty(symbol, D(qty), f"{keys.ns}-20240304-{symbol}-entry")
-        reconcile_all(executor, client, keys, RULES, TIMER)
+        reconcile_all(ManagerContext(executor, client, keys, RULES), Trigger.TIMER)
         start = market.control.advance(seconds=0).astimezone(NEW_YORK)
         for day in range(3):
             session = start.date() + timedelta(days=day)
@@ -273,7 +275,7 @@ def run_scenario(market: SimHandle, client, keys, folder: Path) -> Scenario:
                 market.control.set_price("NVDA", (nvda.avg_entry_price * D("1.25")).quantize(D("0.01")))
                 msft_high = (msft.avg_entry_price * D("1.04")).quantize(D("0.01"))
                 market.control.set_price("MSFT", msft_high)
-                reconcile_all(executor, client, keys, RULES, TIMER)
+                reconcile_all(ManagerContext(executor, client, keys, RULES), Trigger.TIMER)
                 # What the manager's tick does with the price it sees: raise the mark, arm the exits.
                 state = position_store.load_state(client, keys, "MSFT")
                 record = position_store.load_record(client, keys, "MSFT")
@@ -357,29 +359,29 @@ def test_report_files_are_named_by_the_brokers_date_and_the_json_matches_the_rep
 def test_a_fractional_position_stopped_out_by_its_oco_and_day_stop_is_one_trade_in_the_report(market, redis_client,
                                                                                               keys, tmp_path):
     """10.4 AAPL through the real manager: an OCO for 10 and a day stop for 0.4; the stop price fills both,
-    the ledger holds one entry per closing order, the report one trade, lost."""
+    the manager writes ONE ledger entry covering both closing orders, the report one trade, lost."""
     executor = make_executor(market.broker_settings())
     try:
         executor.buy_qty("AAPL", D("10.4"), f"{keys.ns}-20240304-AAPL-entry")
-        reconcile_all(executor, redis_client, keys, RULES, TIMER)
+        reconcile_all(ManagerContext(executor, redis_client, keys, RULES), Trigger.TIMER)
         sells = sorted((o.order_class.value, o.remaining_qty) for o in executor.get_open_orders("AAPL")
                        if o.side is Side.SELL)
         assert sells == [("oco", D("10")), ("simple", D("0.4"))]
         entry = executor.get_position("AAPL").avg_entry_price
         market.control.advance(seconds=600)
         market.control.set_price("AAPL", (entry * D("0.90")).quantize(D("0.01")))
-        reconcile_all(executor, redis_client, keys, RULES, TIMER)
+        reconcile_all(ManagerContext(executor, redis_client, keys, RULES), Trigger.TIMER)
         assert executor.get_position("AAPL") is None
         market.control.advance(to=market.control.advance(seconds=0).astimezone(NEW_YORK).replace(hour=16, minute=5))
         files = write_report(executor, redis_client, keys, RULES, tmp_path)
     finally:
         executor.close()
-    parts = ledger.read(redis_client, keys)
-    assert sorted(p.qty for p in parts) == [D("0.4"), D("10")]
+    (entry_written,) = ledger.read(redis_client, keys)
+    assert entry_written.qty == D("10.4") and len(entry_written.closing_order_ids) == 2
     (trade,) = files.report.closed_trades
     assert trade.qty == D("10.4") and trade.exit_reason is ExitReason.STOP_LOSS
-    assert sorted(trade.closing_order_ids) == sorted(p.closing_order_id for p in parts)
-    assert trade.realized_pl == sum(p.realized_pl for p in parts).quantize(D("0.01")) < 0
+    assert sorted(trade.closing_order_ids) == sorted(entry_written.closing_order_ids)
+    assert trade.realized_pl == entry_written.realized_pl.quantize(D("0.01")) < 0
     totals = files.report.totals
     assert (totals.closed_trades, totals.winning_trades, totals.losing_trades) == (1, 0, 1)
     assert "closed today (1)" in render_text.render(files.report)
@@ -487,7 +489,7 @@ def test_a_report_costs_the_same_four_broker_reads_with_two_or_twelve_positions(
             for symbol in symbols[:count]:
                 if executor.get_position(symbol) is None:
                     executor.buy_qty(symbol, D("1"), f"{keys.ns}-20240304-{symbol}-entry")
-            reconcile_all(executor, redis_client, keys, RULES, TIMER)
+            reconcile_all(ManagerContext(executor, redis_client, keys, RULES), Trigger.TIMER)
             counting = CountingExecutor(executor)
             files = write_report(counting, redis_client, keys, RULES, tmp_path / str(count))
             assert len(files.report.positions) == count

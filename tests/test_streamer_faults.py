@@ -28,10 +28,10 @@ import redis
 from conftest import redis_url
 from simhelpers import ROOT, SimHandle, start_sim
 
-from services.streamer.recorder import Recorder, RedisReachability
+from services.streamer.recorder import Recorder
 from shared import bus
 from shared.broker import make_executor
-from shared.bus import Keys
+from shared.bus import Keys, RedisReachability
 from shared.models import Order, TradeEventType, TradeUpdate
 from shared.trade_events import decode_entry
 

@@ -20,9 +20,11 @@ from test_exit_scenarios import ENTRY, MONDAY, RULES, Desk, flat_bars_csv
 
 from services.manager import hwm, portfolio, tick
 from services.manager import reconcile as rec
+from services.manager.context import ManagerContext
 from shared import bus, queues
 from shared import position_store as store
 from shared.broker.alpaca import AlpacaExecutor
+from shared.protection import Trigger
 
 D = Decimal
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,14 +105,14 @@ def test_a_spike_before_a_second_fill_still_counts_at_the_next_tick(desk):
     desk.sim.control.set_price("PART", "100.50")
     desk.advance_to(MONDAY + timedelta(minutes=4))
     # A second buy fills and the reconcile folds it into the state (new average entry, 20 shares).
-    desk.executor.buy_qty("PART", D("10"), f"{desk.keys.ns}-PART-entry-2")
-    rec.reconcile_symbol(desk.executor, desk.client, desk.keys, "PART", RULES, rec.START)
+    desk.executor.buy_qty("PART", D("10"), f"{desk.keys.ns}-20240304-PART-entry-2")
+    rec.reconcile_symbol(ManagerContext(desk.executor, desk.client, desk.keys, RULES), "PART", Trigger.START)
     assert desk.state("PART").qty == D("20")
     desk.advance_to(MONDAY + timedelta(minutes=5))
     report = desk.tick()
     # Peak 102.60 over the new entry 100.27: trailing exits at 100.27 + 50% x 2.33 = 101.435 or below.
     [result] = report.exits
-    assert result.decision.reason.value == "trailing" and result.qty_sold == D("20")
+    assert result.reason.value == "trailing" and result.qty_sold == D("20")
     assert report.states["PART"].entry_price == D("100.27")
     assert report.states["PART"].high_water_mark == D("102.60")
 
@@ -118,7 +120,7 @@ def test_a_spike_before_a_second_fill_still_counts_at_the_next_tick(desk):
 def test_lost_state_is_rebuilt_from_the_first_fill_and_the_bars_since_entry(counting_desk):
     desk = counting_desk
     desk.open_position("LOST")
-    first_fill_at = desk.executor.get_order_by_client_id(f"{desk.keys.ns}-LOST-entry").filled_at
+    first_fill_at = desk.executor.get_order_by_client_id(f"{desk.keys.ns}-20240304-LOST-entry").filled_at
     desk.sim.control.set_price("LOST", "103.00")
     desk.advance_to(MONDAY + timedelta(minutes=3))
     desk.sim.control.set_price("LOST", "102.50")
@@ -204,7 +206,7 @@ def test_early_close_day_ends_the_ticks_at_the_brokers_close_not_at_four(hhmm, s
     market = start_sim(start=datetime(2024, 11, 29, hour, minute, tzinfo=NEW_YORK))
     executor = AlpacaExecutor(market.broker_settings())
     try:
-        report = tick.run_tick(executor, redis_client, keys, RULES)
+        report = tick.run_tick(ManagerContext(executor, redis_client, keys, RULES))
     finally:
         executor.close()
         market.stop()
@@ -223,7 +225,7 @@ def test_without_a_server_time_the_tick_asks_the_brokers_clock_instead(flat_mark
     executor = _NoServerTime(flat_market.broker_settings())
     try:
         flat_market.control.advance(seconds=90)
-        report = tick.run_tick(executor, redis_client, keys, RULES)
+        report = tick.run_tick(ManagerContext(executor, redis_client, keys, RULES))
     finally:
         executor.close()
     assert report.status is tick.TickStatus.DONE

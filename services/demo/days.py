@@ -35,6 +35,7 @@ from shared.errors import InputError
 from shared.exits import ExitRules
 from shared.market.calendar import NEW_YORK, nyse
 from shared.money import fmt_money, fmt_qty
+from shared.protection import Trigger
 
 DEFAULT_FIRST_DAY = date(2026, 11, 2)
 DEFAULT_DAYS = 10
@@ -337,9 +338,9 @@ class _Line:
         if self._announce_fills():
             self._consume_stream()
         if reconcile:
-            self.manager.reconcile_all("demo")
+            self.manager.reconcile_all(Trigger.TIMER)
         if tick:
-            run_tick(self.executor, self.client, self.keys, self.rules)
+            run_tick(self.manager.ctx)
             if self._announce_fills():
                 self._consume_stream()
         self._announce_exits()
@@ -357,7 +358,7 @@ class _Line:
                 break
         if self._streamed() < emitted:
             self.streamed_late += 1
-            self.manager.reconcile_all("demo")
+            self.manager.reconcile_all(Trigger.TIMER)
 
     def _streamed(self) -> int:
         return self.client.xlen(self.keys.trade_updates)

@@ -25,6 +25,7 @@ def serve(_args: argparse.Namespace) -> int:
     manager_settings = config.load(ManagerSettings)
     from shared.broker import make_executor
     from shared.exits import ExitRules
+    from shared.ownership import ForeignPolicy
 
     from .daemon import Manager
 
@@ -32,7 +33,8 @@ def serve(_args: argparse.Namespace) -> int:
     executor = make_executor(broker_settings)
     client = bus.connect(redis_settings.REDIS_URL)
     stream_client = bus.connect(redis_settings.REDIS_URL, blocking=True)
-    manager = Manager(executor, client, stream_client, keys, ExitRules.from_settings(exit_settings), manager_settings)
+    manager = Manager(executor, client, stream_client, keys, ExitRules.from_settings(exit_settings), manager_settings,
+                      ForeignPolicy(exit_settings.FL_FOREIGN_POSITIONS))
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: manager.stop())
     try:

@@ -32,25 +32,26 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_reconcile(args: argparse.Namespace) -> int:
     from services.manager import reconcile as rec
+    from services.manager.context import ManagerContext
     from shared import bus, config
     from shared.broker import make_executor
     from shared.errors import InputError
-    from shared.exits import ExitRules
+    from shared.protection import Trigger
 
     symbol = (args.symbol or "").strip().upper() or None
     if args.symbol is not None and (not symbol or not symbol.replace(".", "").replace("-", "").isalnum()):
         raise InputError(f"--symbol: not a ticker: {args.symbol!r}")
     broker_settings = config.load(config.BrokerSettings)
     redis_settings = config.load(config.RedisSettings)
-    rules = ExitRules.from_settings(config.load(config.ExitSettings))
     keys = bus.Keys(redis_settings.FL_NAMESPACE)
     client = bus.connect(redis_settings.REDIS_URL)
     executor = make_executor(broker_settings)
     try:
+        ctx = ManagerContext.from_settings(executor, client, keys)
         if symbol:
-            reports = {symbol: rec.reconcile_symbol(executor, client, keys, symbol, rules, rec.MANUAL)}
+            reports = {symbol: rec.reconcile_symbol(ctx, symbol, Trigger.MANUAL)}
         else:
-            reports = rec.reconcile_all(executor, client, keys, rules, rec.MANUAL)
+            reports = rec.reconcile_all(ctx, Trigger.MANUAL)
     except redis.RedisError as exc:
         raise RedisUnavailable(f"Redis: {exc}") from None
     finally:

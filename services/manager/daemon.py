@@ -21,13 +21,15 @@ import redis
 
 from services.manager import reconcile as rec
 from services.manager.consumer import ConsumerOptions, TradeUpdateConsumer
+from services.manager.context import ManagerContext
 from services.manager.settings import ManagerSettings
-from services.streamer.recorder import RedisReachability
 from shared import logs
 from shared.broker.contract import OrderExecutor
-from shared.bus import Keys
+from shared.bus import Keys, RedisReachability
 from shared.exits import ExitRules
 from shared.models import TradeUpdate
+from shared.ownership import ForeignPolicy
+from shared.protection import Trigger
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,7 @@ class Manager:
         keys: Keys,
         rules: ExitRules,
         settings: ManagerSettings,
+        foreign_policy: ForeignPolicy = ForeignPolicy.PROTECT,
     ):
         """`stream_client` blocks in XREADGROUP: it must come from `bus.connect(url, blocking=True)`."""
         self.executor = executor
@@ -54,6 +57,7 @@ class Manager:
         self.rules = rules
         self.settings = settings
         self.pool = ThreadPoolExecutor(settings.FL_MANAGER_WORKERS, thread_name_prefix="reconcile")
+        self.ctx = ManagerContext(executor, client, keys, rules, foreign_policy, self.pool)
         self.consumer = TradeUpdateConsumer(
             stream_client,
             keys,
@@ -72,13 +76,12 @@ class Manager:
 
     def protect(self, symbols: list[str], updates: list[TradeUpdate]) -> dict[str, BaseException | None]:
         """The consumer's handler: reconcile the symbols the events touched."""
-        reports = rec.reconcile_symbols(self.executor, self.client, self.keys, symbols, self.rules, rec.FILL,
-                                        updates=updates, pool=self.pool)
+        reports = rec.reconcile_symbols(self.ctx, symbols, Trigger.FILL, updates=updates)
         return {symbol: report.error for symbol, report in reports.items()}
 
-    def reconcile_all(self, reason: str) -> dict[str, rec.SymbolReport]:
+    def reconcile_all(self, reason: Trigger) -> dict[str, rec.SymbolReport]:
         try:
-            reports = rec.reconcile_all(self.executor, self.client, self.keys, self.rules, reason, pool=self.pool)
+            reports = rec.reconcile_all(self.ctx, reason)
         except Exception as exc:  # noqa: BLE001 - the broker may be down; the next timer run tries again
             logs.event(log, "reconcile_all_failed", level=logging.WARNING, trigger=reason,
                        error=type(exc).__name__, reason=str(exc))
@@ -107,7 +110,7 @@ class Manager:
         self.reachability.answered()
         logs.event(log, "manager_caught_up", acked=recovered.acked, failed=recovered.failed,
                    dead_lettered=recovered.dead_lettered)
-        self.reconcile_all(rec.START)
+        self.reconcile_all(Trigger.START)
         self._next_reconcile_all = time.monotonic() + self.settings.FL_MANAGER_RECONCILE_SECONDS
 
     def run(self) -> None:
@@ -119,7 +122,7 @@ class Manager:
     def step(self) -> None:
         until_timer = self._next_reconcile_all - time.monotonic()
         if until_timer <= 0:
-            self.reconcile_all(rec.TIMER)
+            self.reconcile_all(Trigger.TIMER)
             self._next_reconcile_all = time.monotonic() + self.settings.FL_MANAGER_RECONCILE_SECONDS
             return
         try:

@@ -28,6 +28,7 @@ from shared.bus import Keys
 from shared.exits import ExitRules, PositionState, advance_state
 from shared.models import Bar, Order, Position, Side, Timeframe
 from shared.money import ZERO
+from shared.ownership import is_our_entry
 
 log = logging.getLogger(__name__)
 
@@ -137,23 +138,48 @@ def first_fill_times(orders: Iterable[Order], symbols: Iterable[str]) -> dict[st
     return first
 
 
+def entered_by_the_line(history: Iterable[Order], first_fills: Mapping[str, datetime], namespace: str) -> set[str]:
+    """Symbols whose current holding (bought since its first fill) includes one of the line's entries."""
+    found = set()
+    for parent in history:
+        for order in parent.all_orders():
+            start = first_fills.get(order.symbol)
+            if (order.side is Side.BUY and order.filled_qty > ZERO and order.filled_at is not None
+                    and (start is None or order.filled_at >= start)
+                    and is_our_entry(order.client_order_id, order.symbol, namespace)):
+                found.add(order.symbol)
+    return found
+
+
 def rebuild(
     executor: OrderExecutor,
     positions: Mapping[str, Position],
     prices: Mapping[str, Decimal],
     now: datetime,
     rules: ExitRules,
+    *,
+    namespace: str,
 ) -> dict[str, PositionState]:
     """States for positions whose state was lost: entry and quantity from the broker's position,
     first fill from its order history, high-water mark and armed flags from the minute bars since.
 
-    A first fill older than the history searched (or not found) is taken as the start of the
-    window: the time stop then fires as it would have, and the bars cover the whole window.
+    Only positions one of the line's entries bought are rebuilt: any other is not the line's, and
+    the manager's reconcile adopts it under FL_FOREIGN_POSITIONS (no soft exits, ever). A first fill
+    older than the history searched (or not found) is taken as the start of the window: the time
+    stop then fires as it would have, and the bars cover the whole window.
     """
     if not positions:
         return {}
     window_start = now - rules.time_stop - HISTORY_LOOKBACK_EXTRA
-    first = first_fill_times(executor.get_orders_updated_since(window_start), positions)
+    history = executor.get_orders_updated_since(window_start)
+    first = first_fill_times(history, positions)
+    ours = entered_by_the_line(history, first, namespace)
+    for symbol in sorted(set(positions) - ours):
+        logs.event(log, "position_state_not_rebuilt", level=logging.WARNING, symbol=symbol,
+                   reason="no entry of the line in the order history: left to the reconcile's adoption")
+    positions = {s: p for s, p in positions.items() if s in ours}
+    if not positions:
+        return {}
     since = {s: first.get(s, window_start) for s in positions}
     # Only bars that started at or after the first fill: the fill's own minute may have traded
     # higher before we owned the shares, and must not arm an exit.

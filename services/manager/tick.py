@@ -31,7 +31,8 @@ from pathlib import Path
 
 import redis
 
-from services.manager import exiting, hwm, locks, portfolio
+from services.manager import exiting, hwm, portfolio
+from services.manager.context import ManagerContext
 from shared import bus, config, logs
 from shared.broker.contract import OrderExecutor
 from shared.errors import FactoryLineError
@@ -66,6 +67,10 @@ class TickReport:
     unpriced: list[str] = field(default_factory=list)
     #: Positions whose state changed under us twice in this tick (advanced next tick).
     contended: list[str] = field(default_factory=list)
+    #: Positions the line did not enter (no soft exits; only their stop).
+    foreign: list[str] = field(default_factory=list)
+    #: Positions whose state was re-based for a split this tick, with the split's share ratio.
+    rebased: dict[str, Decimal] = field(default_factory=dict)
     #: Exits that fired but were not sent: the halt flag was set during the tick.
     halted_before: list[str] = field(default_factory=list)
     portfolio_csv: str | None = None
@@ -80,6 +85,8 @@ class TickReport:
         out += [f"{s}: state rebuilt from the broker's bars since entry" for s in self.rebuilt]
         out += [f"{s}: no price this tick, left as it was" for s in self.unpriced]
         out += [f"{s}: state changed by a fill during the tick, checked next tick" for s in self.contended]
+        out += [f"{s}: re-based for a split (x{r.normalize()}), no exit from the old prices" for s, r in self.rebased.items()]
+        out += [f"{s}: not entered by the line: no soft exits" for s in self.foreign]
         out += [f"{s}: exit not sent, the halt flag was set during the tick" for s in self.halted_before]
         out.append(f"manage: {self.positions} position(s) checked at {self.at.isoformat() if self.at else '?'}, "
                    f"{len(self.exits)} exit(s), portfolio {self.portfolio_csv or 'not written'} "
@@ -91,13 +98,15 @@ class TickReport:
             "status": self.status.value,
             "at": self.at.isoformat() if self.at else None,
             "positions": self.positions,
-            "exits": [{"symbol": e.symbol, "reason": e.decision.reason.value, "outcome": e.outcome.value,
+            "exits": [{"symbol": e.symbol, "reason": e.reason.value, "outcome": e.outcome.value,
                        "qty_sold": str(e.qty_sold), "detail": e.detail,
                        "realized_pl": str(e.trade.realized_pl) if e.trade else None} for e in self.exits],
             "armed": {s: [r.value for r in portfolio.armed_exits(st)] for s, st in sorted(self.states.items())},
             "rebuilt": self.rebuilt,
             "unpriced": self.unpriced,
             "contended": self.contended,
+            "foreign": self.foreign,
+            "rebased": {s: str(r) for s, r in self.rebased.items()},
             "halted_before": self.halted_before,
             "portfolio_csv": self.portfolio_csv,
             "seconds": round(self.seconds, 3),
@@ -119,7 +128,6 @@ def manage_positions() -> dict:
 def tick_from_settings() -> TickReport:
     broker_settings = config.load(config.BrokerSettings)
     redis_settings = config.load(config.RedisSettings)
-    rules = ExitRules.from_settings(config.load(config.ExitSettings))
     portfolio_settings = config.load(portfolio.PortfolioSettings)
     keys = bus.Keys(redis_settings.FL_NAMESPACE)
     client = bus.connect(redis_settings.REDIS_URL)
@@ -128,7 +136,8 @@ def tick_from_settings() -> TickReport:
 
         executor = make_executor(broker_settings)
         try:
-            return run_tick(executor, client, keys, rules, portfolio_path=portfolio_settings.FL_PORTFOLIO_CSV)
+            ctx = ManagerContext.from_settings(executor, client, keys)
+            return run_tick(ctx, portfolio_path=portfolio_settings.FL_PORTFOLIO_CSV)
         finally:
             executor.close()
     except redis.RedisError as exc:
@@ -140,17 +149,9 @@ def tick_from_settings() -> TickReport:
 # -- the tick -----------------------------------------------------------------------------------------
 
 
-def run_tick(
-    executor: OrderExecutor,
-    client: redis.Redis,
-    keys: bus.Keys,
-    rules: ExitRules,
-    *,
-    portfolio_path: Path | None = None,
-    lock_wait_seconds: float = locks.WAIT_SECONDS,
-    fill_wait_seconds: float = exiting.FILL_WAIT_SECONDS,
-) -> TickReport:
+def run_tick(ctx: ManagerContext, *, portfolio_path: Path | None = None) -> TickReport:
     """One tick over a given broker and Redis (the job, the command, tests and the benchmark)."""
+    executor, client, keys, rules = ctx.executor, ctx.client, ctx.keys, ctx.rules
     started = time.perf_counter()
     if client.exists(keys.halt):
         logs.event(log, "tick_skipped", level=logging.WARNING, reason="halt flag set")
@@ -165,14 +166,26 @@ def run_tick(
     prices = _prices(executor, positions)
     report.unpriced = sorted(s for s in positions if s not in prices)
     stored = hwm.load_states(client, keys, positions)
+    # A position the line did not enter has no soft exits (only its stop, which the reconcile keeps).
+    foreign = {s for s, st in stored.items() if st.state is not None and st.state.foreign}
+    stored = {s: st for s, st in stored.items() if s not in foreign}
+    report.foreign = sorted(foreign)
 
     lost = {s: positions[s] for s, st in stored.items() if st.state is None}
-    rebuilt = hwm.rebuild(executor, lost, prices, now, rules)
+    rebuilt = hwm.rebuild(executor, lost, prices, now, rules, namespace=keys.ns)
     report.rebuilt = sorted(rebuilt)
     as_stored = {s: st.state for s, st in stored.items() if st.state is not None}
     # Bars from each state's last advance as stored (updating the entry below moves `updated_at`).
     highs = _highs_since_last_tick(executor, as_stored, now)
-    known = {s: _with_position(state, positions[s], now) for s, state in as_stored.items()}
+    known: dict[str, PositionState] = {}
+    for symbol, state in as_stored.items():
+        known[symbol], ratio = state.follow_broker(positions[symbol].qty, positions[symbol].avg_entry_price, now)
+        if ratio is not None:
+            # A split: the bars before it carry the old prices and must not raise the re-based mark.
+            highs.pop(symbol, None)
+            report.rebased[symbol] = ratio
+            logs.event(log, "split_rebased", level=logging.WARNING, symbol=symbol, ratio=ratio,
+                       high_water_mark=known[symbol].high_water_mark)
 
     decided: dict[str, tuple[PositionState, ExitDecision | None]] = {}
     for symbol, state in known.items():
@@ -199,8 +212,7 @@ def run_tick(
             # Halted while this tick ran: no more orders. The states are saved; the next tick decides again.
             report.halted_before = sorted({*report.halted_before, symbol})
             continue
-        result = exiting.exit_position(executor, client, keys, state, decision, rules, now=now,
-                                       lock_wait_seconds=lock_wait_seconds, fill_wait_seconds=fill_wait_seconds)
+        result = exiting.exit_position(ctx, state, decision, now=now)
         report.exits.append(result)
         if result.outcome in _CLOSED:
             closed.add(symbol)
@@ -239,13 +251,6 @@ def _prices(executor: OrderExecutor, positions: dict[str, Position]) -> dict[str
     return prices
 
 
-def _with_position(state: PositionState, position: Position, now: datetime) -> PositionState:
-    """The broker's average entry and quantity win (a fill the reconcile has not processed yet)."""
-    if state.entry_price != position.avg_entry_price or state.qty != position.qty:
-        return state.with_entry(position.avg_entry_price, position.qty, max(state.updated_at, now))
-    return state
-
-
 def _highs_since_last_tick(executor: OrderExecutor, states: dict[str, PositionState],
                            now: datetime) -> dict[str, Decimal]:
     """One batched minute-bar request from the oldest state's last update; each symbol counts only the
@@ -269,7 +274,7 @@ def _retry_contended(client: redis.Redis, keys: bus.Keys, symbols: set[str], pos
     for symbol, stored in again.items():
         if stored.state is None or symbol not in prices:
             continue  # cleared: the position closed meanwhile
-        state = _with_position(stored.state, positions[symbol], now)
+        state, _ratio = stored.state.follow_broker(positions[symbol].qty, positions[symbol].avg_entry_price, now)
         decided[symbol] = evaluate(state, highs.get(symbol), prices[symbol], now, rules)
     still = hwm.save_advanced(client, keys, {s: (again[s].raw, st) for s, (st, _d) in decided.items()})
     report.contended = sorted(still | {s for s in symbols if s not in decided})

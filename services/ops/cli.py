@@ -167,11 +167,12 @@ def _who() -> str:
 def run_flatten(args: argparse.Namespace, stdin=None) -> int:
     import redis
 
+    from services.manager.context import ManagerContext
     from services.ops import flatten as fl
     from services.ops.status import coverage
     from shared import config
     from shared.broker import make_executor
-    from shared.exits import ExitRules
+    from shared.ownership import is_ours
     from shared.texttable import table
 
     stdin = stdin if stdin is not None else sys.stdin
@@ -179,25 +180,29 @@ def run_flatten(args: argparse.Namespace, stdin=None) -> int:
         print("flatten: refused: no terminal to confirm on; run it with --yes to sell everything", file=sys.stderr)
         return 2
     broker_settings = config.load(config.BrokerSettings)
-    rules = ExitRules.from_settings(config.load(config.ExitSettings))
     _settings, keys, client = _redis()
     executor = make_executor(broker_settings)
     try:
+        ctx = ManagerContext.from_settings(executor, client, keys)
         positions = {p.symbol: p for p in executor.get_positions()}
         orders = executor.get_open_orders()
-        symbols = sorted(set(positions) | {o.symbol for o in orders})
+        symbols, left_alone = fl.managed_symbols(ctx, positions, orders)
         if not symbols:
-            print("flatten: no positions and no open orders: nothing to do (halt flag not changed)")
+            print("flatten: no positions and no open orders of the line: nothing to do (halt flag not changed)")
+            for symbol in left_alone:
+                print(f"{symbol}: not the line's (the user's orders or position): left alone")
             return 0
         plan = []
         for symbol in symbols:
             p = positions.get(symbol)
-            n_orders = sum(1 for o in orders if o.symbol == symbol)
-            sell = "-" if p is None else (f"{p.qty} (all held)" if p.qty > 0 else f"none: short {p.qty}")
+            n_orders = sum(1 for o in orders if o.symbol == symbol and is_ours(o.client_order_id, keys.ns))
+            sell = "-" if p is None else (f"{p.qty} (all available)" if p.qty > 0 else f"none: short {p.qty}")
             covered = "-" if p is None else f"{coverage(p, orders).covered}/{p.qty}"
             plan.append((symbol, n_orders, sell, covered))
-        print("flatten plan: set the halt flag, then for each symbol cancel its orders and sell at market")
+        print("flatten plan: set the halt flag, then for each symbol cancel the line's orders and sell at market")
         print("\n".join(table(("symbol", "orders to cancel", "shares to sell", "stops cover"), plan, right={1})))
+        for symbol in left_alone:
+            print(f"{symbol}: not the line's (the user's orders or position, FL_FOREIGN_POSITIONS): left alone")
         if (refusal := _closed_market_refusal(executor.get_clock())) is not None:
             print(refusal)
             return 1
@@ -214,7 +219,7 @@ def run_flatten(args: argparse.Namespace, stdin=None) -> int:
             print(f"halt flag {keys.halt} set")
         else:
             print(f"halt flag {keys.halt} already set; kept as it was")
-        results = [fl.flatten_symbol(executor, client, keys, s, rules, now=clock.timestamp) for s in symbols]
+        results = [fl.flatten_symbol(ctx, s, now=clock.timestamp) for s in symbols]
     except redis.RedisError as exc:
         raise _redis_error(exc) from None
     finally:
@@ -228,7 +233,8 @@ def run_flatten(args: argparse.Namespace, stdin=None) -> int:
     if failed:
         print(f"flatten: NOT flat: {', '.join(failed)} (see detail); the halt flag stays set")
         return 1
-    print("flatten: done: no position, no open order; the halt flag stays set (`factoryline resume` clears it)")
+    print("flatten: done: the line holds no position and no open order; the halt flag stays set "
+          "(`factoryline resume` clears it)")
     return 0
 
 

@@ -132,6 +132,9 @@ class Status:
     coverage: dict[str, Coverage] = field(default_factory=dict)
     #: Open orders whose client order id the line did not make (shared.ownership), as the broker lists them.
     user_orders: list[Order] = field(default_factory=list)
+    #: What the manager's last reconcile said per symbol (`Keys.manager_notes`): halted, a gap through
+    #: the stop, shares the user's orders hold, a position the line did not enter.
+    manager_notes: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def unprotected(self) -> list[str]:
@@ -180,6 +183,11 @@ def read_redis(status: Status, client, rq_client, keys: Keys) -> None:
         except ValueError:
             status.last_tick = {"status": f"unreadable: {raw_tick[:60]}"}
     status.stream_line = _stream_line(client, keys, GROUP)
+    for symbol, raw in client.hgetall(keys.manager_notes).items():
+        try:
+            status.manager_notes[symbol] = list(json.loads(raw).get("notes", []))
+        except (ValueError, AttributeError):
+            status.manager_notes[symbol] = [f"unreadable note: {raw[:60]}"]
 
 
 def _stream_line(client, keys: Keys, group: str) -> str:
@@ -244,6 +252,9 @@ def render(status: Status) -> list[str]:
         lines.append("  none")
     else:
         lines += _position_lines(status)
+    if status.manager_notes:
+        lines += ["", "manager notes (from its last reconcile of each symbol)"]
+        lines += [f"  {note}" for _symbol, notes in sorted(status.manager_notes.items()) for note in notes]
     lines += ["", "orders the line did not make (left alone)"]
     if status.user_orders:
         lines += table(("symbol", "side", "type", "tif", "qty", "prices", "client order id"),

@@ -38,8 +38,10 @@ SCAN = Job("scan", "scanner", "services.scanner.jobs.scan_targets")
 RANK = Job("rank", "ranker", "services.ranker.jobs.rank_signals")
 TRADE = Job("trade", "trader", "services.trader.jobs.trade_signals", in_session=True)
 MANAGE = Job("manage", "manager", "services.manager.tick.manage_positions", in_session=True)
+#: Before the open: the day's splits re-base the positions, every protection is made right.
+PRE_OPEN = Job("pre_open", "manager", "services.manager.jobs.pre_open_check")
 REPORT = Job("report", "reporter", "services.reporter.jobs.daily_report")
-JOBS = (SCAN, RANK, TRADE, MANAGE, REPORT)
+JOBS = (SCAN, RANK, PRE_OPEN, TRADE, MANAGE, REPORT)
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,8 @@ class SchedulerSettings(_Settings):
     FL_SCHEDULE_SCAN: str = "02:00"
     FL_SCHEDULE_RANK: str = "06:00"
     FL_SCHEDULE_TRADE: str = "09:35"
+    #: The manager's pre-open check (corporate actions, then every position's protection).
+    FL_SCHEDULE_PRE_OPEN: str = "open-20"
     #: Report after the close: 16:05 on a normal day, 13:05 after an early close.
     FL_SCHEDULE_REPORT: str = "close+5"
     #: Minutes between manage ticks during the session (0 turns them off).

@@ -33,12 +33,12 @@ import redis
 
 from shared import logs
 from shared.broker.contract import OrderExecutor, TradeUpdateStream
-from shared.bus import Keys
+from shared.bus import Keys, RedisReachability
 from shared.models import TradeUpdate
 
 from .backfill import Backfiller, backfill_since
 from .leader import LeaderLock, new_token
-from .recorder import Batch, Recorder, RedisReachability
+from .recorder import Batch, Recorder
 from .settings import StreamerSettings
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,6 @@ import json
 import logging
 import re
 import threading
-import time
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -484,12 +483,10 @@ class AlpacaExecutor(OrderExecutor):
         *,
         read_retries: int = READ_RETRIES,
         read_retry_wait: float = READ_RETRY_WAIT_SECONDS,
-        cancel_poll_seconds: float = 0.1,
         order_history_lookback: timedelta = ORDER_HISTORY_LOOKBACK,
     ):
         self._settings = settings
         self._timeout = settings.FL_BROKER_TIMEOUT_SECONDS
-        self._cancel_poll_seconds = cancel_poll_seconds
         self._history_lookback = order_history_lookback
         key = settings.ALPACA_API_KEY.get_secret_value()
         secret = settings.ALPACA_SECRET_KEY.get_secret_value()
@@ -835,37 +832,6 @@ class AlpacaExecutor(OrderExecutor):
         self._call(f"cancel order {order_id}", self._trading.cancel_order_by_id, order_id, for_order=True)
         logs.event(log, "order_cancel_requested", order_id=order_id)
 
-    def cancel_all_for_symbol(self, symbol: str, timeout: float = 10.0) -> Position | None:
-        deadline = time.monotonic() + timeout
-        requested: set[str] = set()
-        pause = self._cancel_poll_seconds
-        while True:
-            open_orders = self.get_open_orders(symbol)
-            if not any(o.status.is_open for parent in open_orders for o in parent.all_orders()):
-                position = self.get_position(symbol)
-                if position is None or position.qty_available == position.qty:
-                    logs.event(
-                        log,
-                        "symbol_orders_cleared",
-                        symbol=symbol,
-                        canceled=len(requested),
-                        qty=position.qty if position else ZERO,
-                    )
-                    return position
-            for order_id in _orders_to_cancel(open_orders, requested):
-                requested.add(order_id)
-                try:
-                    self.cancel_order(order_id)
-                except (NotCancelable, NotFound):
-                    # Raced a fill or an OCO sibling's cancel: the next read shows where it ended.
-                    continue
-            if time.monotonic() >= deadline:
-                raise BrokerUnavailable(
-                    f"cancel all orders of {symbol}: orders still open or shares still held after {timeout:g} s"
-                )
-            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
-            pause = min(pause * 2, 1.0)
-
     # -- calendar -------------------------------------------------------------------------
     def get_clock(self) -> MarketClock:
         return clock_from_alpaca(self._call("get clock", self._trading.get_clock))
@@ -889,24 +855,6 @@ def _changed_since(order: alpaca_models.Order, since: datetime) -> bool:
         _aware(member.submitted_at) >= since or _aware(member.updated_at) >= since
         for member in (order, *(order.legs or []))
     )
-
-
-def _orders_to_cancel(open_orders: list[Order], requested: set[str]) -> list[str]:
-    """Ids to cancel now: each open parent (its legs go with it), and open legs whose parent is no
-    longer open (a bracket whose entry filled), never an id already requested."""
-    ids: list[str] = []
-    for parent in open_orders:
-        if parent.status.is_open:
-            if parent.id not in requested:
-                ids.append(parent.id)
-            continue
-        ids.extend(leg.id for leg in parent.legs if leg.status.is_open and leg.id not in requested)
-    return ids
-
-
-# =============================================================================================
-# Trade updates stream
-# =============================================================================================
 
 
 class _HookedTradingStream(TradingStream):

@@ -181,12 +181,6 @@ class OrderExecutor(abc.ABC):
     def cancel_order(self, order_id: str) -> None:
         """Request cancellation. NotCancelable if it already filled or ended."""
 
-    @abc.abstractmethod
-    def cancel_all_for_symbol(self, symbol: str, timeout: float = 10.0) -> Position | None:
-        """Cancel every open order of `symbol` and wait until none is open and the position's
-        shares are released (qty_available == qty). Returns the position as it then stands (None
-        when flat: a protective order may have filled meanwhile). BrokerUnavailable on timeout."""
-
     # -- calendar -------------------------------------------------------------------------
     @abc.abstractmethod
     def get_clock(self) -> MarketClock:

@@ -23,7 +23,7 @@ from decimal import Decimal
 
 from shared import logs
 from shared.broker.contract import OrderExecutor, TradeUpdateStream, protective_exit_shape
-from shared.errors import BrokerError, BrokerUnavailable, InputError, NotCancelable, NotFound
+from shared.errors import BrokerError, InputError, NotFound
 from shared.market.calendar import NEW_YORK
 from shared.models import (
     Account,
@@ -44,7 +44,6 @@ from shared.models import (
     TradeUpdate,
     TradingDay,
 )
-from shared.money import ZERO
 from shared.sim.engine import MarketEngine, PositionView
 from shared.sim.orders import OrderRequest, SimOrder, TradeEvent
 from shared.sim.paths import to_price
@@ -328,25 +327,6 @@ class SimulatedExecutor(OrderExecutor):
     def cancel_order(self, order_id: str) -> None:
         self._call(f"cancel order {order_id}", self.engine.cancel_order, order_id)
         logs.event(log, "order_cancel_requested", order_id=order_id)
-
-    def cancel_all_for_symbol(self, symbol: str, timeout: float = 10.0) -> Position | None:
-        # In process a cancel takes effect at once; the loop guards against an order appearing
-        # from another thread meanwhile.
-        for _ in range(100):
-            open_orders = self.engine.list_orders(status="open", limit=10**9, nested=True, symbols=[symbol])
-            if not open_orders:
-                position = self.get_position(symbol)
-                if position is None or position.qty_available == position.qty:
-                    logs.event(
-                        log, "symbol_orders_cleared", symbol=symbol, qty=position.qty if position else ZERO
-                    )
-                    return position
-            for order in open_orders:
-                try:
-                    self.cancel_order(order.id)
-                except (NotCancelable, NotFound):
-                    continue
-        raise BrokerUnavailable(f"cancel all orders of {symbol}: orders still open after repeated cancels")
 
     # -- calendar -------------------------------------------------------------------------
     def get_clock(self) -> MarketClock:

@@ -1257,6 +1257,19 @@ class MarketEngine:
                 asset.tradable = tradable
             return asset
 
+    def set_holding(self, symbol: str, qty: Decimal, avg_entry_price: Decimal) -> None:
+        """Put a position in the book as if made outside this market's order rules: a short (which
+        the simulator refuses to open by order, as the line never does) or a transfer in. No cash moves."""
+        with self._lock:
+            symbol = self.asset(symbol).symbol
+            qty, avg_entry_price = to_decimal(qty), to_decimal(avg_entry_price)
+            if not qty.is_finite() or not avg_entry_price.is_finite() or avg_entry_price <= ZERO:
+                raise InputError("qty must be finite and avg_entry_price > 0")
+            if qty == ZERO:
+                self._holdings.pop(symbol, None)
+            else:
+                self._holdings[symbol] = Holding(qty, avg_entry_price, self._sync_now())
+
     def partial_fill_next(self, symbol: str, fraction: Decimal) -> None:
         """The next order submitted for `symbol` fills only `fraction` of its quantity first;
         the rest fills later (a market order at the next minute's open, or via `fill_order`)."""

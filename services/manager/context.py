@@ -1,0 +1,54 @@
+"""What every manager procedure works with, as one object instead of `executor, client, keys, ...`."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+
+import redis
+
+from services.manager import locks
+from shared import config
+from shared.broker.contract import BrokerCapabilities, OrderExecutor
+from shared.bus import Keys
+from shared.exits import ExitRules
+from shared.ownership import ForeignPolicy
+
+#: How long a market sell may take to fill before the exit takes it back and re-protects.
+FILL_WAIT_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class ManagerContext:
+    executor: OrderExecutor
+    client: redis.Redis
+    keys: Keys
+    rules: ExitRules
+    foreign_policy: ForeignPolicy = ForeignPolicy.PROTECT
+    #: Broker calls of different symbols overlap here (a burst of fills at the open, reconcile-all).
+    pool: ThreadPoolExecutor | None = None
+    lock_wait_seconds: float = locks.WAIT_SECONDS
+    fill_wait_seconds: float = FILL_WAIT_SECONDS
+
+    @property
+    def capabilities(self) -> BrokerCapabilities:
+        return self.executor.capabilities
+
+    def with_(self, **changes: object) -> ManagerContext:
+        return replace(self, **changes)
+
+    @classmethod
+    def from_settings(cls, executor: OrderExecutor, client: redis.Redis, keys: Keys,
+                      pool: ThreadPoolExecutor | None = None) -> ManagerContext:
+        """The rules and the foreign-position policy from the environment (ConfigError if invalid)."""
+        exit_settings = config.load(config.ExitSettings)
+        return cls(executor, client, keys, ExitRules.from_settings(exit_settings),
+                   ForeignPolicy(exit_settings.FL_FOREIGN_POSITIONS), pool)
+
+    def map(self, fn, items):
+        """`fn` over `items`, in the pool when there is one and more than one item."""
+        items = list(items)
+        if self.pool is not None and len(items) > 1:
+            return list(self.pool.map(fn, items))
+        return [fn(item) for item in items]
+

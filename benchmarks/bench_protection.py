@@ -165,8 +165,11 @@ def run_round(kind: str, fills: int, workers: int, workdir: Path) -> tuple[list[
         else:
             # The manager is ready once its group exists and it has read (reconcile-all at start is done).
             _wait(kind, lambda: _has_consumer(client, ns), 30, procs[-1], consumer_log)
+        from shared.client_ids import entry_id
+
         for symbol in symbols:
-            executor.buy_qty(symbol, Decimal("1"), f"{ns}-{symbol}-entry")
+            # The line's own entry ids: an entry under any other id is a position the line did not make.
+            executor.buy_qty(symbol, Decimal("1"), entry_id(OPEN.date(), symbol, namespace=ns))
         # The simulator draws each symbol's minute path lazily (~1 ms a symbol): draw the session's now,
         # so the burst measures the pipeline and not the simulator's path generation under its lock.
         for symbol in symbols:

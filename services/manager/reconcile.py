@@ -31,7 +31,15 @@ from shared import bus, logs
 from shared import position_store as store
 from shared.broker import procedures
 from shared.client_ids import make_client_order_id
-from shared.errors import BrokerError, BrokerUnavailable, MarketClosed, NotTradable, OrderRejected, WashTrade
+from shared.errors import (
+    BrokerError,
+    BrokerUnavailable,
+    DuplicateClientOrderId,
+    MarketClosed,
+    NotTradable,
+    OrderRejected,
+    WashTrade,
+)
 from shared.exits import PositionState
 from shared.ledger import ClosedTrade
 from shared.market.calendar import NEW_YORK
@@ -56,7 +64,6 @@ MAX_ROUNDS = 4
 #: From this many symbols on, one listing of positions and one of open orders replace the per-symbol
 #: reads (fewer requests against Alpaca's 200 a minute; a listing costs about as much as 15 small reads).
 LISTING_MIN_SYMBOLS = 16
-MAX_ID_ATTEMPTS = 3
 #: A protective order or exit the broker refused is not sent again, unchanged, for this long.
 REFUSED_RETRY_SECONDS = 300
 
@@ -186,102 +193,111 @@ def pre_open(ctx: ManagerContext, day: date) -> dict[str, SymbolReport]:
 
 def _reconcile_held(ctx: ManagerContext, symbols: list[str], trigger: Trigger, updates: list[TradeUpdate],
                     splits: dict[str, Decimal]) -> dict[str, SymbolReport]:
-    """Symbols whose locks we hold. Each is observed (from its fill when the fill says everything the
-    broker would, else from the broker) and then runs the one plan-and-apply."""
+    """Symbols whose locks we hold. New positions whose fill says everything the broker would are
+    planned from the fill and placed as one batch; every other symbol (and any the batch could not
+    finish) is read from the broker and runs the plan-and-apply on its own."""
     seeds = {s: _seed(s, updates) for s in symbols}
-    from_fill: dict[str, tuple[Position, list[Order], store.ProtectionRecord]] = {}
+    reports: dict[str, SymbolReport] = {}
     if trigger is Trigger.FILL:
-        candidates = [s for s in symbols if seeds[s].whole_position_fill is not None]
-        known = store.load_many(ctx.client, ctx.keys, candidates) if candidates else {}
-        for symbol in candidates:
-            record, has_state = known[symbol]
-            if not record.client_order_ids and not has_state:
-                from_fill[symbol] = (*_observed_from_fill(seeds[symbol].whole_position_fill), record)
-    rest = [s for s in symbols if s not in from_fill]
+        reports.update(_protect_fresh(ctx, [s for s in symbols if s not in splits], seeds))
+    rest = [s for s in symbols if s not in reports]
     listing: tuple[dict[str, Position], dict[str, list[Order]]] | None = None
     if len(rest) >= LISTING_MIN_SYMBOLS:
         try:
             positions, open_orders = _read_all(ctx)
         except Exception as exc:  # noqa: BLE001
-            return {s: _failed(s, trigger, exc) for s in symbols}
+            return {**reports, **{s: _failed(s, trigger, exc) for s in rest}}
         by_symbol: dict[str, list[Order]] = {}
         for order in open_orders:
             by_symbol.setdefault(order.symbol, []).append(order)
         listing = (positions, by_symbol)
 
     def one(symbol: str) -> SymbolReport:
-        seed, ratio = seeds[symbol], splits.get(symbol)
-        if symbol in from_fill:
-            position, orders, record = from_fill[symbol]
-            report = _run(ctx, symbol, trigger, seed, position, orders, ratio, fresh_record=record)
-            if report.error is None:
-                return report
-            # The hint was not enough (a user's order holds shares, a refusal): read the broker.
         try:
             if listing is not None:
                 position, orders = listing[0].get(symbol), listing[1].get(symbol, [])
             else:
                 position, orders = ctx.executor.get_position(symbol), ctx.executor.get_open_orders(symbol)
+            return _reconcile_locked(ctx, symbol, trigger, seeds[symbol], position, orders, splits.get(symbol))
         except Exception as exc:  # noqa: BLE001
             return _failed(symbol, trigger, exc)
-        return _run(ctx, symbol, trigger, seed, position, orders, ratio)
 
-    return dict(zip(symbols, ctx.map(one, symbols), strict=True))
-
-
-def _observed_from_fill(fill: TradeUpdate) -> tuple[Position, list[Order]]:
-    """The broker's state as the entry fill describes it: the whole position is this entry (so its
-    average entry is the fill's average price) and nothing of ours is open (no record, no state).
-    Whatever else is open, the broker refuses a sell beyond the shares held and free, so a wrong
-    hint cannot oversell; a refusal sends the symbol to a full read."""
-    order = fill.order
-    position = Position(symbol=order.symbol, qty=order.filled_qty, qty_available=order.filled_qty,
-                        avg_entry_price=order.filled_avg_price, current_price=order.filled_avg_price)
-    return position, []
+    reports.update(zip(rest, ctx.map(one, rest), strict=True))
+    return {s: reports[s] for s in symbols}
 
 
-def _run(ctx: ManagerContext, symbol: str, trigger: Trigger, seed: _Seed, position: Position | None,
-         orders: list[Order], split_ratio: Decimal | None, *,
-         fresh_record: store.ProtectionRecord | None = None) -> SymbolReport:
-    """`fresh_record`: observed from the fill alone; the symbol's (empty) record as read with it."""
-    try:
-        return _reconcile_locked(ctx, symbol, trigger, seed, position, orders, split_ratio, fresh_record)
-    except Exception as exc:  # noqa: BLE001
-        return _failed(symbol, trigger, exc, quiet=fresh_record is not None)
+def _protect_fresh(ctx: ManagerContext, symbols: list[str], seeds: dict[str, _Seed]) -> dict[str, SymbolReport]:
+    """The first protection of brand-new line positions, from their fills, without reading the broker.
+
+    Only where the fill itself says what the broker holds: `position_qty` equals the entry's filled
+    quantity (the whole position is this entry, so its average entry is the fill's average price),
+    the entry is the line's, and we never placed anything for the symbol (no state, no recorded
+    order), so nothing of ours is open. The fill is then the observation, and the same plan
+    (`plan_position`) and the same application (`_place_all`) run; a burst at the open takes a few
+    Redis round trips for the whole batch and two broker reads fewer per fill. Whatever else is open
+    (a user's order), the broker refuses a sell beyond the shares held and free, so a wrong hint
+    cannot oversell: a symbol whose order is refused, or whose answer is lost, is left out of the
+    result and gets the full read-and-reconcile."""
+    candidates = [s for s in symbols if seeds[s].whole_position_fill is not None
+                  and is_ours(seeds[s].entry_client_order_id, ctx.keys.ns)]
+    if not candidates:
+        return {}
+    known = store.load_many(ctx.client, ctx.keys, candidates)
+    placements: list[_Placement] = []
+    for symbol in candidates:
+        record, has_state = known[symbol]
+        if record.client_order_ids or has_state:
+            continue
+        fill, seed = seeds[symbol].whole_position_fill, seeds[symbol]
+        qty, price = fill.order.filled_qty, fill.order.filled_avg_price
+        state = PositionState.at_entry(symbol, price, qty, seed.first_fill_at)
+        record = record.model_copy(update={"entry_client_order_id": seed.entry_client_order_id})
+        plan = _plan(ctx, symbol, qty, price, state, [], None, True, False)
+        if plan.verdict is not Verdict.PROTECT or plan.actions.cancel:
+            continue
+        report = SymbolReport(symbol, Trigger.FILL, position_qty=qty, verdict=plan.verdict, notes=list(plan.notes))
+        placements.append(_Placement(symbol, plan.actions.place, state, record, [fill.order], report,
+                                     save_state=True))
+    _place_all(ctx, Trigger.FILL, placements)
+    done = {}
+    for placement in placements:
+        if placement.error is None:
+            logs.event(log, "position_opened", symbol=placement.symbol, qty=placement.report.position_qty,
+                       entry_price=placement.state.entry_price,
+                       client_order_id=placement.record.entry_client_order_id)
+            done[placement.symbol] = placement.report
+        else:
+            logs.event(log, "first_protection_refused", symbol=placement.symbol,
+                       error=type(placement.error).__name__, reason=str(placement.error))
+    return done
 
 
 # -- the reconcile of one locked symbol --------------------------------------------------------------
 
 
 def _reconcile_locked(ctx: ManagerContext, symbol: str, trigger: Trigger, seed: _Seed, position: Position | None,
-                      orders: list[Order], split_ratio: Decimal | None,
-                      fresh_record: store.ProtectionRecord | None) -> SymbolReport:
+                      orders: list[Order], split_ratio: Decimal | None) -> SymbolReport:
     report = SymbolReport(symbol, trigger)
     exit_refused = False
     for _round in range(MAX_ROUNDS):
-        fresh_fill = fresh_record is not None
         qty = position.qty if position is not None else ZERO
         report.position_qty = qty
-        if fresh_record is not None:
-            state, record, fresh_record = None, fresh_record, None  # later rounds read Redis
-        else:
-            record = store.load_record(ctx.client, ctx.keys, symbol)
-            state = store.load_state(ctx.client, ctx.keys, symbol)
-            record = settle.settle_closed_protection(ctx, symbol, state, record, orders, report)
+        record = store.load_record(ctx.client, ctx.keys, symbol)
+        state = store.load_state(ctx.client, ctx.keys, symbol)
+        record = settle.settle_closed_protection(ctx, symbol, state, record, orders, report)
         if qty > ZERO:
             state, record = _sync_state(ctx, symbol, state, record, position, seed, split_ratio, report)
             split_ratio = None  # applied (or not needed) once
         price = position.current_price if position is not None else None
         in_session = ctx.executor.get_clock().is_open if through_a_level(price, state, ctx.rules) else None
-        tradable = not exiting.marked_halted(ctx, symbol) if not fresh_fill else True
+        tradable = not exiting.marked_halted(ctx, symbol)
         plan = _plan(ctx, symbol, qty, price, state, orders, in_session, tradable, exit_refused)
         if tradable and (plan.actions.cancel or plan.verdict is Verdict.EXIT) and not _asset_tradable(ctx, symbol):
             # Never cancel a working stop before the replacement or the sell can go through.
             plan = _plan(ctx, symbol, qty, price, state, orders, in_session, False, exit_refused)
         report.verdict = plan.verdict
         report.notes = list(plan.notes)
-        if not fresh_fill:
-            _keep_notes(ctx, symbol, trigger, plan)
+        _keep_notes(ctx, symbol, trigger, plan)
         if plan.verdict in (Verdict.IGNORE, Verdict.HALTED):
             return report
         if plan.verdict is Verdict.SHORT:
@@ -308,8 +324,10 @@ def _reconcile_locked(ctx: ManagerContext, symbol: str, trigger: Trigger, seed: 
             return report
         keep = set(plan.actions.keep)
         report.kept = [o.client_order_id for o in orders if o.id in keep]
-        for desired in plan.actions.place:
-            record = _place(ctx, symbol, trigger, desired, state, record, orders, report)
+        placement = _Placement(symbol, plan.actions.place, state, record, orders, report)
+        _place_all(ctx, trigger, [placement])
+        if placement.error is not None:
+            raise placement.error
         if report.adopted:
             whose = ("not entered by the line: a stop below the current price, no target, no soft exits"
                      if state.foreign else "entered by the line; its state was lost")
@@ -387,66 +405,122 @@ def _announce_cancels(ctx: ManagerContext, symbol: str, trigger: Trigger, order_
                  order_id=order_id, log_it=False)
 
 
-def _place(ctx: ManagerContext, symbol: str, trigger: Trigger, desired: DesiredOrder, state: PositionState,
-           record: store.ProtectionRecord, orders: list[Order], report: SymbolReport) -> store.ProtectionRecord:
-    """Place one protective order exactly once under a fresh client order id (written to the record
-    first, so a crash right after the broker accepted it still leaves a way to find its fill). A
-    refusal is remembered: the same order is not sent again for REFUSED_RETRY_SECONDS."""
-    if trigger.is_fix and _refused(ctx, symbol, desired.describe()):
-        report.deferred.append(f"{desired.describe()}: refused earlier; tried again after {REFUSED_RETRY_SECONDS} s")
-        return record
-    box = [record]
+@dataclass
+class _Placement:
+    """Protective orders to place for one symbol, and what came of it."""
 
-    def next_id(_attempt: int) -> str:
-        revision = box[0].revision + 1
-        return protective_client_order_id(ctx.keys, symbol, desired.kind, revision, state)
+    symbol: str
+    desired: list[DesiredOrder]
+    state: PositionState
+    record: store.ProtectionRecord
+    #: The symbol's open orders as read (an open entry buy makes a fractional stop's refusal deferrable).
+    orders: list[Order]
+    report: SymbolReport
+    #: The state is new (a first fill): written with the record, in the same round trip.
+    save_state: bool = False
+    error: BaseException | None = None
+    _ids: list[tuple[DesiredOrder, str]] = field(default_factory=list)
 
-    def before_send(cid: str) -> None:
-        box[0] = box[0].model_copy(update={"revision": box[0].revision + 1,
-                                           "client_order_ids": [*box[0].client_order_ids, cid]})
-        store.save(ctx.client, ctx.keys, None, box[0])
 
-    def on_unused(cid: str) -> None:
-        box[0] = _forget(box[0], cid)
-        store.save(ctx.client, ctx.keys, None, box[0])
-
-    try:
-        order = procedures.submit_once(
-            ctx.executor,
-            lambda cid: ctx.executor.submit_protective_exit(symbol, desired.qty, desired.stop_price,
-                                                            desired.target_price, cid),
-            next_id, max_attempts=MAX_ID_ATTEMPTS, before_send=before_send, on_unused=on_unused)
-    except (WashTrade, MarketClosed) as exc:
-        if not _deferrable(exc, desired, orders):
-            raise
-        note = f"{desired.describe()}: {exc.message}; placed again by the next fill or the timer reconcile"
-        report.deferred.append(note)
-        logs.event(log, "protection_deferred", level=logging.WARNING, symbol=symbol, reason=exc.message)
-        return box[0]
-    except NotTradable as exc:
-        exiting.mark_halted(ctx, symbol)
-        _alert(ctx, symbol, f"{symbol}: {desired.describe()} refused: {exc.message}; the asset is treated as halted")
-        raise
-    except OrderRejected as exc:
-        _remember_refusal(ctx, symbol, desired.describe())
-        _alert(ctx, symbol, f"{symbol}: {desired.describe()} refused: {exc.message}; not sent again for "
-                            f"{REFUSED_RETRY_SECONDS} s")
-        raise
-    report.placed.append(order)
-    _announce_placed(ctx, symbol, trigger, desired, order.client_order_id)
+def _place_all(ctx: ManagerContext, trigger: Trigger, placements: list[_Placement]) -> None:
+    """Place every placement's orders exactly once, symbols in parallel, with the Redis work of the
+    whole batch in two round trips: the client order ids are written to the records BEFORE anything
+    is sent (a crash right after the broker accepted an order still leaves a way to find its fill),
+    and afterwards the records lose the ids that created nothing, in one write with the
+    notifications. A refusal is remembered: the same order is not sent again for
+    REFUSED_RETRY_SECONDS; a symbol's error is left in its placement."""
     if trigger.is_fix:
-        _fix(ctx, symbol, trigger, "protection_rearmed", f"placed {desired.describe()}",
-             client_order_id=order.client_order_id, log_it=False)
-    return box[0]
+        for placement in placements:
+            refused = [d for d in placement.desired if _refused(ctx, placement.symbol, d.describe())]
+            placement.report.deferred += [f"{d.describe()}: refused earlier; tried again after "
+                                          f"{REFUSED_RETRY_SECONDS} s" for d in refused]
+            placement.desired = [d for d in placement.desired if d not in refused]
+    placements = [p for p in placements if p.desired or p.save_state]
+    if not placements:
+        return
+    for placement in placements:
+        record = placement.record
+        for desired in placement.desired:
+            revision = record.revision + 1
+            cid = protective_client_order_id(ctx.keys, placement.symbol, desired.kind, revision, placement.state)
+            record = record.model_copy(update={"revision": revision,
+                                               "client_order_ids": [*record.client_order_ids, cid]})
+            placement._ids.append((desired, cid))
+        placement.record = record
+    store.save_many(ctx.client, ctx.keys, [(p.state if p.save_state else None, p.record) for p in placements])
+    ctx.map(lambda placement: _send(ctx, placement), placements)
+    pipe = ctx.client.pipeline(transaction=False)
+    corrected = []
+    for placement in placements:
+        placed = {order.client_order_id for order in placement.report.placed}
+        unused = [cid for _d, cid in placement._ids if cid not in placed]
+        if unused:
+            placement.record = placement.record.model_copy(update={"client_order_ids": [
+                c for c in placement.record.client_order_ids if c not in unused]})
+            corrected.append((None, placement.record))
+        for desired, cid in placement._ids:
+            if cid in placed:
+                _announce_placed(ctx, pipe, placement.symbol, trigger, desired, cid)
+    pipe.execute()
+    if corrected:
+        store.save_many(ctx.client, ctx.keys, corrected)
 
 
-def _announce_placed(ctx: ManagerContext, symbol: str, trigger: Trigger, desired: DesiredOrder,
+def _send(ctx: ManagerContext, placement: _Placement) -> None:
+    """Send one symbol's orders in turn (`procedures.submit_once`; its id was recorded first). The
+    first refusal stops the symbol: the rest waits for the next reconcile."""
+    symbol = placement.symbol
+    for desired, cid in placement._ids:
+        try:
+            order = procedures.submit_once(
+                ctx.executor,
+                lambda c, d=desired: ctx.executor.submit_protective_exit(symbol, d.qty, d.stop_price, d.target_price, c),
+                lambda _attempt, c=cid: c, max_attempts=1)
+        except (WashTrade, MarketClosed) as exc:
+            if not _deferrable(exc, desired, placement.orders):
+                placement.error = exc
+                return
+            placement.report.deferred.append(f"{desired.describe()}: {exc.message}; placed again by the next "
+                                             f"fill or the timer reconcile")
+            logs.event(log, "protection_deferred", level=logging.WARNING, symbol=symbol, reason=exc.message)
+            continue
+        except DuplicateClientOrderId as exc:
+            # Used before by a finished order (Redis lost the revision counter): the record has moved
+            # on, so the next pass sends under the next revision. Not a refusal of the order itself.
+            placement.error = exc
+            return
+        except NotTradable as exc:
+            exiting.mark_halted(ctx, symbol)
+            _alert(ctx, symbol, f"{symbol}: {desired.describe()} refused: {exc.message}; the asset is treated as "
+                                f"halted")
+            placement.error = exc
+            return
+        except OrderRejected as exc:
+            if placement.report.trigger.is_fix:
+                _remember_refusal(ctx, symbol, desired.describe())
+                _alert(ctx, symbol, f"{symbol}: {desired.describe()} refused: {exc.message}; not sent again for "
+                                    f"{REFUSED_RETRY_SECONDS} s")
+            placement.error = exc
+            return
+        except Exception as exc:  # noqa: BLE001 - the outcome is unknown or the broker is away: next pass
+            placement.error = exc
+            return
+        if order.client_order_id != cid:
+            placement.error = BrokerUnavailable(f"{cid}: the broker answered with another order")
+            return
+        placement.report.placed.append(order)
+        if placement.report.trigger.is_fix:
+            _fix(ctx, symbol, placement.report.trigger, "protection_rearmed", f"placed {desired.describe()}",
+                 client_order_id=cid, log_it=False)
+
+
+def _announce_placed(ctx: ManagerContext, pipe, symbol: str, trigger: Trigger, desired: DesiredOrder,
                      client_order_id: str) -> None:
     logs.event(log, "protection_placed", level=logging.WARNING if trigger.is_fix else logging.INFO, symbol=symbol,
                client_order_id=client_order_id, kind=desired.kind.value, qty=desired.qty,
                stop_price=desired.stop_price, target_price=desired.target_price,
                time_in_force=desired.time_in_force.value, trigger=trigger.value)
-    bus.publish(ctx.client, ctx.keys, "protected", symbol=symbol, qty=desired.qty, stop_price=desired.stop_price,
+    bus.publish(pipe, ctx.keys, "protected", symbol=symbol, qty=desired.qty, stop_price=desired.stop_price,
                 target_price=desired.target_price, order_class=desired.kind.value,
                 client_order_id=client_order_id, trigger=trigger.value)
 
@@ -544,10 +618,6 @@ def _stop_of(order: Order) -> Decimal | None:
     if order.stop_price is not None:
         return order.stop_price
     return next((leg.stop_price for leg in order.legs if leg.stop_price is not None), None)
-
-
-def _forget(record: store.ProtectionRecord, client_order_id: str) -> store.ProtectionRecord:
-    return record.model_copy(update={"client_order_ids": [c for c in record.client_order_ids if c != client_order_id]})
 
 
 def _seed(symbol: str, updates: Iterable[TradeUpdate]) -> _Seed:

@@ -77,7 +77,8 @@ def submit_once(
             if on_unused is not None:
                 on_unused(cid)
             raise
-    raise OrderRejected(f"{client_order_id(1)}: {max_attempts} client order ids already used by finished orders")
+    raise DuplicateClientOrderId(f"{client_order_id(1)}: {max_attempts} client order id(s) already used by finished "
+                                 f"orders")
 
 
 def cancel_and_release(

@@ -19,6 +19,7 @@ import pytest
 from conftest import redis_url
 from simhelpers import NEW_YORK
 from test_exit_scenarios import ENTRY, MONDAY, RULES, Desk, assert_never_short, flat_market  # noqa: F401
+from test_ops import documented_key_patterns
 
 from services.manager import reconcile as rec
 from services.manager.exiting import ExitOutcome
@@ -351,6 +352,10 @@ def test_refused_protective_order_is_not_sent_again_every_pass(desk):
     for _ in range(3):
         rec.reconcile_symbol(desk.ctx(), "RACE", Trigger.TIMER)
     assert len(desk.sells("RACE")) == posts_before == 0
+    written = set(desk.client.scan_iter(match=f"{desk.keys.ns}:*"))
+    undocumented = [k for k in written if not any(p.match("fl" + k[len(desk.keys.ns):])
+                                                   for p in documented_key_patterns())]
+    assert f"{desk.keys.ns}:manager:refused:RACE" in written and undocumented == []
     desk.client.delete(f"{desk.keys.ns}:manager:refused:RACE")  # the back-off ran out
     rec.reconcile_symbol(desk.ctx(), "RACE", Trigger.TIMER)
     assert [row[0] for row in protection(desk, "RACE")] == ["oco"]

@@ -356,8 +356,11 @@ def _sync_state(ctx: ManagerContext, symbol: str, state: PositionState | None, r
     if state is None:
         state = _adopt(ctx, symbol, position, seed, report)
     else:
-        state, ratio = state.follow_broker(position.qty, position.avg_entry_price, _now(), split_ratio=split_ratio)
+        state, ratio = state.follow_broker(position.qty, position.avg_entry_price, state.updated_at,
+                                           split_ratio=split_ratio)
         if ratio is not None:
+            # Bars from before the split carry the old prices: the next tick counts only those after it.
+            state = state.model_copy(update={"updated_at": max(state.updated_at, ctx.executor.get_clock().timestamp)})
             report.split_ratio = ratio
             _fix(ctx, symbol, report.trigger, "split_rebased",
                  f"re-based for a split x{ratio.normalize()}: entry {state.entry_price}, high-water mark "

@@ -360,3 +360,19 @@ def test_refused_protective_order_is_not_sent_again_every_pass(desk):
     rec.reconcile_symbol(desk.ctx(), "RACE", Trigger.TIMER)
     assert [row[0] for row in protection(desk, "RACE")] == ["oco"]
 
+
+
+def test_the_scheduled_pre_open_job_rebases_a_split_from_the_environments_settings(desk, namespace, clean_env):
+    from services.manager.jobs import pre_open_check
+
+    desk.open_position("TIM")
+    desk.advance_to(MONDAY.replace(hour=17))
+    desk.sim.control.split("TIM", 2, 1, orders="keep")  # the broker left the OCO for 10 at the old prices
+    desk.advance_to((MONDAY + timedelta(days=1)).replace(hour=9, minute=10))
+    for name, value in {**desk.sim.broker_env(), "REDIS_URL": redis_url(), "FL_NAMESPACE": namespace}.items():
+        clean_env.setenv(name, value)
+    result = pre_open_check()
+    assert result["day"] == "2024-03-05" and result["failed"] == []
+    assert "re-based for a split (x2)" in result["symbols"]["TIM"]
+    ((kind, qty, stop, _target),) = protection(desk, "TIM")
+    assert (kind, qty) == ("oco", D("20")) and stop < D("50")

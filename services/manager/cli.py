@@ -32,31 +32,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_reconcile(args: argparse.Namespace) -> int:
     from services.manager import reconcile as rec
-    from services.manager.context import ManagerContext
-    from shared import bus, config
-    from shared.broker import make_executor
+    from services.manager.context import context_from_environment
     from shared.errors import InputError
     from shared.protection import Trigger
 
     symbol = (args.symbol or "").strip().upper() or None
     if args.symbol is not None and (not symbol or not symbol.replace(".", "").replace("-", "").isalnum()):
         raise InputError(f"--symbol: not a ticker: {args.symbol!r}")
-    broker_settings = config.load(config.BrokerSettings)
-    redis_settings = config.load(config.RedisSettings)
-    keys = bus.Keys(redis_settings.FL_NAMESPACE)
-    client = bus.connect(redis_settings.REDIS_URL)
-    executor = make_executor(broker_settings)
-    try:
-        ctx = ManagerContext.from_settings(executor, client, keys)
+    with context_from_environment() as ctx:
         if symbol:
             reports = {symbol: rec.reconcile_symbol(ctx, symbol, Trigger.MANUAL)}
         else:
             reports = rec.reconcile_all(ctx, Trigger.MANUAL)
-    except redis.RedisError as exc:
-        raise RedisUnavailable(f"Redis: {exc}") from None
-    finally:
-        executor.close()
-        client.close()
     if not reports:
         print("reconcile: no positions, no open sell orders, nothing tracked")
     for report in reports.values():

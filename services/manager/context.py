@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import redis
 
 from services.manager import locks
-from shared import config
+from shared import bus, config, logs
 from shared.broker.contract import BrokerCapabilities, OrderExecutor
 from shared.bus import Keys
+from shared.errors import FactoryLineError
 from shared.exits import ExitRules
 from shared.ownership import ForeignPolicy
 
@@ -52,3 +55,25 @@ class ManagerContext:
             return list(self.pool.map(fn, items))
         return [fn(item) for item in items]
 
+
+@contextmanager
+def context_from_environment() -> Iterator[ManagerContext]:
+    """A context wired from the environment and `.env` (the RQ jobs and the commands): the broker
+    adapter, a Redis client, the rules and the foreign-position policy; both connections closed at
+    the end, a Redis failure one line (FactoryLineError), never a traceback."""
+    broker_settings = config.load(config.BrokerSettings)
+    redis_settings = config.load(config.RedisSettings)
+    keys = bus.Keys(redis_settings.FL_NAMESPACE)
+    client = bus.connect(redis_settings.REDIS_URL)
+    try:
+        from shared.broker import make_executor
+
+        executor = make_executor(broker_settings)
+        try:
+            yield ManagerContext.from_settings(executor, client, keys)
+        finally:
+            executor.close()
+    except redis.RedisError as exc:
+        raise FactoryLineError(f"Redis: {logs.redact(str(exc))}") from None
+    finally:
+        client.close()

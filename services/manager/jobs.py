@@ -9,34 +9,15 @@ Writes: the states, the protective orders, one WARNING per split and per fix.
 
 from __future__ import annotations
 
-import redis
-
 from services.manager import reconcile as rec
-from services.manager.context import ManagerContext
-from shared import bus, config, logs
-from shared.errors import FactoryLineError
+from services.manager.context import context_from_environment
 from shared.market.calendar import NEW_YORK
 
 
 def pre_open_check() -> dict:
     """The RQ job: the pre-open reconcile with the settings from the environment."""
-    broker_settings = config.load(config.BrokerSettings)
-    redis_settings = config.load(config.RedisSettings)
-    keys = bus.Keys(redis_settings.FL_NAMESPACE)
-    client = bus.connect(redis_settings.REDIS_URL)
-    try:
-        from shared.broker import make_executor
-
-        executor = make_executor(broker_settings)
-        try:
-            ctx = ManagerContext.from_settings(executor, client, keys)
-            day = executor.get_clock().timestamp.astimezone(NEW_YORK).date()
-            reports = rec.pre_open(ctx, day)
-        finally:
-            executor.close()
-    except redis.RedisError as exc:
-        raise FactoryLineError(f"Redis: {logs.redact(str(exc))}") from None
-    finally:
-        client.close()
+    with context_from_environment() as ctx:
+        day = ctx.executor.get_clock().timestamp.astimezone(NEW_YORK).date()
+        reports = rec.pre_open(ctx, day)
     return {"day": day.isoformat(), "symbols": {s: r.summary() for s, r in reports.items()},
             "failed": sorted(s for s, r in reports.items() if r.error is not None)}

@@ -32,10 +32,9 @@ from pathlib import Path
 import redis
 
 from services.manager import exiting, hwm, portfolio
-from services.manager.context import ManagerContext
+from services.manager.context import ManagerContext, context_from_environment
 from shared import bus, config, logs
 from shared.broker.contract import OrderExecutor
-from shared.errors import FactoryLineError
 from shared.exits import ExitDecision, ExitRules, PositionState, evaluate, soft_exit
 from shared.market import sessions
 from shared.market.calendar import NEW_YORK
@@ -126,24 +125,9 @@ def manage_positions() -> dict:
 
 
 def tick_from_settings() -> TickReport:
-    broker_settings = config.load(config.BrokerSettings)
-    redis_settings = config.load(config.RedisSettings)
     portfolio_settings = config.load(portfolio.PortfolioSettings)
-    keys = bus.Keys(redis_settings.FL_NAMESPACE)
-    client = bus.connect(redis_settings.REDIS_URL)
-    try:
-        from shared.broker import make_executor
-
-        executor = make_executor(broker_settings)
-        try:
-            ctx = ManagerContext.from_settings(executor, client, keys)
-            return run_tick(ctx, portfolio_path=portfolio_settings.FL_PORTFOLIO_CSV)
-        finally:
-            executor.close()
-    except redis.RedisError as exc:
-        raise FactoryLineError(f"Redis: {logs.redact(str(exc))}") from None
-    finally:
-        client.close()
+    with context_from_environment() as ctx:
+        return run_tick(ctx, portfolio_path=portfolio_settings.FL_PORTFOLIO_CSV)
 
 
 # -- the tick -----------------------------------------------------------------------------------------

@@ -22,18 +22,18 @@ from enum import StrEnum
 import redis
 
 from shared import bus, config, logs, signals
+from shared.broker import procedures
 from shared.broker.contract import OrderExecutor
 from shared.errors import (
     BrokerError,
     BrokerUnavailable,
-    DuplicateClientOrderId,
     FactoryLineError,
     NotFound,
     NotFractionable,
     RateLimited,
 )
 from shared.market.calendar import NEW_YORK
-from shared.models import Account, MarketClock, Order
+from shared.models import Account, MarketClock, Order, Side
 from shared.sizing import EntryKind, EntryPlan, PlannedEntry, plan_entries, whole_share_retry
 
 log = logging.getLogger(__name__)
@@ -263,36 +263,34 @@ def enter_once(executor: OrderExecutor, entry: PlannedEntry, known: Mapping[str,
 
 
 def _send(executor: OrderExecutor, entry: PlannedEntry) -> EntryResult:
-    """One submit, never repeated: an unclear answer is settled by looking the id up. NotFractionable
-    propagates: the caller decides about the whole-share retry."""
-    try:
+    """One submit, never repeated (`procedures.submit_once`): an id the broker already has is that
+    entry, an unclear answer is settled by looking the id up. NotFractionable propagates: the caller
+    decides about the whole-share retry."""
+    found: list[tuple[Order, str]] = []
+
+    def send(cid: str) -> Order:
         if entry.kind is EntryKind.NOTIONAL:
-            order = executor.buy_notional(entry.symbol, entry.amount, entry.client_order_id)
-        else:
-            assert entry.qty is not None
-            order = executor.buy_qty(entry.symbol, entry.qty, entry.client_order_id)
-        return EntryResult(entry, EntryStatus.SUBMITTED, order)
+            return executor.buy_notional(entry.symbol, entry.amount, cid)
+        assert entry.qty is not None
+        return executor.buy_qty(entry.symbol, entry.qty, cid)
+
+    try:
+        order = procedures.submit_once(executor, send, lambda _attempt: entry.client_order_id, side=Side.BUY,
+                                       max_attempts=1, accept_finished=True,
+                                       on_found=lambda order, why: found.append((order, why)))
     except NotFractionable:
         raise
-    except DuplicateClientOrderId:
-        return _look_up(executor, entry, EntryStatus.ALREADY_SUBMITTED, "the broker already has this client order id")
     except (BrokerUnavailable, RateLimited) as exc:
-        # The order may exist (a 504 or a timeout can hide an accepted order): ask, never resend.
-        return _look_up(executor, entry, EntryStatus.SUBMITTED, f"confirmed by lookup after: {exc}",
-                        missing=f"not resent in this run: {exc}")
+        # The broker did not answer and has no order with the id (yet), or the lookup failed too.
+        return EntryResult(entry, EntryStatus.UNKNOWN_OUTCOME, detail=f"not resent in this run: {exc}")
     except BrokerError as exc:
         return EntryResult(entry, EntryStatus.REJECTED, detail=str(exc))
-
-
-def _look_up(executor: OrderExecutor, entry: PlannedEntry, found: EntryStatus, detail: str,
-             missing: str = "") -> EntryResult:
-    try:
-        order = executor.get_order_by_client_id(entry.client_order_id)
-    except BrokerError as exc:
-        return EntryResult(entry, EntryStatus.UNKNOWN_OUTCOME, detail=f"{detail}; lookup failed too: {exc}")
-    if order is None:
-        return EntryResult(entry, EntryStatus.UNKNOWN_OUTCOME, detail=missing or detail)
-    return EntryResult(entry, found, order, detail)
+    if not found:
+        return EntryResult(entry, EntryStatus.SUBMITTED, order)
+    _order, why = found[0]
+    if why == "duplicate id":
+        return EntryResult(entry, EntryStatus.ALREADY_SUBMITTED, order, "the broker already has this client order id")
+    return EntryResult(entry, EntryStatus.SUBMITTED, order, "confirmed by lookup after the broker did not answer")
 
 
 def _report(client: redis.Redis, keys: bus.Keys, result: EntryResult) -> None:

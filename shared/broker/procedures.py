@@ -44,6 +44,8 @@ def submit_once(
     max_attempts: int = MAX_ATTEMPTS,
     before_send: Callable[[str], None] | None = None,
     on_unused: Callable[[str], None] | None = None,
+    on_found: Callable[[Order, str], None] | None = None,
+    accept_finished: bool = False,
 ) -> Order:
     """Send under `client_order_id(1)`, `(2)`, ... until one is accepted or found.
 
@@ -51,7 +53,10 @@ def submit_once(
     lost its answer: that order is returned, not sent again. An id used by a finished order is an
     earlier attempt, so the next attempt's id is tried. A lost answer is looked up by id: found, it
     is returned; absent, BrokerUnavailable (nothing was created; the caller retries later). A
-    definitive refusal (OrderRejected) propagates after `on_unused`.
+    definitive refusal (OrderRejected) propagates after `on_unused`. `on_found(order, why)` hears of
+    an order that was found rather than created (why: "duplicate id" or "lost answer").
+    `accept_finished`: the id stands for one intent only (the day's entry of a signal), so an order
+    already under it is that intent whatever its status, and no further id is tried.
     """
     for attempt in range(1, max_attempts + 1):
         cid = client_order_id(attempt)
@@ -61,7 +66,9 @@ def submit_once(
             return send(cid)
         except DuplicateClientOrderId:
             existing = executor.get_order_by_client_id(cid)
-            if existing is not None and existing.status.is_open and existing.side is side:
+            if existing is not None and existing.side is side and (existing.status.is_open or accept_finished):
+                if on_found is not None:
+                    on_found(existing, "duplicate id")
                 return existing
             if on_unused is not None and existing is None:
                 on_unused(cid)
@@ -69,6 +76,8 @@ def submit_once(
         except (BrokerUnavailable, RateLimited) as exc:
             existing = executor.get_order_by_client_id(cid)
             if existing is not None:
+                if on_found is not None:
+                    on_found(existing, "lost answer")
                 return existing
             if on_unused is not None:
                 on_unused(cid)

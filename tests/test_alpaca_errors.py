@@ -12,6 +12,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, date, datetime
 from decimal import Decimal
 
 import pytest
@@ -37,6 +38,7 @@ from shared.errors import (
     RateLimited,
     WashTrade,
 )
+from shared.models import Timeframe
 
 API_KEY = "PKTESTKEY0123456789"
 SECRET_KEY = "SecretValue-abcdefghijklmnopqrstuvwxyz"
@@ -228,13 +230,15 @@ def test_empty_error_body_still_gives_a_one_line_message():
 
 
 class FakeAlpaca(http.server.ThreadingHTTPServer):
-    """Answers each request with the next scripted (status, body, delay) and records the calls."""
+    """Answers each request with the next scripted (status, body, delay[, headers]) and records the
+    calls; `always`, when set, answers every request once the script is used up."""
 
     daemon_threads = True
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
-        self.script: list[tuple[int, str, float]] = []
+        self.script: list[tuple] = []
+        self.always: tuple | None = None
         self.calls: list[tuple[str, str]] = []
 
     @property
@@ -251,7 +255,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if length:
             self.rfile.read(length)
         self.server.calls.append((self.command, self.path))
-        status, body, delay = self.server.script.pop(0) if self.server.script else (500, "{}", 0.0)
+        if self.server.script:
+            answer = self.server.script.pop(0)
+        else:
+            answer = self.server.always or (500, "{}", 0.0)
+        status, body, delay = answer[:3]
+        headers = {"Content-Type": "application/json", **(answer[3] if len(answer) > 3 else {})}
         time.sleep(delay)
         body = body.replace("{KEY}", self.headers.get("APCA-API-KEY-ID", "")).replace(
             "{SECRET}", self.headers.get("APCA-API-SECRET-KEY", "")
@@ -259,7 +268,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         payload = body.encode()
         try:
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            for name, value in headers.items():
+                self.send_header(name, value)
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload)
@@ -427,3 +437,162 @@ def test_submit_whose_answer_is_lost_is_unknown_and_then_found_by_client_order_i
     assert found is not None and found.qty == Decimal("3")
     orders = [o for o in market.control.state()["orders"] if o["client_order_id"] == "fl-lost-answer"]
     assert len(orders) == 1  # sent once, never resent
+
+
+# -- answers the adapter cannot use: empty, not JSON, wrong shape, redirects ----------------------
+
+#: Every AlpacaExecutor call that reads an answer, trading and data clients alike.
+BROKER_CALLS = {
+    "account": lambda ex: ex.get_account(),
+    "positions": lambda ex: ex.get_positions(),
+    "position": lambda ex: ex.get_position("AAPL"),
+    "asset": lambda ex: ex.get_asset("AAPL"),
+    "assets": lambda ex: ex.get_assets(),
+    "open orders": lambda ex: ex.get_open_orders(),
+    "orders since": lambda ex: ex.get_orders_updated_since(datetime(2024, 3, 4, tzinfo=UTC)),
+    "order by client id": lambda ex: ex.get_order_by_client_id("fl-x"),
+    "clock": lambda ex: ex.get_clock(),
+    "calendar": lambda ex: ex.get_calendar(date(2024, 3, 4), date(2024, 3, 8)),
+    "latest prices": lambda ex: ex.get_latest_prices(["AAPL"]),
+    "bars": lambda ex: ex.get_bars(
+        ["AAPL"], Timeframe.DAY, datetime(2024, 3, 1, tzinfo=UTC), datetime(2024, 3, 4, tzinfo=UTC)
+    ),
+    "splits": lambda ex: ex.get_splits(["AAPL"], date(2024, 3, 1), date(2024, 3, 4)),
+    "submit buy qty": lambda ex: ex.buy_qty("AAPL", Decimal("1"), "fl-h-1"),
+    "submit buy notional": lambda ex: ex.buy_notional("AAPL", Decimal("50"), "fl-h-2"),
+    "submit stop": lambda ex: ex.submit_protective_exit("AAPL", Decimal("1"), Decimal("90"), None, "fl-h-3"),
+    "submit oco": lambda ex: ex.submit_protective_exit(
+        "AAPL", Decimal("1"), Decimal("90"), Decimal("120"), "fl-h-4"
+    ),
+    "submit sell": lambda ex: ex.sell_market("AAPL", Decimal("1"), "fl-h-5"),
+    "cancel": lambda ex: ex.cancel_order("11111111-2222-3333-4444-555555555555"),
+}
+
+HOSTILE_ANSWERS = {
+    "empty 200": ((200, "", 0.0), "with an empty body"),
+    "empty 201": ((201, "", 0.0), "with an empty body"),
+    "garbage": (
+        (200, "<html>\n<b>Service moved</b>\n</html>", 0.0, {"Content-Type": "text/html"}),
+        "not JSON",
+    ),
+    "truncated json": ((200, '{"id": "e6fe16f3', 0.0), "not JSON"),
+    "wrong shape": ((200, '{"unexpected": [1, {"nested": null}]}', 0.0), "unexpected shape"),
+    "list for object": ((200, '[1, "two", null]', 0.0), "unexpected shape"),
+    "bare number": ((200, "42", 0.0), "unexpected shape"),
+    "302": (
+        (302, "", 0.0, {"Location": "http://elsewhere.invalid/login"}),
+        "HTTP 302, a redirect to http://elsewhere.invalid/login",
+    ),
+    "301 with a body": (
+        (301, "<a href=x>moved</a>", 0.0, {"Location": "https://elsewhere.invalid/"}),
+        "HTTP 301, a redirect",
+    ),
+    "304 without location": ((304, "", 0.0), "HTTP 304 with no data and no Location"),
+}
+
+
+def _expected_to_pass(call: str, answer: str) -> bool:
+    # A cancel answers 204 with no body: any 2xx that parses is Alpaca's "done" there, whatever it holds.
+    return call == "cancel" and HOSTILE_ANSWERS[answer][1] in ("with an empty body", "unexpected shape")
+
+
+@pytest.mark.parametrize("answer", list(HOSTILE_ANSWERS))
+@pytest.mark.parametrize("call", list(BROKER_CALLS))
+def test_an_answer_the_adapter_cannot_use_is_one_line_of_broker_unavailable(
+    clean_env, fake_alpaca, call, answer
+):
+    scripted, says = HOSTILE_ANSWERS[answer]
+    fake_alpaca.always = scripted
+    executor = make_executor(fake_alpaca.url)
+
+    if _expected_to_pass(call, answer):
+        assert BROKER_CALLS[call](executor) is None
+        return
+    with pytest.raises(BrokerUnavailable) as caught:
+        BROKER_CALLS[call](executor)
+
+    text = str(caught.value)
+    assert says in text, text
+    assert "\n" not in text and "Traceback" not in text
+    assert "outcome unknown" in text
+    assert caught.value.__cause__ is None and caught.value.__context__ is None
+    assert API_KEY not in text and SECRET_KEY not in text
+    assert len(fake_alpaca.calls) == 1  # a submit is never re-sent; a 2xx/3xx is never retried
+
+
+def test_the_message_quotes_what_came_back(clean_env, fake_alpaca):
+    fake_alpaca.always = (200, "<html><body>Please log in</body></html>", 0.0, {"Content-Type": "text/html"})
+    executor = make_executor(fake_alpaca.url)
+
+    with pytest.raises(BrokerUnavailable) as caught:
+        executor.get_account()
+
+    assert str(caught.value) == (
+        "get account: the broker's answer is not JSON (HTTP 200, text/html: "
+        "'<html><body>Please log in</body></html>'); outcome unknown"
+    )
+
+
+def test_an_empty_answer_to_an_order_submit_is_outcome_unknown(clean_env, fake_alpaca):
+    fake_alpaca.always = (200, "", 0.0)
+    executor = make_executor(fake_alpaca.url)
+
+    with pytest.raises(BrokerUnavailable) as caught:
+        executor.buy_qty("AAPL", Decimal("2"), "fl-empty-1")
+
+    assert str(caught.value) == (
+        "buy 2 AAPL (client_order_id=fl-empty-1): the broker answered HTTP 200 with an empty body; outcome unknown"
+    )
+    assert caught.value.definitive is False  # the caller looks the order up by its client order id
+
+
+def test_a_redirect_echoing_the_keys_never_shows_them(clean_env, fake_alpaca):
+    fake_alpaca.always = (307, "", 0.0, {"Location": "http://elsewhere.invalid/?k={KEY}&s={SECRET}"})
+    executor = make_executor(fake_alpaca.url)
+
+    with pytest.raises(BrokerUnavailable) as caught:
+        executor.get_positions()
+
+    text = str(caught.value)
+    assert "elsewhere.invalid" in text and API_KEY not in text and SECRET_KEY not in text
+
+
+def test_a_bars_listing_that_repeats_its_page_token_stops_instead_of_looping(clean_env, fake_alpaca):
+    fake_alpaca.always = (200, '{"bars": {"AAPL": []}, "next_page_token": "same-again"}', 0.0)
+    executor = make_executor(fake_alpaca.url)
+
+    with pytest.raises(BrokerUnavailable, match="same page token twice"):
+        BROKER_CALLS["bars"](executor)
+
+    assert len(fake_alpaca.calls) == 2
+
+
+def test_a_bars_listing_that_pages_forever_stops(clean_env, fake_alpaca, monkeypatch):
+    import shared.broker.alpaca as adapter
+
+    monkeypatch.setattr(adapter, "MAX_REQUESTS_PER_CALL", 5)
+    counter = iter(range(10**6))
+
+    class Endless(list):
+        def pop(self, index=-1):
+            return (200, f'{{"bars": {{"AAPL": []}}, "next_page_token": "t{next(counter)}"}}', 0.0)
+
+        def __bool__(self):
+            return True
+
+    fake_alpaca.script = Endless()
+    executor = make_executor(fake_alpaca.url)
+
+    with pytest.raises(BrokerUnavailable, match="kept paging past 5 pages"):
+        BROKER_CALLS["bars"](executor)
+
+    assert len(fake_alpaca.calls) == 5
+
+
+def test_a_usable_answer_after_an_unusable_one_is_read_normally(clean_env, fake_alpaca):
+    fake_alpaca.script = [(200, "", 0.0), (200, ACCOUNT, 0.0)]
+    executor = make_executor(fake_alpaca.url)
+
+    with pytest.raises(BrokerUnavailable):
+        executor.get_account()
+    assert executor.get_account().cash == Decimal("1000.5")

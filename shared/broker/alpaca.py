@@ -7,6 +7,11 @@ Network policy (alpaca-py sets no timeout and retries 429/504 on every call, ord
 - Every HTTP call carries a timeout of `FL_BROKER_TIMEOUT_SECONDS` (we wrap each client's
   `requests.Session.request`). A timeout, a refused connection, a 5xx or an unreadable answer is
   `BrokerUnavailable`: the outcome is unknown.
+- An answer the adapter cannot use is `BrokerUnavailable` too, with one line saying what came back:
+  a 2xx with an empty body where data was due, a body that is not JSON, JSON of the wrong shape
+  (for alpaca-py's models or for ours: conversion runs inside the same guard), any 3xx (alpaca-py
+  never follows redirects; the Location is named), or a market-data listing that sends the same
+  page token twice or pages without end (`MAX_REQUESTS_PER_CALL`).
 - Reads and cancels go through clients that keep a modest retry on 429/504 (2 retries, 1 s apart).
 - Order submits go through their own `TradingClient` with the SDK retry switched off (`_retry = 0`).
   A 504 may hide an accepted order, and a blind resend would either buy twice or bounce off
@@ -46,10 +51,11 @@ from alpaca.data.requests import CorporateActionsRequest, StockBarsRequest, Stoc
 from alpaca.data.timeframe import TimeFrame
 from alpaca.trading import models as alpaca_models
 from alpaca.trading.client import TradingClient
+from alpaca.trading.enums import AssetClass, AssetStatus, OrderSide, QueryOrderStatus
 from alpaca.trading.enums import OrderClass as AlpacaOrderClass
-from alpaca.trading.enums import OrderSide, QueryOrderStatus
 from alpaca.trading.enums import TimeInForce as AlpacaTimeInForce
 from alpaca.trading.requests import (
+    GetAssetsRequest,
     GetCalendarRequest,
     GetOrdersRequest,
     LimitOrderRequest,
@@ -121,6 +127,10 @@ SYMBOLS_PER_REQUEST = 200
 LISTEN_ACK_TIMEOUT_SECONDS = 5.0
 #: Longest broker text kept in an error message (an HTML 502 page is not a message).
 _MAX_MESSAGE_CHARS = 240
+#: Longest excerpt of an unusable answer quoted in an error message.
+_MAX_EXCERPT_CHARS = 80
+#: HTTP requests one adapter call may make (pages of a listing); beyond it the broker is paging forever.
+MAX_REQUESTS_PER_CALL = 1000
 
 T = TypeVar("T")
 
@@ -413,16 +423,73 @@ def trade_update_from_alpaca(update: alpaca_models.TradeUpdate) -> TradeUpdate:
 # =============================================================================================
 
 
-def _install_timeout(client: Any, seconds: float) -> None:
-    """Give every request of an alpaca-py client a timeout (alpaca-py sets none: alpaca-py#415)."""
+class _UnusableAnswer(requests.RequestException):
+    """An answer the adapter refuses to hand to alpaca-py (a redirect, a page loop); `_call` turns
+    it into `BrokerUnavailable` with this text."""
+
+
+def _excerpt(response: requests.Response) -> str:
+    """A short, one-line quote of a response body for an error message."""
+    text = response.content[: _MAX_EXCERPT_CHARS * 4].decode("utf-8", "replace")
+    text = " ".join(text.split())
+    return text if len(text) <= _MAX_EXCERPT_CHARS else text[: _MAX_EXCERPT_CHARS - 3] + "..."
+
+
+def _what_came_back(response: requests.Response | None) -> str:
+    """What came back, for an error message: `HTTP 200 with an empty body`, `HTTP 200, text/html: '...'`."""
+    if response is None:
+        return "no answer"
+    status = f"HTTP {response.status_code}"
+    if not response.content:
+        return f"{status} with an empty body"
+    kind = (response.headers.get("Content-Type") or "no content type").split(";")[0].strip()
+    return f"{status}, {kind}: {_excerpt(response)!r}"
+
+
+def _unusable(response: requests.Response | None, detail: str) -> str:
+    """Why a 2xx answer could not be read: empty, or of an unexpected shape (`detail` says where)."""
+    if response is not None and 200 <= response.status_code < 300 and not response.content:
+        return f"the broker answered HTTP {response.status_code} with an empty body"
+    return f"the broker's answer has an unexpected shape ({detail}; {_what_came_back(response)})"
+
+
+def _request_key(method: str, url: str, params: Any) -> tuple[str, str, str]:
+    if isinstance(params, dict):
+        params = sorted((str(k), repr(v)) for k, v in params.items())
+    return method.upper(), url, repr(params)
+
+
+def _install_guard(client: Any, seconds: float, answers: threading.local) -> None:
+    """Give every request of an alpaca-py client a timeout (alpaca-py sets none: alpaca-py#415), keep
+    the last answer for error messages, refuse redirects, and stop a listing that pages in a loop."""
     session: requests.Session = client._session
     send = session.request
 
-    def request_with_timeout(method: str, url: str, **kwargs: Any) -> requests.Response:
+    def guarded_request(method: str, url: str, **kwargs: Any) -> requests.Response:
         kwargs.setdefault("timeout", seconds)
-        return send(method, url, **kwargs)
+        answered = getattr(answers, "answered", None)
+        key = _request_key(method, url, kwargs.get("params"))
+        if answered is not None:
+            if key in answered:
+                raise _UnusableAnswer("the broker sent the same page token twice (a listing that never ends)")
+            if len(answered) >= MAX_REQUESTS_PER_CALL:
+                raise _UnusableAnswer(f"the broker kept paging past {MAX_REQUESTS_PER_CALL} pages")
+        response = send(method, url, **kwargs)
+        answers.last = response
+        status = response.status_code
+        if 300 <= status < 400:
+            # alpaca-py asks requests not to follow redirects, then parses the 3xx as if it were data.
+            location = response.headers.get("Location")
+            if location:
+                where = f", a redirect to {' '.join(location.split())[:_MAX_MESSAGE_CHARS]}"
+            else:
+                where = " with no data and no Location"
+            raise _UnusableAnswer(f"the broker answered HTTP {status}{where}")
+        if 200 <= status < 300 and answered is not None:
+            answered.add(key)
+        return response
 
-    session.request = request_with_timeout  # type: ignore[method-assign]
+    session.request = guarded_request  # type: ignore[method-assign]
 
 
 def _record_server_time(client: Any, into: threading.local) -> None:
@@ -504,26 +571,45 @@ class AlpacaExecutor(OrderExecutor):
         _set_retries(self._data, read_retries, read_retry_wait)
         _set_retries(self._corporate, read_retries, read_retry_wait)
         _set_retries(self._submitter, 0, 0)
-        for client in (self._trading, self._submitter, self._data, self._corporate):
-            _install_timeout(client, self._timeout)
         self._feed = DataFeed(settings.ALPACA_DATA_FEED)
         self._answers = threading.local()
+        for client in (self._trading, self._submitter, self._data, self._corporate):
+            _install_guard(client, self._timeout, self._answers)
         _record_server_time(self._trading, self._answers)
 
     def __repr__(self) -> str:
         return f"AlpacaExecutor(endpoint={self._settings.ALPACA_ENDPOINT!r})"
 
     # -- plumbing -------------------------------------------------------------------------
-    def _call(self, action: str, fn: Callable[..., T], *args: Any, for_order: bool = False) -> T:
-        """Run one alpaca-py call; every failure becomes a typed, one-line, key-free error."""
+    def _call(
+        self,
+        action: str,
+        fn: Callable[..., Any],
+        *args: Any,
+        for_order: bool = False,
+        convert: Callable[[Any], T] | None = None,
+    ) -> T:
+        """Run one alpaca-py call and `convert` its answer; every failure becomes a typed, one-line,
+        key-free error. An answer that alpaca-py or `convert` cannot read is `BrokerUnavailable`
+        naming what came back (its status and a short quote)."""
         error: BrokerError
+        answers = self._answers
+        answers.last = None
+        answers.answered = set()
         try:
-            return fn(*args)
+            result = fn(*args)
+            return result if convert is None else convert(result)
         except APIError as exc:
             error = error_from_api_error(exc, action=action, for_order=for_order)
         except requests.Timeout:
             error = BrokerUnavailable(
                 f"{action}: no answer from the broker within {self._timeout:g} s; outcome unknown"
+            )
+        except _UnusableAnswer as exc:
+            error = BrokerUnavailable(f"{action}: {exc}; outcome unknown")
+        except requests.JSONDecodeError:
+            error = BrokerUnavailable(
+                f"{action}: the broker's answer is not JSON ({_what_came_back(answers.last)}); outcome unknown"
             )
         except requests.RequestException as exc:
             error = BrokerUnavailable(
@@ -531,13 +617,27 @@ class AlpacaExecutor(OrderExecutor):
             )
         except ValidationError as exc:
             first = exc.errors()[0] if exc.errors() else {}
-            where = ".".join(str(p) for p in first.get("loc", ()))
+            where = ".".join(str(p) for p in first.get("loc", ())) or "the answer"
+            detail = f"{where}: {first.get('msg', 'invalid')}"
+            error = BrokerUnavailable(f"{action}: {_unusable(answers.last, detail)}; outcome unknown")
+        except (
+            ValueError,
+            TypeError,
+            AttributeError,
+            KeyError,
+            IndexError,
+            ArithmeticError,
+            RecursionError,
+        ) as exc:
+            # alpaca-py building its models from None (an empty 2xx), or a list where an object was
+            # due; our converters meeting a missing field or an unknown enum value.
             error = BrokerUnavailable(
-                f"{action}: the broker's answer has an unexpected shape ({where}: {first.get('msg', 'invalid')}); "
-                "outcome unknown"
+                f"{action}: {_unusable(answers.last, type(exc).__name__)}; outcome unknown"
             )
+        finally:
+            answers.answered = None
         # Raised outside the except block: no chained exception carrying the request's auth headers.
-        error.message = self._scrub(error.message)
+        error.message = self._scrub(" ".join(error.message.split()))
         error.args = (error.message,)
         raise error
 
@@ -561,7 +661,9 @@ class AlpacaExecutor(OrderExecutor):
     def _submit(self, action: str, symbol: str, client_order_id: str, build: Callable[[], Any]) -> Order:
         request = self._request(action, build)
         try:
-            order = self._call(action, self._submitter.submit_order, request, for_order=True)
+            result = self._call(
+                action, self._submitter.submit_order, request, for_order=True, convert=order_from_alpaca
+            )
         except BrokerError as exc:
             logs.event(
                 log,
@@ -573,7 +675,6 @@ class AlpacaExecutor(OrderExecutor):
                 reason=exc.message,
             )
             raise
-        result = order_from_alpaca(order)
         logs.event(
             log,
             "order_accepted",
@@ -588,10 +689,14 @@ class AlpacaExecutor(OrderExecutor):
 
     # -- account and positions -------------------------------------------------------------
     def get_account(self) -> Account:
-        return account_from_alpaca(self._call("get account", self._trading.get_account))
+        return self._call("get account", self._trading.get_account, convert=account_from_alpaca)
 
     def get_positions(self) -> list[Position]:
-        return [position_from_alpaca(p) for p in self._call("get positions", self._trading.get_all_positions)]
+        return self._call(
+            "get positions",
+            self._trading.get_all_positions,
+            convert=lambda positions: [position_from_alpaca(p) for p in positions],
+        )
 
     def get_positions_at(self) -> tuple[list[Position], datetime | None]:
         self._answers.server_time = None
@@ -600,13 +705,28 @@ class AlpacaExecutor(OrderExecutor):
 
     def get_position(self, symbol: str) -> Position | None:
         try:
-            position = self._call(f"get position {symbol}", self._trading.get_open_position, symbol)
+            return self._call(
+                f"get position {symbol}",
+                self._trading.get_open_position,
+                symbol,
+                convert=position_from_alpaca,
+            )
         except NotFound:
             return None
-        return position_from_alpaca(position)
 
     def get_asset(self, symbol: str) -> Asset:
-        return asset_from_alpaca(self._call(f"get asset {symbol}", self._trading.get_asset, symbol))
+        return self._call(f"get asset {symbol}", self._trading.get_asset, symbol, convert=asset_from_alpaca)
+
+    def get_assets(self) -> list[Asset]:
+        """Every active US equity the broker lists (not part of the `OrderExecutor` contract: the
+        scanner's universe). Same timeout, read retries and error typing as every other call."""
+        request = GetAssetsRequest(status=AssetStatus.ACTIVE, asset_class=AssetClass.US_EQUITY)
+        return self._call(
+            "list assets",
+            self._trading.get_all_assets,
+            request,
+            convert=lambda assets: [asset_from_alpaca(a) for a in assets],
+        )
 
     # -- market data ----------------------------------------------------------------------
     def get_latest_prices(self, symbols: Iterable[str]) -> dict[str, LatestPrice]:
@@ -616,13 +736,14 @@ class AlpacaExecutor(OrderExecutor):
         prices: dict[str, LatestPrice] = {}
         for chunk in _chunks(wanted, SYMBOLS_PER_REQUEST):
             request = StockSnapshotRequest(symbol_or_symbols=chunk, feed=self._feed)
-            snapshots = self._call(
-                f"get latest prices ({len(chunk)} symbols)", self._data.get_stock_snapshot, request
+            prices.update(
+                self._call(
+                    f"get latest prices ({len(chunk)} symbols)",
+                    self._data.get_stock_snapshot,
+                    request,
+                    convert=_prices_from_snapshots,
+                )
             )
-            for symbol, snapshot in snapshots.items():
-                price = latest_price_from_snapshot(symbol, snapshot)
-                if price is not None:
-                    prices[symbol] = price
         return prices
 
     def get_bars(
@@ -639,9 +760,17 @@ class AlpacaExecutor(OrderExecutor):
                 ),
             )
             # alpaca-py follows next_page_token itself until the last page.
-            barset = self._call(f"get bars ({len(chunk)} symbols)", self._data.get_stock_bars, request)
-            for symbol, symbol_bars in barset.data.items():
-                bars.setdefault(symbol, []).extend(bar_from_alpaca(b) for b in symbol_bars)
+            chunk_bars = self._call(
+                f"get bars ({len(chunk)} symbols)",
+                self._data.get_stock_bars,
+                request,
+                convert=lambda barset: {
+                    symbol: [bar_from_alpaca(b) for b in symbol_bars]
+                    for symbol, symbol_bars in barset.data.items()
+                },
+            )
+            for symbol, symbol_bars in chunk_bars.items():
+                bars.setdefault(symbol, []).extend(symbol_bars)
         for symbol_bars in bars.values():
             symbol_bars.sort(key=lambda bar: bar.t)
         return bars
@@ -660,12 +789,14 @@ class AlpacaExecutor(OrderExecutor):
                 ),
             )
             # alpaca-py follows next_page_token itself until the last page.
-            actions = self._call(
-                f"get splits ({len(chunk)} symbols, {start}..{end})",
-                self._corporate.get_corporate_actions,
-                request,
+            splits.extend(
+                self._call(
+                    f"get splits ({len(chunk)} symbols, {start}..{end})",
+                    self._corporate.get_corporate_actions,
+                    request,
+                    convert=splits_from_alpaca,
+                )
             )
-            splits.extend(splits_from_alpaca(actions))
         # The feed filters on its own notion of the window: keep exactly what the contract promises.
         asked = set(wanted)
         chosen = [s for s in splits if start <= s.ex_date <= end and s.symbol in asked]
@@ -784,7 +915,7 @@ class AlpacaExecutor(OrderExecutor):
                 after=cursor,
                 symbols=symbols,
             )
-            page = self._call(action, self._trading.get_orders, request)
+            page = self._call(action, self._trading.get_orders, request, convert=_order_page)
             fresh = [order for order in page if str(order.id) not in seen]
             seen.update((str(order.id), order) for order in fresh)
             if len(page) < ORDERS_PAGE_LIMIT:
@@ -819,14 +950,14 @@ class AlpacaExecutor(OrderExecutor):
 
     def get_order_by_client_id(self, client_order_id: str) -> Order | None:
         try:
-            order = self._call(
+            return self._call(
                 f"get order client_order_id={client_order_id}",
                 self._trading.get_order_by_client_id,
                 client_order_id,
+                convert=order_from_alpaca,
             )
         except NotFound:
             return None
-        return order_from_alpaca(order)
 
     def cancel_order(self, order_id: str) -> None:
         self._call(f"cancel order {order_id}", self._trading.cancel_order_by_id, order_id, for_order=True)
@@ -834,12 +965,16 @@ class AlpacaExecutor(OrderExecutor):
 
     # -- calendar -------------------------------------------------------------------------
     def get_clock(self) -> MarketClock:
-        return clock_from_alpaca(self._call("get clock", self._trading.get_clock))
+        return self._call("get clock", self._trading.get_clock, convert=clock_from_alpaca)
 
     def get_calendar(self, start: date, end: date) -> list[TradingDay]:
         request = GetCalendarRequest(start=start, end=end)
-        days = self._call(f"get calendar {start}..{end}", self._trading.get_calendar, request)
-        return sorted((trading_day_from_alpaca(d) for d in days), key=lambda d: d.date)
+        return self._call(
+            f"get calendar {start}..{end}",
+            self._trading.get_calendar,
+            request,
+            convert=lambda days: sorted((trading_day_from_alpaca(d) for d in days), key=lambda d: d.date),
+        )
 
     # -- trade updates --------------------------------------------------------------------
     def trade_update_stream(self) -> TradeUpdateStream:
@@ -852,9 +987,30 @@ class AlpacaExecutor(OrderExecutor):
 
 def _changed_since(order: alpaca_models.Order, since: datetime) -> bool:
     return any(
-        _aware(member.submitted_at) >= since or _aware(member.updated_at) >= since
+        moment is not None and _aware(moment) >= since
         for member in (order, *(order.legs or []))
+        for moment in (member.submitted_at, member.updated_at)
     )
+
+
+def _order_page(page: Any) -> list[alpaca_models.Order]:
+    """A page of GET /v2/orders, checked enough for the paging: a list of orders that all say
+    when they were submitted (the next page starts from there)."""
+    if not isinstance(page, list):
+        raise TypeError(f"a listing of orders must be a list, not {type(page).__name__}")
+    for order in page:
+        if not isinstance(order, alpaca_models.Order) or order.submitted_at is None:
+            raise ValueError("an order without submitted_at")
+    return page
+
+
+def _prices_from_snapshots(snapshots: Any) -> dict[str, LatestPrice]:
+    prices = {}
+    for symbol, snapshot in snapshots.items():
+        price = latest_price_from_snapshot(symbol, snapshot)
+        if price is not None:
+            prices[symbol] = price
+    return prices
 
 
 class _HookedTradingStream(TradingStream):

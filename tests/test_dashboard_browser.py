@@ -21,6 +21,7 @@ import pytest
 import requests
 from conftest import redis_url
 
+from shared import job_table
 from shared.bus import SERVICES, connect_rq
 from shared.queues import enqueue
 
@@ -53,7 +54,7 @@ def project_jobs(redis_client, keys):
     client = connect_rq(redis_url())
     ids = {}
     for service in SERVICES:
-        ids[service] = [enqueue(client, keys, service, "services.ranker.jobs.rank_signals",
+        ids[service] = [enqueue(client, keys, service, sorted(job_table.allowed(service))[0],
                                 job_id=f"{keys.ns}-dash-{service}-{n}").id for n in range(2)]
     yield ids
     # RQ registers queue names in a server-wide set the namespace clean-up does not touch.
@@ -104,7 +105,7 @@ def test_dashboard_counts_the_projects_queued_jobs_and_reads_their_json_argument
     # The job's data is read with the JSON serializer (--json): a pickle reader would fail here.
     job = requests.get(f"{base}/0/data/job/{project_jobs['trader'][0]}.json", auth=(USER, password), timeout=10)
     assert job.status_code == 200
-    assert job.json()["description"].startswith("services.ranker.jobs.rank_signals(")
+    assert job.json()["description"].startswith(f"{job_table.TRADE_SIGNALS}(")
 
 
 def test_the_compose_healthcheck_sees_the_dashboard_up(dashboard):

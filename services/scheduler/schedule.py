@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 
+from shared import job_table
 from shared.errors import ConfigError
 from shared.market.calendar import NEW_YORK
 from shared.models import TradingDay
@@ -34,13 +35,14 @@ class Job:
     in_session: bool = False
 
 
-SCAN = Job("scan", "scanner", "services.scanner.jobs.scan_targets")
-RANK = Job("rank", "ranker", "services.ranker.jobs.rank_signals")
-TRADE = Job("trade", "trader", "services.trader.jobs.trade_signals", in_session=True)
-MANAGE = Job("manage", "manager", "services.manager.tick.manage_positions", in_session=True)
+# The functions come from the one table the workers allow (shared/job_table.py).
+SCAN = Job("scan", "scanner", job_table.SCAN_TARGETS)
+RANK = Job("rank", "ranker", job_table.RANK_SIGNALS)
+TRADE = Job("trade", "trader", job_table.TRADE_SIGNALS, in_session=True)
+MANAGE = Job("manage", "manager", job_table.MANAGE_POSITIONS, in_session=True)
 #: Before the open: the day's splits re-base the positions, every protection is made right.
-PRE_OPEN = Job("pre_open", "manager", "services.manager.jobs.pre_open_check")
-REPORT = Job("report", "reporter", "services.reporter.jobs.daily_report")
+PRE_OPEN = Job("pre_open", "manager", job_table.PRE_OPEN_CHECK)
+REPORT = Job("report", "reporter", job_table.DAILY_REPORT)
 JOBS = (SCAN, RANK, PRE_OPEN, TRADE, MANAGE, REPORT)
 
 

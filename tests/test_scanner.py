@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import time
 from dataclasses import replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
@@ -343,3 +344,107 @@ def test_a_fresh_entry_is_reported_before_a_better_strategy_that_is_only_watchin
     assert (entry.strategy, entry.state, entry.verdict) == ("fresh", ScanState.IN_TRADE, Verdict.INSUFFICIENT_DATA)
     assert (entry.signal_date, entry.signal_price) == (date(2024, 1, 17), D("100.2"))
     assert any(note.startswith("hand = WATCHING") for note in entry.notes)
+
+
+# -- a broker that never answers -------------------------------------------------------------------
+
+
+@pytest.fixture
+def silent_broker():
+    """A loopback server that accepts every connection and never answers a byte; yields its URL
+    and the list of connections it accepted."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    listener.settimeout(0.05)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                connection, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            accepted.append(connection)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}", accepted
+    stop.set()
+    thread.join(timeout=5)
+    for connection in accepted:
+        connection.close()
+    listener.close()
+
+
+def _point_at(env, url: str, tmp_path: Path, targets: str | None) -> None:
+    for name, value in {"ALPACA_API_KEY": "sim-key", "ALPACA_SECRET_KEY": "sim-secret", "ALPACA_ENDPOINT": url,
+                        "FL_BROKER_TIMEOUT_SECONDS": "0.5", "FL_SIGNALS_DIR": str(tmp_path / "logs"),
+                        "FL_SCAN_WORKERS": "1"}.items():
+        env.setenv(name, value)
+    if targets is not None:
+        path = tmp_path / "targets.txt"
+        path.write_text(targets)
+        env.setenv("FL_SCAN_TARGETS", str(path))
+
+
+@pytest.mark.parametrize(("targets", "request_name"), [(None, "list assets"), ("AAPL MSFT\n", "get clock")],
+                         ids=["asset-listing", "targets-file"])
+def test_a_broker_that_never_answers_fails_the_scan_within_its_timeout_with_one_line(
+        clean_env, silent_broker, tmp_path, capsys, targets, request_name):
+    from services.cli import main
+
+    url, accepted = silent_broker
+    _point_at(clean_env, url, tmp_path, targets)
+    started = time.monotonic()
+    status = main(["scan", "--no-redis"])
+    elapsed = time.monotonic() - started
+
+    captured = capsys.readouterr()
+    assert status == 2
+    assert elapsed < 5, f"the scan waited {elapsed:.1f} s on a silent broker"
+    assert captured.err == (f"factoryline: error: {request_name}: no answer from the broker within 0.5 s; "
+                            "outcome unknown\n")
+    assert captured.out == ""
+    assert accepted, "the scan never reached the broker"
+
+
+def test_the_asset_listing_uses_the_brokers_timeout_setting(clean_env, silent_broker, tmp_path):
+    from shared.config import BrokerSettings, load
+    from shared.errors import BrokerUnavailable
+
+    url, _ = silent_broker
+    _point_at(clean_env, url, tmp_path, None)
+    clean_env.setenv("FL_BROKER_TIMEOUT_SECONDS", "0.2")
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match="^list assets: no answer from the broker within 0.2 s"):
+        scanner.broker_universe(load(BrokerSettings))
+    assert time.monotonic() - started < 3
+
+
+def test_a_bars_batch_the_broker_does_not_answer_is_not_asked_again_ticker_by_ticker():
+    from shared.errors import BrokerUnavailable, OrderRejected
+
+    class Executor:
+        def __init__(self, error):
+            self.error, self.asked = error, []
+
+        def get_bars(self, symbols, *_args):
+            self.asked.append(list(symbols))
+            raise self.error
+
+    silent = Executor(BrokerUnavailable("get bars (3 symbols): no answer from the broker within 10 s; outcome unknown"))
+    bars, errors = scanner.fetch_daily_bars(silent, ["A", "B", "C", "D"], DEFAULT_START, DEFAULT_START, 3)
+    assert silent.asked == [["A", "B", "C"], ["D"]]  # one timeout per batch, not one per ticker
+    assert bars == {} and sorted(errors) == ["A", "B", "C", "D"]
+    assert errors["A"].startswith("bars request failed: get bars (3 symbols): no answer")
+
+    refusing = Executor(OrderRejected("get bars: invalid symbol"))
+    scanner.fetch_daily_bars(refusing, ["A", "B"], DEFAULT_START, DEFAULT_START, 2)
+    assert refusing.asked == [["A", "B"], ["A"], ["B"]]  # a refusal still costs only the bad ticker

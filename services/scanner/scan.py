@@ -24,7 +24,7 @@ from services.scanner.logfile import TickerLog, remove_logs, write_log
 from shared import logs
 from shared.backtest import BacktestResult, BlackSheepRule, LiveTrade, backtest, is_black_sheep
 from shared.broker.contract import OrderExecutor
-from shared.errors import BrokerError, FactoryLineError, InputError
+from shared.errors import BrokerError, BrokerUnavailable, FactoryLineError, InputError
 from shared.exits import ExitRules
 from shared.market.calendar import NEW_YORK
 from shared.models import Bar, Timeframe
@@ -86,23 +86,20 @@ def read_targets(path: Path) -> list[str]:
 
 
 def broker_universe(settings) -> list[str]:
-    """Every active, tradable US equity the broker lists (through alpaca-py's TradingClient), sorted.
+    """Every active, tradable US equity the broker lists, sorted.
 
-    The `OrderExecutor` contract has no asset listing; this is the scanner's own small read. Tickers
-    the log format cannot name are left out.
+    The `OrderExecutor` contract has no asset listing; this is the scanner's own small read, made
+    through `AlpacaExecutor.get_assets` so it has the adapter's timeout (`FL_BROKER_TIMEOUT_SECONDS`),
+    read retries and one-line typed errors, like every other request of the scan. Tickers the log
+    format cannot name are left out.
     """
-    from alpaca.common.exceptions import APIError
-    from alpaca.trading.client import TradingClient
-    from alpaca.trading.enums import AssetClass, AssetStatus
-    from alpaca.trading.requests import GetAssetsRequest
-    from requests import RequestException
+    from shared.broker.alpaca import AlpacaExecutor
 
-    client = TradingClient(settings.ALPACA_API_KEY.get_secret_value(), settings.ALPACA_SECRET_KEY.get_secret_value(),
-                           paper=not settings.is_live, url_override=settings.ALPACA_ENDPOINT)
+    executor = AlpacaExecutor(settings)
     try:
-        assets = client.get_all_assets(GetAssetsRequest(status=AssetStatus.ACTIVE, asset_class=AssetClass.US_EQUITY))
-    except (APIError, RequestException) as exc:
-        raise BrokerError(f"list assets: {type(exc).__name__}: {logs.redact(str(exc))[:200]}") from None
+        assets = executor.get_assets()
+    finally:
+        executor.close()
     return sorted(a.symbol for a in assets if a.tradable and _TICKER.match(a.symbol))
 
 
@@ -113,7 +110,9 @@ def fetch_daily_bars(
     executor: OrderExecutor, tickers: Sequence[str], start: datetime, end: datetime, batch_size: int
 ) -> tuple[dict[str, list[Bar]], dict[str, str]]:
     """({ticker: bars}, {ticker: error}). Batches of `batch_size`; a batch the broker refuses is asked
-    again ticker by ticker, so one bad ticker costs only itself."""
+    again ticker by ticker, so one bad ticker costs only itself. A batch the broker does not answer
+    (`BrokerUnavailable`: a timeout, a 5xx, an unusable answer) is not asked again ticker by ticker:
+    that would cost one timeout per ticker; its tickers are errors."""
     bars: dict[str, list[Bar]] = {}
     errors: dict[str, str] = {}
     for i in range(0, len(tickers), batch_size):
@@ -121,8 +120,8 @@ def fetch_daily_bars(
         try:
             bars.update(executor.get_bars(batch, Timeframe.DAY, start, end))
         except BrokerError as exc:
-            if len(batch) == 1:
-                errors[batch[0]] = f"bars request failed: {exc}"
+            if len(batch) == 1 or isinstance(exc, BrokerUnavailable):
+                errors.update((ticker, f"bars request failed: {exc}") for ticker in batch)
                 continue
             logs.event(log, "bars_batch_failed", level=logging.WARNING, tickers=len(batch), error=str(exc))
             for ticker in batch:

@@ -29,6 +29,11 @@ class Keys:
         """JSON list of the day's ranked signals, written by the ranker, read by the trader."""
         return f"{self.ns}:signals:{day.isoformat()}"
 
+    def entry_skips(self, day: date) -> str:
+        """JSON list of the signals the trader skipped for the session `day`, with their reasons (the
+        day's report lists them)."""
+        return f"{self.ns}:trader:skips:{day.isoformat()}"
+
     @property
     def trade_updates(self) -> str:
         """Stream of every trade update (the streamer writes, the manager's group reads)."""

@@ -126,10 +126,14 @@ class RedisSettings(_Settings):
         return value
 
 
-class RankerSettings(_Settings):
+class _BookSize(_Settings):
+    #: The book's size: the ranker keeps this many signals; `slots` sizing gives each equity / this.
+    FL_MAX_POSITIONS: int = Field(default=5, ge=1, le=500)
+
+
+class RankerSettings(_BookSize):
     FL_SIGNALS_DIR: Path = Path("NIGHTLY_SCANNER/LOGS_QUICKSTRIKE")
     FL_SIGNALS_CSV: Path = Path("actionable_signals.csv")
-    FL_MAX_POSITIONS: int = Field(default=5, ge=1, le=500)
     FL_MIN_BACKTEST_TRADES: int = Field(default=10, ge=0)
     FL_MAX_SCAN_AGE_HOURS: float = Field(default=36.0, gt=0)
     FL_ALLOW_BLACK_SHEEP: bool = False
@@ -143,11 +147,45 @@ class RankerSettings(_Settings):
         return frozenset(s.strip().lower() for s in self.FL_BLACK_SHEEP_STRATEGIES.split(",") if s.strip())
 
 
-class TraderSettings(_Settings):
+class TraderSettings(_BookSize):
+    """Sizing and entry sanity (docs/trader.md)."""
+
     #: Percent of buying power kept back so Alpaca's buying-power cushion never refuses the last order.
     FL_CASH_BUFFER_PCT: Decimal = Field(default=Decimal("3"), ge=0, lt=100)
     #: Smallest entry worth sending, in dollars (Alpaca's notional minimum is $1).
     FL_MIN_ORDER_NOTIONAL: Decimal = Field(default=Decimal("1"), ge=1)
+    #: `slots`: each entry gets equity / FL_MAX_POSITIONS, open positions occupy their slots;
+    #: `signals`: the usable cash split across the day's signals (the seed's rule).
+    FL_SIZING: Literal["slots", "signals"] = "slots"
+    #: No position above this percent of equity (an addition counts with what is held).
+    FL_MAX_POSITION_PCT: Decimal = Field(default=Decimal("25"), gt=0, le=100)
+    #: Give the share of a signal skipped for price, volume, drift or cooldown to the others
+    #: (`signals` sizing only; a slot is never larger than equity / FL_MAX_POSITIONS).
+    FL_REALLOCATE_SKIPPED: bool = False
+    #: No entry below this share price, in dollars.
+    FL_MIN_PRICE: Decimal = Field(default=Decimal("2"), ge=0)
+    #: No entry below this average daily dollar volume over the last 20 sessions (0 turns it off).
+    FL_MIN_DOLLAR_VOLUME: Decimal = Field(default=Decimal("1000000"), ge=0)
+    #: No entry when the live price is more than this percent away from the signal's price.
+    FL_MAX_SIGNAL_DRIFT_PCT: Decimal = Field(default=Decimal("10"), gt=0)
+    #: Buy more of a symbol the line already holds (within FL_MAX_POSITION_PCT).
+    FL_ALLOW_ADDING: bool = False
+    #: No re-entry in a symbol for this many days after a stop_loss exit (0 turns it off).
+    FL_COOLDOWN_DAYS: int = Field(default=5, ge=0, le=365)
+    #: At most this many new entries per trading day.
+    FL_MAX_ENTRIES_PER_DAY: int = Field(default=5, ge=0, le=500)
+
+
+class RiskSettings(_Settings):
+    """Account-level limits, checked before every entry batch and on every manage tick."""
+
+    #: Halt entries when the day's P/L (realized + unrealized since the previous close) reaches this
+    #: loss, in percent of the previous close's equity.
+    FL_DAILY_LOSS_LIMIT_PCT: Decimal = Field(default=Decimal("3"), gt=0, le=100)
+    #: Halt entries when equity falls this far below the highest equity the line has recorded.
+    FL_MAX_DRAWDOWN_PCT: Decimal = Field(default=Decimal("15"), gt=0, le=100)
+    #: When a limit trips, also sell every position the line manages through the safe exit.
+    FL_FLATTEN_ON_LIMIT: bool = False
 
 
 class ExitSettings(_Settings):

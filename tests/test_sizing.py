@@ -1,4 +1,8 @@
-"""The entry planner and the client order id scheme: pure functions, no broker, no Redis."""
+"""The entry planner and the client order id scheme: pure functions, no broker, no Redis.
+
+The examples here run the `signals` sizing (the seed's rule: usable cash split across the day's
+signals) with the entry checks neutral, and pin that it behaves exactly as it always did; the
+`slots` sizing, the cap and the entry checks are in tests/test_sizing_slots.py."""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from hypothesis import strategies as st
 from shared import client_ids
 from shared.config import TraderSettings
 from shared.models import Account, Asset, LatestPrice, PriceSource
-from shared.sizing import EntryKind, SkipReason, plan_entries, usable_cash, whole_share_retry
+from shared.sizing import EntryKind, MarketFacts, SkipReason, plan_entries, usable_cash, whole_share_retry
 
 DAY = date(2026, 11, 24)
 D = Decimal
@@ -22,10 +26,16 @@ D = Decimal
 @dataclass(frozen=True)
 class Sig:
     ticker: str
+    signal_price: Decimal | None = None
+
+
+#: The seed's sizing with every newer check neutral: the plans below must be what they always were.
+SEED_RULE = dict(FL_SIZING="signals", FL_MAX_POSITION_PCT=D("100"), FL_MIN_PRICE=D("0"), FL_MIN_DOLLAR_VOLUME=D("0"),
+                 FL_MAX_ENTRIES_PER_DAY=500)
 
 
 def trader_settings(buffer: str = "3", minimum: str = "1") -> TraderSettings:
-    return TraderSettings(FL_CASH_BUFFER_PCT=D(buffer), FL_MIN_ORDER_NOTIONAL=D(minimum))
+    return TraderSettings(FL_CASH_BUFFER_PCT=D(buffer), FL_MIN_ORDER_NOTIONAL=D(minimum), **SEED_RULE)
 
 
 def account(cash: str, buying_power: str | None = None) -> Account:
@@ -48,7 +58,7 @@ FIVE = {"AAPL": ("190.12", True), "MSFT": ("410.50", True), "NVDA": ("120.00", T
 
 def plan(signals, acct, spec, held=(), pending=(), **kw):
     assets, prices = market(spec)
-    return plan_entries([Sig(t) for t in signals], acct, held, pending, assets, prices,
+    return plan_entries([Sig(t) for t in signals], acct, held, pending, MarketFacts(assets, prices),
                         kw.pop("settings", trader_settings()), DAY, **kw)
 
 
@@ -109,7 +119,7 @@ def test_unknown_untradable_and_unpriced_tickers_are_skipped_with_their_reason()
               "NOPX": Asset(symbol="NOPX", fractionable=True)}
     prices = {"OK": price("OK", "10"), "HALTED": price("HALTED", "10"), "GHOST": price("GHOST", "10")}
     result = plan_entries([Sig("OK"), Sig("HALTED"), Sig("GHOST"), Sig("NOPX")], account("1000"), (), (),
-                          assets, prices, trader_settings("0"), DAY)
+                          MarketFacts(assets, prices), trader_settings("0"), DAY)
     assert {s.symbol: s.reason for s in result.skips} == {
         "HALTED": SkipReason.NOT_TRADABLE, "GHOST": SkipReason.UNKNOWN_ASSET, "NOPX": SkipReason.NO_PRICE}
     assert [(o.symbol, o.amount) for o in result.orders] == [("OK", D("1000.00"))]
@@ -233,6 +243,7 @@ def scenarios(draw):
     buying_power = draw(st.just(cash) | funds | st.sampled_from([cash * 2, cash * 4, cash / 3]))
     acct = Account(cash=cash, buying_power=buying_power, equity=D("0"))
     cfg = TraderSettings(
+        **SEED_RULE,
         FL_CASH_BUFFER_PCT=draw(st.decimals(min_value=0, max_value=D("10"), places=3)
                                 | st.decimals(min_value=0, max_value=D("99.9"), places=1)),
         FL_MIN_ORDER_NOTIONAL=draw(st.sampled_from([D("1"), D("1.5"), D("25")])
@@ -244,7 +255,7 @@ def scenarios(draw):
 @given(scenarios())
 def test_orders_never_spend_more_than_usable_cash_or_break_broker_rules(scenario):
     signals, acct, held, pending, assets, prices, cfg = scenario
-    result = plan_entries(signals, acct, held, pending, assets, prices, cfg, DAY)
+    result = plan_entries(signals, acct, held, pending, MarketFacts(assets, prices), cfg, DAY)
     usable = usable_cash(acct, cfg)
     assert usable <= max(D(0), min(acct.cash, acct.buying_power))
     total = sum((o.amount for o in result.orders), D(0))
@@ -277,8 +288,9 @@ def test_orders_never_spend_more_than_usable_cash_or_break_broker_rules(scenario
 @given(scenarios())
 def test_the_same_inputs_always_give_the_same_plan(scenario):
     signals, acct, held, pending, assets, prices, cfg = scenario
-    first = plan_entries(signals, acct, held, pending, assets, prices, cfg, DAY)
-    second = plan_entries(list(signals), acct, set(held), set(pending), dict(assets), dict(prices), cfg, DAY)
+    first = plan_entries(signals, acct, held, pending, MarketFacts(assets, prices), cfg, DAY)
+    second = plan_entries(list(signals), acct, set(held), set(pending), MarketFacts(dict(assets), dict(prices)), cfg,
+                          DAY)
     assert first == second
 
 

@@ -26,15 +26,31 @@ DAY = date(2024, 3, 4)
 FIVE = ["AAPL", "MSFT", "NVDA", "AMZN", "GOOGL"]
 
 
-def signal(ticker: str, rank: int = 1) -> Signal:
+def signal(ticker: str, rank: int = 1, price: Decimal = Decimal("100")) -> Signal:
     return Signal(ticker=ticker, strategy="QuickStrike", state=ScanState.IN_TRADE, verdict=Verdict.PROFITABLE,
                   win_rate=Decimal("0.62"), trades=25, profit_factor=Decimal("1.9"), avg_return=Decimal("0.012"),
-                  signal_date=DAY, signal_price=Decimal("100"), scanned_at=datetime(2024, 3, 4, 11, tzinfo=UTC),
+                  signal_date=DAY, signal_price=price, scanned_at=datetime(2024, 3, 4, 11, tzinfo=UTC),
                   source_file=f"IN_TRADE_live_qs_{ticker}.log", rank=rank)
 
 
-def rank_today(redis_client, keys, tickers: list[str], day: date = DAY) -> None:
-    signals.save_signals_to_redis(redis_client, keys, day, [signal(t, i + 1) for i, t in enumerate(tickers)])
+def market_prices(tickers: list[str]) -> dict[str, Decimal]:
+    """The simulator's prices now (the `trader` fixture points the environment at it): a scan taken
+    this morning signals at about the price the market has."""
+    from shared import config
+    from shared.broker import make_executor
+
+    executor = make_executor(config.load(config.BrokerSettings))
+    try:
+        return {s: p.price for s, p in executor.get_latest_prices(tickers).items()}
+    finally:
+        executor.close()
+
+
+def rank_today(redis_client, keys, tickers: list[str], day: date = DAY,
+               prices: dict[str, Decimal] | None = None) -> None:
+    prices = prices if prices is not None else market_prices(tickers)
+    signals.save_signals_to_redis(redis_client, keys, day, [signal(t, i + 1, prices.get(t, Decimal("100")))
+                                                            for i, t in enumerate(tickers)])
 
 
 @pytest.fixture
@@ -101,11 +117,13 @@ def test_notional_order_refused_as_not_fractionable_is_retried_once_as_whole_sha
 
 
 def test_orders_together_stay_within_the_buying_power_read_before_them(trader, redis_client, keys):
-    rank_today(redis_client, keys, ["AAPL", "MSFT", "FUBO", "SENS", "TELL"])
-    trade_signals()
+    rank_today(redis_client, keys, ["AAPL", "MSFT", "NVDA", "AMZN", "FUBO"])
+    summary = trade_signals()
     state = trader.control.state()
     spent = sum(Decimal(f["price"]) * Decimal(f["qty"]) for f in state["fills"])
-    assert Decimal("190000") < spent <= Decimal("194000") * Decimal("1.01")
+    assert summary["counts"] == {"submitted": 5}
+    # Five slots of $40,000, but only $194,000 usable after the buffer: 5 x $38,800 at most.
+    assert Decimal("190000") < spent <= Decimal(summary["usable"]) * Decimal("1.01")
     assert Decimal(state["account"]["cash"]) > 0
 
 
@@ -146,7 +164,8 @@ def test_dry_run_returns_the_plan_and_sends_nothing(trader, redis_client, keys):
     summary = trade_signals(dry_run=True)
     assert summary["status"] == "dry_run"
     assert [e["status"] for e in summary["entries"]] == ["planned"] * 5
-    assert [e["amount"] for e in summary["entries"][:4]] == ["38800.00"] * 4
+    assert {e["symbol"]: e["amount"] for e in summary["entries"] if e["symbol"] != "FUBO"} == dict.fromkeys(
+        FIVE[:4], "38800.00")
     assert buy_orders(trader) == []
     table = render(summary)
     assert "DRY RUN" in table and f"{keys.ns}-20240304-FUBO-entry" in table
@@ -159,9 +178,11 @@ def test_held_ticker_is_skipped_and_the_others_share_the_rest(trader, redis_clie
                                                             time_in_force="day"))
     rank_today(redis_client, keys, FIVE)
     summary = trade_signals()
-    assert summary["skips"] == [{"symbol": "AAPL", "reason": "already held", "detail": "a position is open"}]
+    assert summary["skips"] == [{"symbol": "AAPL", "reason": "already held",
+                                 "detail": "a position is open (FL_ALLOW_ADDING=false)"}]
     assert len(by_symbol(buy_orders(trader))["AAPL"]) == 1  # only the manual one
-    assert summary["allocation"] == str((Decimal(summary["usable"]) / 4).quantize(Decimal("0.01"), "ROUND_DOWN"))
+    # The held position occupies one of the five slots; the other four get one slot each.
+    assert summary["free_slots"] == 4 and summary["allocation"] == summary["slot"]
     assert summary["counts"] == {"submitted": 4}
 
 
@@ -175,11 +196,12 @@ def test_no_signals_for_today_sends_nothing_and_says_where_it_looked(trader, red
 
 def test_signals_can_come_from_a_csv_given_explicitly(trader, tmp_path):
     path = tmp_path / "actionable_signals.csv"
-    signals.write_signals_csv(path, [signal("AAPL", 1), signal("NVDA", 2)])
+    prices = market_prices(["AAPL", "NVDA"])
+    signals.write_signals_csv(path, [signal("AAPL", 1, prices["AAPL"]), signal("NVDA", 2, prices["NVDA"])])
     summary = trade_signals(csv_path=str(path))
     assert summary["signals_source"] == str(path)
     assert sorted(o["symbol"] for o in buy_orders(trader)) == ["AAPL", "NVDA"]
-    assert summary["allocation"] == "97000.00"
+    assert summary["allocation"] == "40000.00"  # one slot each of $200,000 / 5
 
 
 # -- broker trouble ------------------------------------------------------------------------------
@@ -230,7 +252,7 @@ def test_entry_notification_is_published_per_submitted_order(trader, redis_clien
     pubsub.close()
     assert [(m["kind"], m["symbol"], m["client_order_id"]) for m in received] == [
         ("entry_submitted", t, f"{keys.ns}-20240304-{t}-entry") for t in FIVE[:2]]
-    assert received[0]["amount"] == "97000.00" and received[0]["order_id"]
+    assert received[0]["amount"] == "40000.00" and received[0]["order_id"]
 
 
 # -- the command and the worker ------------------------------------------------------------------
@@ -247,7 +269,7 @@ def test_factoryline_trade_prints_orders_and_skips(trader, redis_client, keys, n
     env = {**trader.broker_env(), "REDIS_URL": redis_url(), "FL_NAMESPACE": namespace}
     result = run([sys.executable, "-m", "services.cli", "trade"], tmp_path, env)
     assert result.returncode == 0, result.stderr
-    assert "$97,000.00" in result.stdout  # 194,000 / 2: the unknown ticker takes no share
+    assert "$40,000.00" in result.stdout  # one slot of $200,000 / 5 each
     assert f"{namespace}-20240304-FUBO-entry" in result.stdout
     assert "ZZZZ" in result.stdout and "unknown asset" in result.stdout
     assert "Traceback" not in result.stderr

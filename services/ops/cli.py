@@ -16,11 +16,10 @@
 from __future__ import annotations
 
 import argparse
-import getpass
-import json
-import socket
 import sys
 from datetime import UTC, datetime
+
+from shared.halt import set_halt
 
 #: command -> one-line help, as `factoryline --help` shows it.
 HELP = {
@@ -103,22 +102,6 @@ def run_status(args: argparse.Namespace) -> int:
 # -- halt / resume -------------------------------------------------------------------------------------
 
 
-def halt_value(reason: str, at: datetime) -> str:
-    """What the halt key holds: readable with `redis-cli GET`, parsed by `status`."""
-    return json.dumps({"reason": reason, "at": at.isoformat(timespec="seconds"), "by": _who()})
-
-
-def set_halt(client, keys, reason: str, *, keep_existing: bool = False) -> bool:
-    """Set the halt flag and announce it; with `keep_existing` an earlier halt (and its reason) stays.
-    True when this call set it."""
-    from shared import bus
-
-    if not client.set(keys.halt, halt_value(reason, datetime.now(UTC)), nx=keep_existing):
-        return False
-    bus.publish(client, keys, "halted", message=f"halt flag set: {reason or 'no reason given'}", reason=reason)
-    return True
-
-
 def run_halt(args: argparse.Namespace) -> int:
     import redis
 
@@ -151,14 +134,6 @@ def run_resume(args: argparse.Namespace) -> int:
     finally:
         client.close()
     return 0
-
-
-def _who() -> str:
-    try:
-        user = getpass.getuser()
-    except (KeyError, OSError):
-        user = "?"
-    return f"{user}@{socket.gethostname()}"
 
 
 # -- flatten -------------------------------------------------------------------------------------------

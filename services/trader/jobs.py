@@ -12,16 +12,17 @@ looked up by id, never re-sent in the same run; a later run finds it (or its pos
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta
 from enum import StrEnum
 
 import redis
 
-from shared import bus, config, logs, signals
+from shared import bus, client_ids, config, ledger, logs, risk, signals
 from shared.broker import procedures
 from shared.broker.contract import OrderExecutor
 from shared.errors import (
@@ -33,8 +34,16 @@ from shared.errors import (
     RateLimited,
 )
 from shared.market.calendar import NEW_YORK
-from shared.models import Account, MarketClock, Order, Side
-from shared.sizing import EntryKind, EntryPlan, PlannedEntry, plan_entries, whole_share_retry
+from shared.models import Account, MarketClock, Order, Side, Timeframe
+from shared.sizing import (
+    EntryKind,
+    EntryPlan,
+    MarketFacts,
+    PlannedEntry,
+    average_dollar_volume,
+    plan_entries,
+    whole_share_retry,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +90,7 @@ def trade_signals(csv_path: str | None = None, dry_run: bool = False, queue_for_
     sends even while the market is closed (the broker queues day orders for the next open).
     Returns a JSON-friendly summary."""
     trader_settings = config.load(config.TraderSettings)
+    risk_settings = config.load(config.RiskSettings)
     redis_settings = config.load(config.RedisSettings)
     broker_settings = config.load(config.BrokerSettings)
     keys = bus.Keys(redis_settings.FL_NAMESPACE)
@@ -93,7 +103,7 @@ def trade_signals(csv_path: str | None = None, dry_run: bool = False, queue_for_
         executor = make_executor(broker_settings)
         try:
             return enter_signals(executor, client, keys, trader_settings, csv_path=csv_path,
-                                 dry_run=dry_run, queue_for_open=queue_for_open)
+                                 dry_run=dry_run, queue_for_open=queue_for_open, risk_settings=risk_settings)
         finally:
             executor.close()
     except redis.RedisError as exc:
@@ -111,8 +121,10 @@ def enter_signals(
     csv_path: str | None = None,
     dry_run: bool = False,
     queue_for_open: bool = False,
+    risk_settings: config.RiskSettings | None = None,
 ) -> dict:
-    """The job's body over a given broker and Redis (the benchmark and tests call it directly)."""
+    """The job's body over a given broker and Redis (the benchmark and tests call it directly).
+    `risk_settings` default: the limits' defaults (the job passes the environment's)."""
     if client.exists(keys.halt):
         return _halted_before_start(keys)
     clock = executor.get_clock()
@@ -143,16 +155,31 @@ def enter_signals(
         logs.event(log, "no_signals", day=today.isoformat(), source=source)
         return {**summary, "status": RunStatus.NO_SIGNALS.value, "reason": reason}
 
-    account, plan = _plan(executor, ranked, settings, trade_date, keys.ns)
+    account = executor.get_account()
+    limits = risk.check(client, keys, account.equity, account.last_equity,
+                        risk_settings or config.RiskSettings(_env_file=None), session=trade_date,
+                        at=clock.timestamp, source="trader")
+    summary["limits"] = [reading.describe() for reading in limits.readings]
+    if limits.tripped:
+        reason = "; ".join(reading.describe() for reading in limits.tripped)
+        logs.event(log, "entries_refused", level=logging.WARNING, reason="risk limit", detail=reason)
+        return {**summary, "status": RunStatus.HALTED.value,
+                "reason": f"risk limit tripped, entries halted ({reason}); `factoryline resume` clears it"}
+
+    # One listing of the recent orders answers "was this entry already sent?" for every entry at once,
+    # and how many entries today already has.
+    known = recent_orders_by_client_id(executor, trade_date)
+    plan = _plan(executor, client, keys, ranked, account, settings, trade_date, known, clock.timestamp)
     summary.update(
-        account={"cash": str(account.cash), "buying_power": str(account.buying_power)},
-        usable=str(plan.usable), allocation=str(plan.allocation), skips=[skip.as_dict() for skip in plan.skips],
+        account={"cash": str(account.cash), "buying_power": str(account.buying_power), "equity": str(account.equity)},
+        usable=str(plan.usable), allocation=str(plan.allocation), slot=str(plan.slot), free_slots=plan.free_slots,
+        skips=[skip.as_dict() for skip in plan.skips],
     )
     for skip in plan.skips:
         logs.event(log, "signal_skipped", symbol=skip.symbol, reason=skip.reason.value, detail=skip.detail)
-
-    # One listing of the recent orders answers "was this entry already sent?" for every entry at once.
-    known = recent_orders_by_client_id(executor, trade_date) if plan.orders else {}
+    if not dry_run:
+        client.set(keys.entry_skips(trade_date), json.dumps([skip.as_dict() for skip in plan.skips]),
+                   ex=SKIPS_TTL_SECONDS)
     results = []
     for entry in plan.orders:
         existing = find_existing(entry, known)
@@ -192,14 +219,23 @@ def session_date(clock: MarketClock) -> date:
 LOOKBACK_DAYS = 7
 
 
-def _plan(executor: OrderExecutor, ranked: list[signals.Signal], settings: config.TraderSettings,
-          trade_date: date, namespace: str) -> tuple[Account, EntryPlan]:
-    """Read everything the planner needs from the broker (prices in one batched call), then plan."""
-    account = executor.get_account()
-    held = {p.symbol for p in executor.get_positions() if p.qty != 0}
+#: How long the day's skipped signals stay in Redis for the reports.
+SKIPS_TTL_SECONDS = 30 * 24 * 3600
+#: Daily bars asked for the 20-session dollar volume (calendar days: 20 sessions plus holidays).
+VOLUME_LOOKBACK_DAYS = 40
+
+
+def _plan(executor: OrderExecutor, client: redis.Redis, keys: bus.Keys, ranked: list[signals.Signal],
+          account: Account, settings: config.TraderSettings, trade_date: date, known: Mapping[str, Order],
+          now: datetime) -> EntryPlan:
+    """Read everything the planner needs (prices and daily bars each in one batched call, the ledger's
+    stop-outs for the cooldowns), then plan."""
+    positions = [p for p in executor.get_positions() if p.qty != 0]
+    held = {p.symbol for p in positions}
     pending = {o.symbol for o in executor.get_open_orders()}
-    # Held and pending tickers are skipped whatever their asset or price: no need to ask for those.
-    candidates = [t for t in dict.fromkeys(signal.ticker for signal in ranked) if t not in held | pending]
+    # Held (unless adding) and pending tickers are skipped whatever their asset or price.
+    excluded = pending if settings.FL_ALLOW_ADDING else held | pending
+    candidates = [t for t in dict.fromkeys(signal.ticker for signal in ranked) if t not in excluded]
     assets = {}
     for symbol in candidates:
         try:
@@ -207,10 +243,28 @@ def _plan(executor: OrderExecutor, ranked: list[signals.Signal], settings: confi
         except NotFound:
             pass  # the planner skips it as an unknown asset
     prices = executor.get_latest_prices(candidates) if candidates else {}
-    return account, plan_entries(
-        ranked, account, held_symbols=held, open_order_symbols=pending, assets=assets, prices=prices,
-        settings=settings, trade_date=trade_date, namespace=namespace,
+    volumes: dict = {}
+    if candidates and settings.FL_MIN_DOLLAR_VOLUME > 0:
+        start = datetime.combine(trade_date - timedelta(days=VOLUME_LOOKBACK_DAYS), time.min, tzinfo=NEW_YORK)
+        day_start = datetime.combine(trade_date, time.min, tzinfo=NEW_YORK)
+        bars = executor.get_bars(candidates, Timeframe.DAY, start, now)
+        volumes = {s: v for s, rows in bars.items()
+                   if (v := average_dollar_volume([b for b in rows if b.t < day_start])) is not None}
+    facts = MarketFacts(
+        assets=assets, prices=prices, dollar_volumes=volumes,
+        cooldowns=risk.cooldowns(ledger.read_closes(client, keys), now, settings.FL_COOLDOWN_DAYS),
+        held_values={p.symbol: p.market_value or p.qty * p.avg_entry_price for p in positions},
+        sent_today=entries_sent_on(known.values(), trade_date, keys.ns),
     )
+    return plan_entries(ranked, account, held_symbols=held, open_order_symbols=pending, facts=facts,
+                        settings=settings, trade_date=trade_date, namespace=keys.ns)
+
+
+def entries_sent_on(orders: Iterable[Order], trade_date: date, namespace: str) -> frozenset[str]:
+    """Symbols the line sent an entry for, for the session `trade_date` (the daily cap counts them)."""
+    return frozenset({o.symbol for o in orders if o.side is Side.BUY and o.client_order_id in (
+        client_ids.entry_id(trade_date, o.symbol, namespace), client_ids.whole_share_entry_id(trade_date, o.symbol,
+                                                                                               namespace))})
 
 
 def recent_orders_by_client_id(executor: OrderExecutor, trade_date: date) -> dict[str, Order]:

@@ -62,7 +62,8 @@ def main() -> int:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     namespaces: list[str] = []
     try:
-        os.environ.update(sim.broker_env(), REDIS_URL=redis_url)
+        # The trader keeps at most FL_MAX_POSITIONS of the list (the ranker's rule, re-checked): all of them here.
+        os.environ.update(sim.broker_env(), REDIS_URL=redis_url, FL_MAX_POSITIONS=str(args.signals))
         from alpaca.trading.requests import GetAssetsRequest, MarketOrderRequest
 
         from services.trader.jobs import trade_signals

@@ -141,6 +141,21 @@ class RankerSettings(_BookSize):
     FL_BLACK_SHEEP_STRATEGIES: str = ""
     #: Files larger than this are rejected unread (a scanner log is a few KB).
     FL_MAX_LOG_BYTES: int = Field(default=1_000_000, ge=1024)
+    #: Secret shared by the ranker and the trader (docs/operations.md, "Threat model"). Set: the ranker
+    #: signs the day's Redis list (HMAC-SHA256) and the trader refuses a list without a valid signature.
+    #: Unset: nothing is signed or checked.
+    FL_SIGNALS_HMAC_KEY: SecretStr | None = None
+
+    @field_validator("FL_SIGNALS_HMAC_KEY")
+    @classmethod
+    def _signing_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            from shared import logs
+
+            logs.register_secret(value.get_secret_value())
+            if len(value.get_secret_value()) < 32:
+                raise ValueError("must be at least 32 characters (e.g. the output of `openssl rand -hex 32`)")
+        return value
 
     @property
     def black_sheep_strategies(self) -> frozenset[str]:

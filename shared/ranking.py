@@ -54,6 +54,35 @@ def rank(parsed: Iterable[Signal | Rejection], settings: RankerSettings, now: da
     return RankResult(kept=kept, rejected=tuple(rejected))
 
 
+def recheck(listed: Iterable[Signal | Rejection], settings: RankerSettings, now: datetime) -> RankResult:
+    """The ranker's rules again, over a list already ranked (the trader's re-check of what it reads,
+    docs/trader.md): one scan per ticker (`current_scans`), the first rule broken (`refuse`), then at
+    most FL_MAX_POSITIONS. Unlike `rank` it keeps the list's own order (by `rank`, then position):
+    "the best ranked" are the ones the list ranks first. Rejections passed in are kept, first."""
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise ValueError("now must be timezone-aware")
+    rejected: list[Rejection] = []
+    valid: list[Signal] = []
+    for item in listed:
+        (valid if isinstance(item, Signal) else rejected).append(item)
+    position = {id(signal): i for i, signal in enumerate(valid)}
+
+    passed: list[Signal] = []
+    for signal in current_scans(valid, rejected):
+        refusal = refuse(signal, settings, now)
+        if refusal is None:
+            passed.append(signal)
+        else:
+            rejected.append(refusal)
+    passed.sort(key=lambda s: (s.rank is None, s.rank or 0, position[id(s)]))
+    limit = settings.FL_MAX_POSITIONS
+    for signal in passed[limit:]:
+        where = f"rank {signal.rank}" if signal.rank is not None else "unranked"
+        rejected.append(_reject(signal, RejectReason.BEYOND_MAX_POSITIONS,
+                                f"{where} in the list; FL_MAX_POSITIONS={limit}"))
+    return RankResult(kept=tuple(passed[:limit]), rejected=tuple(rejected))
+
+
 def ranking_key(signal: Signal) -> tuple:
     """Win rate, then profit factor, then trade count (all higher first), then ticker A to Z."""
     return (-signal.win_rate, -signal.profit_factor, -signal.trades, signal.ticker)

@@ -5,12 +5,19 @@ The log format is defined in docs/signals.md. Parsing never raises on a file's c
 that is not exactly a well-formed log becomes a `Rejection` naming the reason. Whether a valid
 signal is *actionable* (state, verdict, age, black sheep, trade count) is decided by
 `shared.ranking`, not here.
+
+The trader reads the day's list through `load_for_trading`, which trusts nothing it reads: it checks
+the list's signature when FL_SIGNALS_HMAC_KEY is set, then re-applies the ranker's own rules
+(`shared.ranking.recheck`) and drops, with a reason, every signal that fails one.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import hmac
 import json
+import logging
 import os
 import re
 import stat
@@ -24,12 +31,15 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, SecretStr, ValidationError, model_validator
 
+from shared import config, logs, userfiles
 from shared.bus import Keys
 from shared.config import RankerSettings
 from shared.errors import InputError
 from shared.models import AwareDatetime, Model
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 TICKER_PATTERN = r"^[A-Z][A-Z0-9.]{0,9}$"
@@ -42,6 +52,10 @@ CSV_COLUMNS = (
 )
 #: Today's list outlives a long weekend, so a late look on Tuesday still finds Friday's ranking.
 REDIS_TTL_SECONDS = 4 * 24 * 3600
+#: actionable_signals.csv holds a few rows; a file this large is not one (refused, never read whole).
+MAX_SIGNALS_CSV_BYTES = 10 * 1024 * 1024
+#: Prefix of the day's list signature (the value of `<signals key>:hmac`).
+SIGNATURE_SCHEME = "hmac-sha256:"
 
 _TICKER = re.compile(TICKER_PATTERN)
 _STRATEGY = re.compile(STRATEGY_PATTERN)
@@ -100,6 +114,8 @@ class RejectReason(StrEnum):
     FUTURE_SCAN = "scanned_at in the future"
     TOO_FEW_TRADES = "too few backtest trades"
     BEYOND_MAX_POSITIONS = "beyond max positions"
+    # The trader's re-check of a list it reads (load_for_trading)
+    MALFORMED = "malformed signal"
 
 
 @dataclass(frozen=True, slots=True)
@@ -437,10 +453,13 @@ def write_signals_csv(path: str | os.PathLike[str], ranked: Iterable[Signal]) ->
 
 def read_signals_csv(path: str | os.PathLike[str]) -> list[Signal]:
     """The ranked list from actionable_signals.csv, validated; a bad row is an InputError naming its
-    line number (the header is line 1). Every row is an IN_TRADE, PROFITABLE signal."""
+    line number (the header is line 1). Every row is an IN_TRADE, PROFITABLE signal.
+
+    Only a regular file is read (a directory, FIFO or device such as /dev/zero is refused at once), at
+    most MAX_SIGNALS_CSV_BYTES of it, as UTF-8 with or without a byte-order mark (`shared.userfiles`)."""
     target = Path(path)
     try:
-        with target.open(newline="", encoding="utf-8") as handle:
+        with userfiles.open_text(target, max_bytes=MAX_SIGNALS_CSV_BYTES, what="signals file") as handle:
             reader = csv.DictReader(handle)
             missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
@@ -457,8 +476,6 @@ def read_signals_csv(path: str | os.PathLike[str]) -> list[Signal]:
                     ))
                 except ValidationError as exc:
                     raise InputError(f"{target}: line {line}: {_validation_line(exc)}") from None
-    except FileNotFoundError:
-        raise InputError(f"signals file not found: {target}") from None
     except UnicodeDecodeError:
         raise InputError(f"{target}: not UTF-8 text") from None
     except (OSError, csv.Error) as exc:
@@ -474,13 +491,44 @@ def read_signals_csv(path: str | os.PathLike[str]) -> list[Signal]:
 
 
 def save_signals_to_redis(client: redis.Redis, keys: Keys, day: date, ranked: Iterable[Signal],
-                          ttl_seconds: int = REDIS_TTL_SECONDS) -> str:
+                          ttl_seconds: int = REDIS_TTL_SECONDS, *,
+                          hmac_key: SecretStr | str | None = None) -> str:
     """Store the day's ranked list (an empty list too: "ranked, nothing to buy" differs from
-    "not ranked yet"). Returns the key."""
+    "not ranked yet"). Returns the key.
+
+    With `hmac_key` (FL_SIGNALS_HMAC_KEY) the list's signature is stored beside it under
+    `signature_key(keys, day)`; without, any old signature is deleted. Both in one transaction, so a
+    reader never sees a list with the signature of another."""
     key = keys.signals(day)
     payload = json.dumps([signal.model_dump(mode="json") for signal in ranked])
-    client.set(key, payload, ex=ttl_seconds)
+    pipe = client.pipeline(transaction=True)
+    pipe.set(key, payload, ex=ttl_seconds)
+    if hmac_key is not None:
+        pipe.set(signature_key(keys, day), sign_list(hmac_key, day, json.loads(payload)), ex=ttl_seconds)
+    else:
+        pipe.delete(signature_key(keys, day))
+    pipe.execute()
     return key
+
+
+def signature_key(keys: Keys, day: date) -> str:
+    """Where the day's list signature lives: `<ns>:signals:<YYYY-MM-DD>:hmac`."""
+    return f"{keys.signals(day)}:hmac"
+
+
+def canonical_list(day: date, items: list) -> bytes:
+    """What is signed: the day and the list as JSON with sorted keys, no spaces, ASCII only. `items`
+    is the list as parsed from its JSON (decimals are strings there, so no float is ever signed).
+    ValueError for what JSON cannot carry exactly (NaN, infinities)."""
+    return json.dumps({"day": day.isoformat(), "signals": items}, sort_keys=True, separators=(",", ":"),
+                      ensure_ascii=True, allow_nan=False).encode("ascii")
+
+
+def sign_list(hmac_key: SecretStr | str, day: date, items: list) -> str:
+    """`hmac-sha256:<64 hex digits>`: HMAC-SHA256 of `canonical_list(day, items)` under the key."""
+    secret = hmac_key.get_secret_value() if isinstance(hmac_key, SecretStr) else hmac_key
+    digest = hmac.new(secret.encode("utf-8"), canonical_list(day, items), hashlib.sha256).hexdigest()
+    return SIGNATURE_SCHEME + digest
 
 
 def load_signals_from_redis(client: redis.Redis, keys: Keys, day: date) -> list[Signal] | None:
@@ -498,3 +546,120 @@ def load_signals_from_redis(client: redis.Redis, keys: Keys, day: date) -> list[
         raise InputError(f"Redis key {key}: not JSON ({exc.msg})") from None
     except ValidationError as exc:
         raise InputError(f"Redis key {key}: {_validation_line(exc)}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# The trader's reading of the day's list
+
+
+@dataclass(frozen=True, slots=True)
+class TradeList:
+    """The day's list as the trader may act on it (`load_for_trading`)."""
+
+    #: The signals that pass the ranker's rules, best first, ranked 1..n; None when the day has no
+    #: list in Redis (never ranked).
+    signals: list[Signal] | None
+    #: Where the list was read: the Redis key, or the CSV path.
+    source: str
+    #: Every signal read that fails a rule, with its reason.
+    dropped: tuple[Rejection, ...] = ()
+    #: Set when the whole list is refused (FL_SIGNALS_HMAC_KEY is set and the signature is missing or
+    #: wrong): nothing may be bought. `signals` is then empty.
+    refused: str | None = None
+
+    def dropped_as_dicts(self) -> list[dict[str, str | None]]:
+        return [rejection.as_dict() for rejection in self.dropped]
+
+
+def load_for_trading(
+    client: redis.Redis,
+    keys: Keys,
+    day: date,
+    now: datetime,
+    *,
+    csv_path: str | os.PathLike[str] | None = None,
+    settings: RankerSettings | None = None,
+) -> TradeList:
+    """The day's list for the trader, checked as if it came from anyone.
+
+    Read from `csv_path` when given (`read_signals_csv`), else from the day's Redis key. With
+    FL_SIGNALS_HMAC_KEY set, a Redis list whose signature is missing or does not match is refused
+    whole (`refused`, one ERROR log line). Then every signal goes through the ranker's own rules at
+    `now` (`shared.ranking.recheck`: one scan per ticker; IN_TRADE; PROFITABLE; no black sheep unless
+    allowed; scanned_at neither in the future nor older than FL_MAX_SCAN_AGE_HOURS; at least
+    FL_MIN_BACKTEST_TRADES; the list's best-ranked FL_MAX_POSITIONS). A Redis item that is not
+    a valid signal (a malformed ticker, a win rate outside 0..1, ...) is dropped as `malformed signal`;
+    a CSV with a bad row is refused whole (InputError naming the line), as `read_signals_csv` does.
+    Each dropped signal is logged at WARNING with its reason. `settings` default: the environment's."""
+    from shared import ranking  # shared.ranking imports this module
+
+    settings = settings if settings is not None else config.load(RankerSettings)
+    read: list[Signal | Rejection]
+    if csv_path:
+        source = os.fspath(csv_path)
+        read = list(read_signals_csv(csv_path))
+    else:
+        source = keys.signals(day)
+        payload, signature = client.mget(source, signature_key(keys, day))
+        if payload is None:
+            return TradeList(None, source)
+        items = _json_list(source, payload)
+        if settings.FL_SIGNALS_HMAC_KEY is not None:
+            refusal = _signature_problem(settings.FL_SIGNALS_HMAC_KEY, day, items, signature, source)
+            if refusal is not None:
+                logs.event(log, "signals_refused", level=logging.ERROR, source=source, reason=refusal)
+                return TradeList([], source, refused=refusal)
+        read = [_list_item(source, index, item) for index, item in enumerate(items, 1)]
+
+    result = ranking.recheck(read, settings, now)
+    for rejection in result.rejected:
+        logs.event(log, "signal_dropped", level=logging.WARNING, symbol=rejection.ticker,
+                   reason=rejection.reason.value, detail=rejection.detail, file=rejection.source_file or None,
+                   source=source)
+    logs.event(log, "signals_checked", source=source, read=len(read), kept=len(result.kept),
+               dropped=len(result.rejected))
+    return TradeList(list(result.kept), source, result.rejected)
+
+
+def _json_list(key: str, payload: str | bytes) -> list:
+    try:
+        items = json.loads(payload)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"Redis key {key}: not JSON ({getattr(exc, 'msg', exc)})") from None
+    if not isinstance(items, list):
+        raise InputError(f"Redis key {key}: expected a JSON list")
+    return items
+
+
+def _signature_problem(hmac_key: SecretStr, day: date, items: list, signature: str | bytes | None,
+                       key: str) -> str | None:
+    """None when `signature` is the list's; else why the list is refused."""
+    if signature is None:
+        return (f"{key} is not signed but FL_SIGNALS_HMAC_KEY is set: nothing is bought "
+                "(was the ranker run without the key?)")
+    if isinstance(signature, bytes):
+        signature = signature.decode("utf-8", "replace")
+    try:
+        expected = sign_list(hmac_key, day, items)
+    except ValueError:  # NaN or an infinity: nothing the ranker writes, so not what it signed
+        expected = ""
+    if not expected or not hmac.compare_digest(signature.encode("utf-8"), expected.encode("ascii")):
+        return (f"{key}: the signature does not match the list (altered, or signed with another "
+                "FL_SIGNALS_HMAC_KEY): nothing is bought")
+    return None
+
+
+def _list_item(key: str, index: int, item: object) -> Signal | Rejection:
+    """One item of a Redis list: a Signal, or a `malformed signal` rejection saying which rule."""
+    try:
+        return Signal.model_validate(item)
+    except ValidationError as exc:
+        fields = item if isinstance(item, dict) else {}
+        ticker = fields.get("ticker")
+        if isinstance(ticker, str):
+            ticker = ticker if _TICKER.match(ticker) else _show(ticker)
+        else:
+            ticker = None
+        name = fields.get("source_file")
+        name = name if isinstance(name, str) and LOG_NAME.match(name) else ""
+        return Rejection(name, RejectReason.MALFORMED, f"item {index} of {key}: {_validation_line(exc)}", ticker)

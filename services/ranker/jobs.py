@@ -2,7 +2,9 @@
 
 Reads every `*.log` in FL_SIGNALS_DIR; decides with `shared.ranking.rank`; writes
 actionable_signals.csv (atomically), the kept list to Redis under `Keys.signals(<New York date>)`,
-and a `signals_ranked` notification. Re-running it rewrites the same outputs: it is idempotent.
+and a `signals_ranked` notification. With FL_SIGNALS_HMAC_KEY set, the Redis list is signed
+(`shared.signals.sign_list`) for the trader to check. Re-running it rewrites the same outputs: it is
+idempotent.
 """
 
 from __future__ import annotations
@@ -46,7 +48,8 @@ def rank_signals(
         keys = bus.Keys(redis_settings.FL_NAMESPACE)
         client = bus.connect(redis_settings.REDIS_URL)
         try:
-            redis_key = signals.save_signals_to_redis(client, keys, day, result.kept)
+            redis_key = signals.save_signals_to_redis(client, keys, day, result.kept,
+                                                      hmac_key=settings.FL_SIGNALS_HMAC_KEY)
             bus.publish(client, keys, "signals_ranked", day=day.isoformat(), kept=len(result.kept),
                         rejected=len(result.rejected), tickers=[s.ticker for s in result.kept])
         except redis.RedisError as exc:
@@ -59,7 +62,8 @@ def rank_signals(
                    reason=rejection.reason.value, detail=rejection.detail)
     logs.event(log, "signals_ranked", day=day.isoformat(), logs=len(parsed), kept=len(result.kept),
                rejected=len(result.rejected), tickers=",".join(s.ticker for s in result.kept) or "-",
-               csv=str(csv_file), redis_key=redis_key)
+               csv=str(csv_file), redis_key=redis_key,
+               signed=settings.FL_SIGNALS_HMAC_KEY is not None if redis_key else None)
     return {
         "day": day.isoformat(),
         "ranked_at": moment.isoformat(),

@@ -14,6 +14,7 @@ from shared import bus, config, service_main
 
 def serve(_args: argparse.Namespace) -> None:
     config.load(config.TraderSettings)
+    config.load(config.RankerSettings)  # the re-check of the day's signals and FL_SIGNALS_HMAC_KEY
     config.load(config.BrokerSettings)
     redis_settings = config.load(config.RedisSettings)
     from shared.queues import run_worker
@@ -23,6 +24,7 @@ def serve(_args: argparse.Namespace) -> None:
 
 def check(_args: argparse.Namespace) -> str:
     config.load(config.TraderSettings)
+    config.load(config.RankerSettings)
     redis_settings = config.load(config.RedisSettings)
     broker_settings = config.load(config.BrokerSettings)
     keys = bus.Keys(redis_settings.FL_NAMESPACE)

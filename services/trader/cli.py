@@ -5,8 +5,9 @@ list from a file instead of today's Redis key; `--queue-for-open` sends even whi
 closed (the broker fills the day orders at the next open).
 
 Exit status: 0 when the run completed (entries sent or already there, dry run, nothing to buy);
-1 when it was refused (halted, market closed) or an entry was rejected, not sent or of unknown outcome;
-2 for bad configuration or input (one line on stderr).
+1 when it was refused (halted, market closed, the signals' signature missing or wrong) or an entry was
+rejected, not sent or of unknown outcome; 2 for bad configuration or input (one line on stderr).
+Signals dropped by the re-check of the ranker's rules are listed with their reasons.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def exit_status(summary: dict) -> int:
-    if summary["status"] in ("halted", "market_closed"):
+    if summary["status"] in ("halted", "market_closed", "signals_refused"):
         return 1
     return 1 if any(e["status"] in _PROBLEMS for e in summary["entries"]) else 0
 
@@ -49,8 +50,10 @@ def render(summary: dict) -> str:
     head = f"trade date {summary['trade_date']} (signals of {summary['signals_day']})"
     if status == "market_closed":
         return f"{head}: refused: {summary['reason']}"
+    if status == "signals_refused":
+        return f"{head}: refused: {summary['reason']}"
     if status == "no_signals":
-        return f"{head}: {summary['reason']}"
+        return "\n".join([f"{head}: {summary['reason']}", *_dropped(summary)])
     account = summary["account"]
     lines = [
         f"{head} from {summary['signals_source']}" + ("  [DRY RUN: nothing sent]" if summary["dry_run"] else ""),
@@ -72,6 +75,7 @@ def render(summary: dict) -> str:
         )
     else:
         lines.append("orders: none")
+    lines += _dropped(summary)
     if summary["skips"]:
         lines += ["", "skipped"]
         lines += table(("symbol", "reason", "detail"),
@@ -79,6 +83,15 @@ def render(summary: dict) -> str:
     if summary["counts"]:
         lines += ["", ", ".join(f"{n} {status}" for status, n in summary["counts"].items())]
     return "\n".join(lines)
+
+
+def _dropped(summary: dict) -> list[str]:
+    """The signals the re-check of the ranker's rules dropped, with their reasons."""
+    dropped = summary.get("signals_dropped") or []
+    if not dropped:
+        return []
+    return ["", f"dropped by the re-check of the ranker's rules ({len(dropped)})",
+            *table(("symbol", "reason", "detail"), [(d["ticker"] or "-", d["reason"], d["detail"]) for d in dropped])]
 
 
 def _money(amount: str | None) -> str:

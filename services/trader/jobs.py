@@ -144,11 +144,12 @@ def enter_signals(
                    next_open=clock.next_open.isoformat())
         return {**summary, "status": RunStatus.MARKET_CLOSED.value, "reason": reason}
 
-    if csv_path:
-        ranked, source = signals.read_signals_csv(csv_path), csv_path
-    else:
-        ranked, source = signals.load_signals_from_redis(client, keys, today), keys.signals(today)
-    summary["signals_source"] = source
+    # Re-checked against the ranker's rules (and its signature, with FL_SIGNALS_HMAC_KEY): docs/trader.md.
+    checked = signals.load_for_trading(client, keys, today, clock.timestamp, csv_path=csv_path)
+    ranked, source = checked.signals, checked.source
+    summary.update(signals_source=source, signals_dropped=checked.dropped_as_dicts())
+    if checked.refused:
+        return {**summary, "status": "signals_refused", "reason": checked.refused}
     if not ranked:
         reason = (f"no signals for {today} in {source}" if ranked is None
                   else f"the ranked list in {source} is empty: nothing to buy today")

@@ -22,6 +22,7 @@ import threading
 import time
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from conftest import redis_url
@@ -387,3 +388,22 @@ def test_freshness_is_the_rankers_rule_scanned_at_not_signal_date():
     assert recheck([old_bar], RankerSettings(_env_file=None), NOW).kept == (old_bar,)
     just_stale = signal("MSFT", 2).model_copy(update={"scanned_at": NOW - timedelta(hours=36, seconds=1)})
     assert recheck([just_stale], RankerSettings(_env_file=None), NOW).rejected[0].reason is RejectReason.STALE_SCAN
+
+
+# --- C: the simulator's bars CSV (--bars-csv) is a user-given CSV too ------------------------------
+
+
+@pytest.mark.timeout(10)
+def test_bars_csv_dev_zero_is_refused_at_once_and_a_byte_order_mark_is_read(tmp_path):
+    from simhelpers import DEFAULT_START
+
+    from shared.sim.engine import MarketEngine
+
+    outcome, took = in_time(lambda: MarketEngine.create(start=DEFAULT_START, bars_csv=Path("/dev/zero")))
+    assert str(outcome.get("error")) == "/dev/zero: the bars CSV must be a regular file; this is a device"
+    assert took < 1
+    bars = tmp_path / "bars.csv"
+    bars.write_bytes(b"\xef\xbb\xbfsymbol,timestamp,open,high,low,close,volume\r\n"
+                     b"ACME,2024-03-01,10.00,10.50,9.80,10.20,100000\r\n")
+    engine = MarketEngine.create(start=DEFAULT_START, bars_csv=bars)
+    assert [a.symbol for a in engine.assets()] == ["ACME"]

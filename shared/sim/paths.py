@@ -27,6 +27,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from pathlib import Path
 
+from shared import userfiles
 from shared.errors import InputError
 from shared.market.calendar import NEW_YORK
 from shared.models import TradingDay
@@ -284,6 +285,10 @@ class ReplayData:
     minutes: dict[str, dict[int, list[MinuteBar]]]
 
 
+#: A bars CSV larger than this is refused unread (a year of minute bars for 50 tickers is about 300 MB).
+MAX_BARS_CSV_BYTES = 512 * 1024 * 1024
+
+
 def read_bars_csv(path: Path, sessions: list[TradingDay]) -> ReplayData:
     """Read `symbol,timestamp,open,high,low,close,volume` rows (header required).
 
@@ -291,14 +296,47 @@ def read_bars_csv(path: Path, sessions: list[TradingDay]) -> ReplayData:
     with several rows in a session is minute data (timestamp: the minute's start), aggregated into
     its daily bars, with missing minutes filled flat at the previous close. Rows outside regular
     sessions are ignored. Raises InputError with the file and line for anything unreadable.
+
+    Only a regular file is read (a FIFO, device or directory is refused at once), at most
+    MAX_BARS_CSV_BYTES of it, as UTF-8 with or without a byte-order mark (`shared.userfiles`).
     """
     index_of = {s.date: i for i, s in enumerate(sessions)}
     rows: dict[str, dict[int, list[tuple[datetime | None, int, int, int, int, int]]]] = {}
     try:
-        handle = path.open(newline="", encoding="utf-8")
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read bars CSV ({exc.strerror or exc})") from None
-    with handle:
+        _read_bar_rows(path, index_of, rows)
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: the bars CSV is not UTF-8 text") from None
+    except csv.Error as exc:
+        raise InputError(f"{path}: unreadable bars CSV ({exc})") from None
+    if not rows:
+        raise InputError(f"{path}: no bars on NYSE sessions")
+    data = ReplayData(days={}, minutes={})
+    for symbol, by_day in rows.items():
+        intraday = any(len(entries) > 1 for entries in by_day.values())
+        days: dict[int, DayBar] = {}
+        for index, entries in by_day.items():
+            if not intraday:
+                _, o, h, lo, c, v = entries[0]
+                days[index] = DayBar(o, max(h, o, c), min(lo, o, c), c, v)
+                continue
+            minutes = _minute_grid(sessions[index], entries)
+            if not minutes:
+                continue
+            data.minutes.setdefault(symbol, {})[index] = minutes
+            days[index] = DayBar(
+                minutes[0][0],
+                max(b[1] for b in minutes),
+                min(b[2] for b in minutes),
+                minutes[-1][3],
+                sum(b[4] for b in minutes),
+            )
+        data.days[symbol] = days
+    return data
+
+
+def _read_bar_rows(path: Path, index_of: dict[date, int],
+                   rows: dict[str, dict[int, list[tuple[datetime | None, int, int, int, int, int]]]]) -> None:
+    with userfiles.open_text(path, max_bytes=MAX_BARS_CSV_BYTES, what="bars CSV") as handle:
         reader = csv.DictReader(handle)
         missing = [c for c in CSV_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
@@ -326,30 +364,6 @@ def read_bars_csv(path: Path, sessions: list[TradingDay]) -> ReplayData:
             if not symbol or day not in index_of:
                 continue
             rows.setdefault(symbol, {}).setdefault(index_of[day], []).append((moment, *prices, volume))
-    if not rows:
-        raise InputError(f"{path}: no bars on NYSE sessions")
-    data = ReplayData(days={}, minutes={})
-    for symbol, by_day in rows.items():
-        intraday = any(len(entries) > 1 for entries in by_day.values())
-        days: dict[int, DayBar] = {}
-        for index, entries in by_day.items():
-            if not intraday:
-                _, o, h, lo, c, v = entries[0]
-                days[index] = DayBar(o, max(h, o, c), min(lo, o, c), c, v)
-                continue
-            minutes = _minute_grid(sessions[index], entries)
-            if not minutes:
-                continue
-            data.minutes.setdefault(symbol, {})[index] = minutes
-            days[index] = DayBar(
-                minutes[0][0],
-                max(b[1] for b in minutes),
-                min(b[2] for b in minutes),
-                minutes[-1][3],
-                sum(b[4] for b in minutes),
-            )
-        data.days[symbol] = days
-    return data
 
 
 def _minute_grid(session: TradingDay, entries: list[tuple]) -> list[MinuteBar]:

@@ -46,6 +46,8 @@ class ExitReason(StrEnum):
     TIME_STOP = "time_stop"
     #: Flattened by a person (factoryline flatten, or sold by hand at the broker).
     MANUAL = "manual"
+    #: Sold because a risk limit tripped and FL_FLATTEN_ON_LIMIT is set.
+    RISK_LIMIT = "risk_limit"
 
     @property
     def broker_side(self) -> bool:

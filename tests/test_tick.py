@@ -64,7 +64,7 @@ def counting_desk(flat_market, redis_client, keys, tmp_path):
     desk.close()
 
 
-def test_tick_without_exits_sends_three_requests_and_no_clock_request(counting_desk):
+def test_tick_without_exits_sends_four_requests_and_no_clock_request(counting_desk):
     desk = counting_desk
     for symbol in ("BEV", "TRL", "TIM"):
         desk.open_position(symbol)
@@ -73,13 +73,15 @@ def test_tick_without_exits_sends_three_requests_and_no_clock_request(counting_d
     first = desk.tick()
     # The day's first tick learns the session once (kept in Redis for the scheduler and later ticks).
     assert first.positions == 3 and first.exits == []
-    assert desk.executor.calls == ["GET /v2/positions", "GET /v2/calendar", "GET /v2/stocks/snapshots",
-                                   "GET /v2/stocks/bars"]
+    assert desk.executor.calls == ["GET /v2/positions", "GET /v2/calendar", "GET /v2/account",
+                                   "GET /v2/stocks/snapshots", "GET /v2/stocks/bars"]
     desk.advance_to(MONDAY + timedelta(minutes=10))
     desk.executor.calls.clear()
     second = desk.tick()
     assert second.positions == 3 and second.exits == []
-    assert desk.executor.calls == ["GET /v2/positions", "GET /v2/stocks/snapshots", "GET /v2/stocks/bars"]
+    # Four requests: the positions (and "now"), the account (the risk limits), prices, bars.
+    assert desk.executor.calls == ["GET /v2/positions", "GET /v2/account", "GET /v2/stocks/snapshots",
+                                   "GET /v2/stocks/bars"]
     # "now" came from the position listing's Date header: the simulator's virtual time.
     assert second.at == (MONDAY + timedelta(minutes=10)).astimezone(NEW_YORK)
 
@@ -129,8 +131,8 @@ def test_lost_state_is_rebuilt_from_the_first_fill_and_the_bars_since_entry(coun
     desk.executor.calls.clear()
     report = desk.tick()
     assert report.rebuilt == ["LOST"] and report.exits == []
-    assert desk.executor.calls == ["GET /v2/positions", "GET /v2/calendar", "GET /v2/stocks/snapshots",
-                                   "GET /v2/orders", "GET /v2/stocks/bars"]
+    assert desk.executor.calls == ["GET /v2/positions", "GET /v2/calendar", "GET /v2/account",
+                                   "GET /v2/stocks/snapshots", "GET /v2/orders", "GET /v2/stocks/bars"]
     state = desk.state("LOST")
     assert state.first_fill_at == first_fill_at and state.entry_price == ENTRY and state.qty == D("10")
     assert state.high_water_mark == D("103.00") and state.breakeven_armed and state.trailing_armed

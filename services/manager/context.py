@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import redis
 
@@ -32,6 +32,8 @@ class ManagerContext:
     pool: ThreadPoolExecutor | None = None
     lock_wait_seconds: float = locks.WAIT_SECONDS
     fill_wait_seconds: float = FILL_WAIT_SECONDS
+    #: The account's risk limits (the tick measures them; shared.risk).
+    risk: config.RiskSettings = field(default_factory=lambda: config.RiskSettings(_env_file=None))
 
     @property
     def capabilities(self) -> BrokerCapabilities:
@@ -46,7 +48,7 @@ class ManagerContext:
         """The rules and the foreign-position policy from the environment (ConfigError if invalid)."""
         exit_settings = config.load(config.ExitSettings)
         return cls(executor, client, keys, ExitRules.from_settings(exit_settings),
-                   ForeignPolicy(exit_settings.FL_FOREIGN_POSITIONS), pool)
+                   ForeignPolicy(exit_settings.FL_FOREIGN_POSITIONS), pool, risk=config.load(config.RiskSettings))
 
     def map(self, fn, items):
         """`fn` over `items`, in the pool when there is one and more than one item."""

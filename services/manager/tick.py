@@ -33,13 +33,14 @@ import redis
 
 from services.manager import exiting, hwm, portfolio
 from services.manager.context import ManagerContext, context_from_environment
-from shared import bus, config, logs
+from shared import bus, config, logs, risk
 from shared.broker.contract import OrderExecutor
-from shared.exits import ExitDecision, ExitRules, PositionState, evaluate, soft_exit
+from shared.exits import ExitDecision, ExitReason, ExitRules, PositionState, evaluate, soft_exit
 from shared.market import sessions
 from shared.market.calendar import NEW_YORK
 from shared.models import Position, Timeframe
 from shared.money import ZERO
+from shared.ownership import ForeignPolicy
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,8 @@ class TickStatus(StrEnum):
 class TickReport:
     status: TickStatus
     at: datetime | None = None
+    #: Each risk limit's reading this tick (`shared.risk`).
+    limits: list[str] = field(default_factory=list)
     positions: int = 0
     #: Each open position's state after this tick (including those an exit then sold).
     states: dict[str, PositionState] = field(default_factory=dict)
@@ -77,7 +80,9 @@ class TickReport:
 
     def lines(self) -> list[str]:
         if self.status is TickStatus.HALTED:
-            return ["manage: halted (the halt flag is set): nothing checked, nothing sold"]
+            return ["manage: halted (the halt flag is set): no soft exit checked"
+                    + (f", {len(self.exits)} position(s) sold for a risk limit" if self.exits else ""),
+                    *(e.summary() for e in self.exits), *(f"limit: {line}" for line in self.limits)]
         if self.status is TickStatus.MARKET_CLOSED:
             return [f"manage: market closed at {self.at.isoformat() if self.at else '?'}: nothing checked"]
         out = [f"{e.summary()}" for e in self.exits]
@@ -96,6 +101,7 @@ class TickReport:
         return {
             "status": self.status.value,
             "at": self.at.isoformat() if self.at else None,
+            "limits": self.limits,
             "positions": self.positions,
             "exits": [{"symbol": e.symbol, "reason": e.reason.value, "outcome": e.outcome.value,
                        "qty_sold": str(e.qty_sold), "detail": e.detail,
@@ -137,15 +143,22 @@ def run_tick(ctx: ManagerContext, *, portfolio_path: Path | None = None) -> Tick
     """One tick over a given broker and Redis (the job, the command, tests and the benchmark)."""
     executor, client, keys, rules = ctx.executor, ctx.client, ctx.keys, ctx.rules
     started = time.perf_counter()
-    if client.exists(keys.halt):
-        logs.event(log, "tick_skipped", level=logging.WARNING, reason="halt flag set")
-        return TickReport(TickStatus.HALTED)
     listed, now = _positions_and_now(executor)
     if not sessions.in_session(executor, client, keys, now):
         logs.event(log, "tick_skipped", reason="market closed", at=now.isoformat())
         return TickReport(TickStatus.MARKET_CLOSED, at=now)
-    report = TickReport(TickStatus.DONE, at=now)
     positions = {p.symbol: p for p in listed if p.qty > ZERO}
+    # The risk limits are measured on every tick, halted or not: a trip halts the entries, and with
+    # FL_FLATTEN_ON_LIMIT sells what the line manages through the safe exit.
+    limits = _check_limits(ctx, now)
+    if client.exists(keys.halt):
+        report = TickReport(TickStatus.HALTED, at=now, limits=[r.describe() for r in limits.readings])
+        if limits.tripped and ctx.risk.FL_FLATTEN_ON_LIMIT:
+            report.exits = _flatten_for_limit(ctx, positions, limits, now)
+        logs.event(log, "tick_skipped", level=logging.WARNING, reason="halt flag set", exits=len(report.exits))
+        client.set(last_tick_key(keys), json.dumps(report.as_dict()))
+        return report
+    report = TickReport(TickStatus.DONE, at=now, limits=[r.describe() for r in limits.readings])
     report.positions = len(positions)
     prices = _prices(executor, positions)
     report.unpriced = sorted(s for s in positions if s not in prices)
@@ -210,6 +223,27 @@ def run_tick(ctx: ManagerContext, *, portfolio_path: Path | None = None) -> Tick
     logs.event(log, "tick_done", positions=report.positions, exits=len(report.exits), rebuilt=len(report.rebuilt),
                unpriced=len(report.unpriced), seconds=round(report.seconds, 3))
     return report
+
+
+def _check_limits(ctx: ManagerContext, now: datetime) -> risk.RiskCheck:
+    account = ctx.executor.get_account()
+    return risk.check(ctx.client, ctx.keys, account.equity, account.last_equity, ctx.risk,
+                      session=now.astimezone(NEW_YORK).date(), at=now, source="manager")
+
+
+def _flatten_for_limit(ctx: ManagerContext, positions: dict[str, Position], limits: risk.RiskCheck,
+                       now: datetime) -> list[exiting.ExitResult]:
+    """Sell every position the line manages (not a foreign one under `ignore`), reason `risk_limit`."""
+    why = "; ".join(r.describe() for r in limits.tripped)
+    results = []
+    for symbol, stored in sorted(hwm.load_states(ctx.client, ctx.keys, positions).items()):
+        state = stored.state
+        if state is None or (state.foreign and ctx.foreign_policy is ForeignPolicy.IGNORE):
+            continue  # no state yet: the reconcile adopts it first; the next tick sells it
+        decision = ExitDecision(ExitReason.RISK_LIMIT, positions[symbol].current_price or state.entry_price, None,
+                                f"risk limit tripped: {why}")
+        results.append(exiting.exit_position(ctx, state, decision, now=now))
+    return results
 
 
 def _positions_and_now(executor: OrderExecutor) -> tuple[list[Position], datetime]:

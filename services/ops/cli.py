@@ -129,11 +129,35 @@ def run_resume(args: argparse.Namespace) -> int:
         was = client.getdel(keys.halt)
         bus.publish(client, keys, "resumed", message="halt flag cleared" if was else "halt flag was not set")
         print(halt_line(client.get(keys.halt)) + ("" if was else " (it was not set)"))
+        print(_rearm_limits(client, keys))
     except redis.RedisError as exc:
         raise _redis_error(exc) from None
     finally:
         client.close()
     return 0
+
+
+def _rearm_limits(client, keys) -> str:
+    """Resuming accepts the risk limits' state as it is now: the daily loss is not measured again
+    this session, the drawdown from today's equity on (else the next check would trip again at once).
+    Without the broker only the daily loss is re-armed, and the line says so."""
+    from shared import config, risk
+    from shared.broker import make_executor
+    from shared.errors import FactoryLineError
+    from shared.market.calendar import NEW_YORK
+
+    try:
+        executor = make_executor(config.load(config.BrokerSettings))
+        try:
+            equity = executor.get_account().equity
+            session = executor.get_clock().timestamp.astimezone(NEW_YORK).date()
+        finally:
+            executor.close()
+    except FactoryLineError as exc:
+        risk.acknowledge(client, keys, None, datetime.now(UTC).astimezone(NEW_YORK).date())
+        return f"risk limits: daily loss re-armed from the next session; drawdown peak NOT reset (broker: {exc})"
+    risk.acknowledge(client, keys, equity, session)
+    return f"risk limits: daily loss re-armed from the next session; drawdown measured from equity {equity} on"
 
 
 # -- flatten -------------------------------------------------------------------------------------------

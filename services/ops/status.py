@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 
+from shared import config, ledger, risk
 from shared.bus import SERVICES, Keys
+from shared.errors import ConfigError
 from shared.market.calendar import NEW_YORK
 from shared.models import Account, Order, OrderClass, OrderType, Position, Side
 from shared.money import ZERO, fmt_money
@@ -135,6 +137,19 @@ class Status:
     #: What the manager's last reconcile said per symbol (`Keys.manager_notes`): halted, a gap through
     #: the stop, shares the user's orders hold, a position the line did not enter.
     manager_notes: dict[str, list[str]] = field(default_factory=dict)
+    #: The last risk check (shared.risk): {"at", "source", "readings": [...]}, or None before the first.
+    risk: dict | None = None
+    #: FL_MAX_POSITIONS (the slots); the ledger's closed trades and FL_COOLDOWN_DAYS (the cooldowns).
+    max_positions: int = 5
+    closed_trades: list = field(default_factory=list)
+    cooldown_days: int = 0
+    #: The broker's time when it answered (the simulator's virtual time); the wall clock without it.
+    broker_now: datetime | None = None
+
+    @property
+    def cooldowns(self) -> dict[str, datetime]:
+        """Symbols in cooldown after a stop-out, with when it ends (as of the broker's time)."""
+        return risk.cooldowns(self.closed_trades, self.broker_now or self.now, self.cooldown_days)
 
     @property
     def unprotected(self) -> list[str]:
@@ -183,6 +198,14 @@ def read_redis(status: Status, client, rq_client, keys: Keys) -> None:
         except ValueError:
             status.last_tick = {"status": f"unreadable: {raw_tick[:60]}"}
     status.stream_line = _stream_line(client, keys, GROUP)
+    status.risk = risk.last_readings(client, keys)
+    try:
+        trader_settings = config.load(config.TraderSettings)
+    except ConfigError:
+        trader_settings = config.TraderSettings(_env_file=None)
+    status.max_positions = trader_settings.FL_MAX_POSITIONS
+    status.cooldown_days = trader_settings.FL_COOLDOWN_DAYS
+    status.closed_trades = ledger.read_closes(client, keys)
     for symbol, raw in client.hgetall(keys.manager_notes).items():
         try:
             status.manager_notes[symbol] = list(json.loads(raw).get("notes", []))
@@ -206,6 +229,7 @@ def _stream_line(client, keys: Keys, group: str) -> str:
 
 
 def read_broker(status: Status, executor) -> None:
+    status.broker_now = executor.get_clock().timestamp
     status.account = executor.get_account()
     status.positions = sorted(executor.get_positions(), key=lambda p: p.symbol)
     orders = executor.get_open_orders()
@@ -252,6 +276,7 @@ def render(status: Status) -> list[str]:
         lines.append("  none")
     else:
         lines += _position_lines(status)
+    lines += ["", "risk", *risk_lines(status)]
     if status.manager_notes:
         lines += ["", "manager notes (from its last reconcile of each symbol)"]
         lines += [f"  {note}" for _symbol, notes in sorted(status.manager_notes.items()) for note in notes]
@@ -306,6 +331,30 @@ def user_order_row(order: Order) -> tuple:
             prices.append(f"stop {part.stop_price}")
     return (order.symbol, order.side.value, kind, order.time_in_force.value, qty, ", ".join(prices) or "market",
             printable(order.client_order_id))
+
+
+def risk_lines(status: Status) -> list[str]:
+    """Slots used and free, each limit against its threshold (as the last check measured them), cooldowns."""
+    used = sum(1 for p in status.positions if p.qty > ZERO)
+    lines = [f"  slots      {used} of {status.max_positions} used, {max(status.max_positions - used, 0)} free"
+             + ("" if status.account is not None else " (positions not read)")]
+    if status.risk is None:
+        lines.append("  limits     not measured yet (the trader and every manage tick measure them)")
+    else:
+        for reading in status.risk.get("readings", []):
+            state = "TRIPPED" if reading.get("tripped") else "ok"
+            lines.append(f"  {reading.get('limit', '?').replace('_', ' '):<10} {reading.get('value_pct')}% of "
+                         f"{reading.get('threshold_pct')}%  {state}  (measured {reading_age(status.risk, status.broker_now or status.now)})")
+    if status.cooldowns:
+        lines += [f"  cooldown   {symbol} until {until.astimezone(NEW_YORK):%Y-%m-%d %H:%M %Z} (stopped out)"
+                  for symbol, until in sorted(status.cooldowns.items())]
+    else:
+        lines.append("  cooldown   none")
+    return lines
+
+
+def reading_age(risk_state: dict, now: datetime) -> str:
+    return _ago(_parse(risk_state.get("at")), now)
 
 
 def halt_line(value: str | None) -> str:

@@ -78,6 +78,7 @@ def render(report: DailyReport) -> str:
         _positions_table(report),
         f"<h2>Closed today ({len(report.closed_trades)})</h2>",
         _trades_table(report),
+        *_skipped_section(report),
         "</body></html>",
     ]
     return "\n".join(parts) + "\n"
@@ -127,6 +128,16 @@ def _positions_table(report: DailyReport) -> str:
                     value=totals.unrealized_pl).replace("<td", '<td id="total-unrealized-pl"')
             + "<td></td><td></td><td></td><td></td></tr></tfoot>")
     return f"<table id=\"positions\"><thead>{head}</thead><tbody>{''.join(rows)}</tbody>{foot}</table>"
+
+
+def _skipped_section(report: DailyReport) -> list[str]:
+    if not report.skipped_signals:
+        return []
+    rows = "".join(f'<tr class="skipped" data-symbol="{escape(s.symbol)}"><td>{escape(s.symbol)}</td>'
+                   f"<td>{escape(s.reason)}</td><td>{escape(s.detail)}</td></tr>" for s in report.skipped_signals)
+    return [f"<h2>Signals not bought today ({len(report.skipped_signals)})</h2>",
+            f'<table id="skipped"><thead><tr><th>Symbol</th><th>Reason</th><th>Detail</th></tr></thead>'
+            f"<tbody>{rows}</tbody></table>"]
 
 
 def _trades_table(report: DailyReport) -> str:

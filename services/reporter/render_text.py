@@ -89,6 +89,10 @@ def render(report: DailyReport) -> str:
         )
     else:
         lines.append("closed today: none")
+    if report.skipped_signals:
+        lines += ["", f"signals not bought today ({len(report.skipped_signals)})"]
+        lines += _table(("symbol", "reason", "detail"),
+                        [(s.symbol, s.reason, s.detail) for s in report.skipped_signals])
     lines += [
         "",
         "totals",

@@ -141,6 +141,12 @@ class Totals(Model):
     total_pl: Decimal
 
 
+class SkippedSignal(Model):
+    symbol: str
+    reason: str
+    detail: str = ""
+
+
 class DailyReport(Model):
     schema_version: int = REPORT_SCHEMA_VERSION
     report_date: date
@@ -152,6 +158,9 @@ class DailyReport(Model):
     pl_by_symbol: list[SymbolPL]
     totals: Totals
     equity_curve: list[EquityPoint]
+    #: Today's signals the trader did not buy, each with its reason (price, volume, drift, cooldown,
+    #: no free slot, a limit...), as it kept them (`Keys.entry_skips`).
+    skipped_signals: list[SkippedSignal] = []
 
 
 # -- pure builder -------------------------------------------------------------------------------------
@@ -167,6 +176,7 @@ def build_report(
     closed_trades: Iterable[ClosedTrade],
     equity_curve: Iterable[EquityPoint],
     rules: ExitRules,
+    skipped_signals: Iterable[SkippedSignal] = (),
 ) -> DailyReport:
     """The report as of the broker's clock. Only trades closed on the clock's New York date count as
     today's; positions are sorted by symbol, trades by closing time. `closed_trades` are trades as a
@@ -191,6 +201,7 @@ def build_report(
         pl_by_symbol=_pl_by_symbol(lines, trades),
         totals=_totals(lines, trades),
         equity_curve=sorted(equity_curve, key=lambda p: p.at),
+        skipped_signals=list(skipped_signals),
     )
 
 
@@ -357,4 +368,14 @@ def gather(executor: OrderExecutor, client: redis.Redis, keys: Keys, rules: Exit
         clock=snapshot.clock, account=snapshot.account, positions=snapshot.positions,
         open_orders=snapshot.open_orders, states=states, closed_trades=ledger.read_closes(client, keys),
         equity_curve=equity_history(client, keys), rules=rules,
+        skipped_signals=skipped_signals(client, keys, snapshot.clock.timestamp.astimezone(NEW_YORK).date()),
     )
+
+
+def skipped_signals(client: redis.Redis, keys: Keys, day: date) -> list[SkippedSignal]:
+    """The signals the trader skipped for `day` (an unreadable record reads as none)."""
+    raw = client.get(keys.entry_skips(day))
+    try:
+        return [SkippedSignal.model_validate(row) for row in json.loads(raw)] if raw else []
+    except (ValueError, TypeError):
+        return []

@@ -72,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if args.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        print(f"factoryline: error: --log-level: unknown level {args.log_level!r} (use DEBUG, INFO, WARNING or ERROR)",
+              file=sys.stderr)
+        return 2
     logs.setup(args.log_level.upper())
     try:
         return int(args.func(args) or 0)

@@ -13,6 +13,7 @@ The Redis client passed here must come from `shared.bus.connect_rq` (bytes respo
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Callable
@@ -26,7 +27,22 @@ from shared.bus import Keys
 
 log = logging.getLogger(__name__)
 
-SERIALIZER = "json"
+
+
+class RedactingJSONSerializer:
+    """RQ's JSON serializer (what rq-dashboard `--json` and `serializer="json"` read), with every string
+    the project writes to Redis (job arguments, results) passed through `shared.logs.redact` first."""
+
+    @staticmethod
+    def dumps(obj, *args, **kwargs) -> bytes:
+        return json.dumps(logs.redact_data(obj), *args, **kwargs).encode("utf-8")
+
+    @staticmethod
+    def loads(data, *args, **kwargs):
+        return json.loads(data.decode("utf-8") if isinstance(data, bytes | bytearray) else data, *args, **kwargs)
+
+
+SERIALIZER = RedactingJSONSerializer
 #: Short heartbeats so a worker killed mid-job is noticed in about a minute, not 7 (rq-redis.md 1.10).
 WORKER_TTL = 60
 MAINTENANCE_INTERVAL = 30

@@ -17,6 +17,8 @@ from shared import bus, config, logs
 from shared.errors import FactoryLineError
 from shared.models import MarketClock
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
 
 def run(name: str, doc: str, argv: list[str] | None, *, serve: Callable[[argparse.Namespace], int | None],
         check: Callable[[argparse.Namespace], str], prog: str | None = None,
@@ -26,15 +28,21 @@ def run(name: str, doc: str, argv: list[str] | None, *, serve: Callable[[argpars
     parser = argparse.ArgumentParser(prog=prog or f"python -m services.{name}",
                                      description=doc.strip().splitlines()[0])
     parser.add_argument("--check", action="store_true", help="self-check (settings, Redis, broker), then exit 0 or 2")
-    parser.add_argument("--log-level", default="INFO", help="log level (default INFO)")
+    parser.add_argument("--log-level", default=None,
+                        help="log level: DEBUG, INFO, WARNING or ERROR (default INFO; WARNING with --check)")
     if add_arguments is not None:
         add_arguments(parser)
     args = parser.parse_args(argv)
+    level = (args.log_level or ("WARNING" if args.check else "INFO")).upper()
+    if level not in LOG_LEVELS:
+        print(f"{name}: error: --log-level: unknown level {args.log_level!r} (use {', '.join(LOG_LEVELS)})",
+              file=sys.stderr)
+        return 2
     try:
+        logs.setup(level)
         if args.check:
             print(f"{name}: ok: {check(args)}")
             return 0
-        logs.setup(args.log_level.upper())
         return int(serve(args) or 0)
     except FactoryLineError as exc:
         print(f"{name}: error: {logs.redact(str(exc))}", file=sys.stderr)

@@ -9,11 +9,12 @@ Every variable is documented in `.env.example`.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from decimal import Decimal
 from pathlib import Path
 from typing import Literal, TypeVar
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -117,6 +118,9 @@ class RedisSettings(_Settings):
     REDIS_URL: str = "redis://127.0.0.1:6379/0"
     #: Prefix of every key, stream, channel and queue this deployment owns.
     FL_NAMESPACE: str = Field(default="fl", pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    #: A REDIS_URL without a password is refused unless its host is this machine (loopback) or this
+    #: is true: whoever can write to Redis decides what the line does (docs/operations.md, "Threat model").
+    FL_ALLOW_REDIS_WITHOUT_PASSWORD: bool = False
 
     @field_validator("REDIS_URL")
     @classmethod
@@ -124,6 +128,48 @@ class RedisSettings(_Settings):
         if urlparse(value).scheme not in {"redis", "rediss", "unix"}:
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @model_validator(mode="after")
+    def _password_unless_loopback(self) -> RedisSettings:
+        from shared import logs
+
+        password = redis_password(self.REDIS_URL)
+        if password:
+            logs.register_secret(password)
+            return self
+        parsed = urlparse(self.REDIS_URL)
+        if parsed.scheme == "unix" or self.FL_ALLOW_REDIS_WITHOUT_PASSWORD or is_loopback(parsed.hostname):
+            return self
+        raise ValueError(
+            f"REDIS_URL: {logs.safe_url(self.REDIS_URL)} has no password and {parsed.hostname} is not this "
+            f"machine: anyone who reaches it can run the line's jobs; put the password in the URL "
+            f"(redis://:PASSWORD@{parsed.hostname}:{parsed.port or 6379}/0) or set FL_ALLOW_REDIS_WITHOUT_PASSWORD=true"
+        )
+
+
+def redis_password(url: str) -> str | None:
+    """The password a Redis URL carries (`redis://:pw@host`, `redis://user:pw@host` or `?password=pw`)."""
+    parsed = urlparse(url)
+    if parsed.password:
+        return unquote(parsed.password)
+    query = parse_qs(parsed.query).get("password")
+    return query[0] if query and query[0] else None
+
+
+def is_loopback(host: str | None) -> bool:
+    """True for this machine: localhost, 127.0.0.0/8, ::1 (and no host at all, which redis-py reads as
+    localhost)."""
+    if not host:
+        return True
+    name = host.strip("[]").rstrip(".").lower()
+    if name == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or bool(mapped and mapped.is_loopback)
 
 
 class _BookSize(_Settings):

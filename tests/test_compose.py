@@ -194,3 +194,61 @@ def test_every_healthcheck_passes_against_a_real_redis_and_a_simulator_process(s
         if process.returncode != 0:
             failures[name] = f"exit {process.returncode}: {(err or out).strip()[-300:]}"
     assert failures == {}
+
+
+# -- each container gets only the secrets it uses (docs/operations.md, "Threat model") -----------------
+
+#: secret -> the containers that get it (in their environment, or inside a URL there).
+SECRETS_BY_CONTAINER = {
+    "ALPACA_API_KEY": PILLARS - {"ranker"},
+    "ALPACA_SECRET_KEY": PILLARS - {"ranker"},
+    "FL_SIGNALS_HMAC_KEY": {"ranker", "trader"},
+    "REDIS_PASSWORD": PILLARS | {"redis", "rq-dashboard"},
+    "RQ_DASHBOARD_USERNAME": {"rq-dashboard"},
+    "RQ_DASHBOARD_PASSWORD": {"rq-dashboard"},
+    "FL_SIM_API_KEY": {"sim"},
+    "FL_SIM_SECRET_KEY": {"sim"},
+}
+
+
+def _settings_groups():
+    from test_config import _settings_groups
+
+    return _settings_groups()
+
+
+def _secret_fields() -> set[str]:
+    from pydantic import SecretStr
+
+    return {name for group in _settings_groups() for name, field in group.model_fields.items()
+            if SecretStr in (getattr(field.annotation, "__args__", None) or (field.annotation,))}
+
+
+def test_no_container_reads_the_whole_env_file():
+    document = compose()
+    assert [name for name, s in document["services"].items() if "env_file" in s] == []
+    assert all("env_file" not in value for key, value in document.items() if key.startswith("x-"))
+
+
+def test_each_container_gets_only_the_secrets_it_uses():
+    assert _secret_fields() <= set(SECRETS_BY_CONTAINER), "a new secret setting: say here who gets it"
+    for secret, expected in SECRETS_BY_CONTAINER.items():
+        holders = {name for name, service in compose()["services"].items()
+                   if secret in service.get("environment", {})
+                   or any(f"${{{secret}" in str(value) for value in service.get("environment", {}).values())
+                   or any(f"${{{secret}" in str(part) for part in service.get("command", []))}
+        assert holders == expected, secret
+    for name in ("rq-dashboard", "sim"):
+        env = compose()["services"][name]["environment"]
+        assert not [k for k in env if k.startswith("ALPACA_")], name
+    assert "REDIS_URL" not in compose()["services"]["sim"]["environment"]
+
+
+def test_every_setting_reaches_the_pillars_and_the_simulator_its_own():
+    fields = {name for group in _settings_groups() for name in group.model_fields}
+    secrets = set(SECRETS_BY_CONTAINER)
+    sim_fields = {name for name in fields if name.startswith("FL_SIM_")}
+    services = compose()["services"]
+    for name in PILLARS:
+        assert sorted(fields - sim_fields - secrets - set(services[name]["environment"])) == [], name
+    assert set(services["sim"]["environment"]) == sim_fields - {"FL_SIM_HOST", "FL_SIM_PORT"}  # the command sets those

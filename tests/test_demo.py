@@ -38,7 +38,8 @@ def test_demo_runs_three_days_through_the_line_and_every_invariant_holds(tmp_pat
     assert re.search(r"^streamer: trade updates went through the Redis stream \S+ to the manager$", out, re.M)
     assert "day 3/3" in out and "== final report" in out
     section = out.split("== safety invariants", 1)[1]
-    assert [line.split()[0] for line in section.splitlines()[1:7]] == ["held"] * 6
+    assert [line.split()[0] for line in section.splitlines()[1:8]] == ["held"] * 7
+    assert "7. no entry above its position cap, while a risk limit is tripped, or in a cooldown" in section
     assert "every invariant held" in section and "VIOLATED" not in section
     html = Path(re.search(r"^HTML report: (.+)$", out, re.M).group(1))
     assert html.is_file() and html.parent.parent == tmp_path / "out"

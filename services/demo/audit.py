@@ -29,6 +29,12 @@ class EntryRun:
     day: date
     at: datetime
     buying_power: Decimal
+    #: Equity read before the run (the per-position cap is a percent of it).
+    equity: Decimal = ZERO
+    #: A risk limit had halted entries when the run ended (a trip halts before the first entry is sent).
+    halted_by_limit: bool = False
+    #: The symbols the run submitted entries for.
+    symbols: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,8 @@ class Check:
 
 
 def check_all(state: dict, entries: list[EntryRun], outputs: str, secret: str, client, keys) -> list[Check]:
+    from shared import ledger
+
     return [
         no_oversell(state),
         stops_cover_fills(state),
@@ -47,6 +55,7 @@ def check_all(state: dict, entries: list[EntryRun], outputs: str, secret: str, c
         entries_within_buying_power(state, entries),
         live_trading_needs_opt_in(),
         no_secret_shown(outputs, secret, client, keys),
+        entries_within_risk_rules(state, entries, ledger.read_closes(client, keys)),
     ]
 
 
@@ -199,6 +208,45 @@ def no_secret_shown(outputs: str, secret: str, client, keys) -> Check:
     detail = (f"{len(outputs.splitlines())} output and log line(s) and {scanned} Redis key(s) searched"
               if not where else "found in " + ", ".join(where[:3]))
     return Check(6, "no secret printed, logged or stored in Redis", not where, detail)
+
+
+# -- 7 ---------------------------------------------------------------------------------------------
+
+
+def entries_within_risk_rules(state: dict, runs: list[EntryRun], trades: list) -> Check:
+    """No entry above its per-position cap (FL_MAX_POSITION_PCT of the equity read before the run, and
+    with `slots` sizing one slot, equity / FL_MAX_POSITIONS; plus a cent of rounding per share), none
+    from a run a risk limit had halted, none in a stop-out's cooldown."""
+    try:
+        trader = config.load(config.TraderSettings)
+    except ConfigError:
+        trader = config.TraderSettings(_env_file=None)
+    bad = []
+    by_day: dict[date, list[dict]] = defaultdict(list)
+    for o in state["orders"]:
+        if o["order"].side.value == "buy":
+            by_day[o["order"].created_at.astimezone(NEW_YORK).date()].append(o["order"])
+    checked = 0
+    for run in runs:
+        cap = run.equity * trader.FL_MAX_POSITION_PCT / 100
+        if trader.FL_SIZING == "slots":
+            cap = min(cap, run.equity / trader.FL_MAX_POSITIONS)
+        for order in by_day.get(run.day, []):
+            checked += 1
+            slack = (order.filled_qty or ZERO) * Decimal("0.01")
+            if order.filled_value > cap + slack:
+                bad.append(f"{run.day} {order.symbol}: {fmt_money(order.filled_value)} over the cap {fmt_money(cap)}")
+            stopped = [t for t in trades if t.symbol == order.symbol and t.exit_reason.value == "stop_loss"
+                       and t.closed_at < order.created_at <= t.closed_at + timedelta(days=trader.FL_COOLDOWN_DAYS)]
+            if stopped:
+                bad.append(f"{run.day} {order.symbol}: entered in the cooldown of its stop-out")
+        if run.halted_by_limit and run.symbols:
+            bad.append(f"{run.day}: {len(run.symbols)} entr(y/ies) while a risk limit had halted entries")
+    return Check(7, "no entry above its position cap, while a risk limit is tripped, or in a cooldown", not bad,
+                 "; ".join(bad[:3]) or f"{checked} entr(y/ies) within the cap (FL_MAX_POSITION_PCT "
+                                        f"{trader.FL_MAX_POSITION_PCT}% of equity"
+                                        f"{', and one slot of equity / ' + str(trader.FL_MAX_POSITIONS) if trader.FL_SIZING == 'slots' else ''}"
+                                        f"), none halted, none in cooldown")
 
 
 def _raw(client, key) -> bytes:

@@ -267,6 +267,8 @@ class _Line:
         self.fill_count = 0
         self.exit_count = 0
         self.day_number = 1
+        #: A tripped risk limit is said once (it stays tripped until `factoryline resume`).
+        self.limit_said = False
         #: Days the trader sent entries (for the signals the ranker kept from that morning's scan).
         self.scan_days: list[date] = []
 
@@ -284,12 +286,15 @@ class _Line:
         self._say_ranked(ranked)
         entry_at = _at(day, time(9, 35))
         self._advance_to(entry_at)
-        buying_power = self.executor.get_account().buying_power
+        account = self.executor.get_account()
         traded = trade_signals()
         self.say(f"  09:35 trader: {_trade_line(traded)}")
-        if any(e["status"] == "submitted" for e in traded.get("entries", [])):
+        submitted = [e for e in traded.get("entries", []) if e["status"] == "submitted"]
+        if submitted:
             self.scan_days.append(day)
-        entry_run = audit.EntryRun(day=day, at=self.engine.now(), buying_power=buying_power)
+        entry_run = audit.EntryRun(day=day, at=self.engine.now(), buying_power=account.buying_power,
+                                   equity=account.equity, halted_by_limit=_limit_halt(self.client, self.keys),
+                                   symbols=tuple(e["symbol"] for e in submitted))
         self.engine.advance(PROTECT_AFTER_SECONDS)
         self._manage(tick=False)
         close = session.close.astimezone(NEW_YORK)
@@ -340,7 +345,12 @@ class _Line:
         if reconcile:
             self.manager.reconcile_all(Trigger.TIMER)
         if tick:
-            run_tick(self.manager.ctx)
+            report = run_tick(self.manager.ctx)
+            if report.status.value == "halted" and not self.limit_said and (reason := _limit_halt(self.client,
+                                                                                                  self.keys)):
+                self.limit_said = True
+                self.say(f"  {report.at:%H:%M} {reason}: entries halted"
+                         + (f", {len(report.exits)} position(s) sold" if report.exits else ""))
             if self._announce_fills():
                 self._consume_stream()
         self._announce_exits()
@@ -385,6 +395,14 @@ class _Line:
                      f"({trade.exit_reason.value})  P/L {fmt_money(trade.realized_pl)}")
             self.exit_count += 1
         self.trades_seen = len(trades)
+
+
+def _limit_halt(client, keys) -> str:
+    """The halt flag's reason when a risk limit set it, else ''."""
+    from shared.halt import halt_reason
+
+    reason = halt_reason(client, keys) or ""
+    return reason if reason.startswith("risk limit") else ""
 
 
 def _trade_line(traded: dict) -> str:

@@ -198,6 +198,9 @@ def test_watch_renders_protection_and_exit_notifications_as_one_readable_line():
     gain = render(parse(json.dumps({"kind": "position_closed", "symbol": "NVDA", "exit_reason": "take_profit",
                                     "qty": "4", "realized_pl": "116.444"})), at)
     assert gain.endswith("P/L +116.44")
+    limit = render(parse(json.dumps({"kind": "risk_limit", "message": "risk limit: daily loss 3.17% of 3% TRIPPED",
+                                     "limits": ["daily_loss"]})), at)
+    assert limit == "09:30:01  RISK_LIMIT       -      risk limit: daily loss 3.17% of 3% TRIPPED"
 
 
 def test_watch_shows_unknown_kinds_and_non_json_payloads_without_crashing():

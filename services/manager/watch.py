@@ -80,6 +80,9 @@ _FORMATS: dict[str, Callable[[dict], str]] = {
     "position_closed": _closed,
     "reconcile_fix": _fix,
     "alert": lambda n: n.get("message", ""),
+    "risk_limit": lambda n: n.get("message", ""),
+    "exit_failed": lambda n: f"{n.get('exit_reason', '?')}: {n.get('reason', '')}"
+                             f"{'' if n.get('reprotected', True) else '  NOT re-protected'}",
 }
 
 

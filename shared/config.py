@@ -22,6 +22,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from shared.errors import ConfigError
 
 LIVE_TRADING_HOST = "api.alpaca.markets"
+#: Alpaca's paper accounts have numbers beginning with this (e.g. PA3...); anything else counts as live.
+PAPER_ACCOUNT_PREFIX = "PA"
 PAPER_TRADING_URL = "https://paper-api.alpaca.markets"
 ALPACA_DATA_URL = "https://data.alpaca.markets"
 
@@ -49,8 +51,20 @@ class BrokerSettings(_Settings):
     #: trade_updates WebSocket URL. Empty: derived from ALPACA_ENDPOINT (ws[s]://host/stream).
     ALPACA_STREAM_ENDPOINT: str = ""
     ALPACA_DATA_FEED: str = "iex"
+    #: Exactly `true` (any case) allows live trading; `false` or empty refuses it; anything else is an error.
     FL_ALLOW_LIVE_TRADING: bool = False
     FL_BROKER_TIMEOUT_SECONDS: float = Field(default=10.0, gt=0, le=120)
+
+    @field_validator("FL_ALLOW_LIVE_TRADING", mode="before")
+    @classmethod
+    def _true_or_false(cls, value: object) -> object:
+        # pydantic would read 1, yes, on, t, y as true: for real money only the word itself counts.
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in {"true", "false"}:
+            return text == "true"
+        raise ValueError(f"must be true or false, not {str(value)[:20]!r} (only true allows live trading)")
 
     @field_validator("ALPACA_API_KEY", "ALPACA_SECRET_KEY")
     @classmethod
@@ -78,10 +92,22 @@ class BrokerSettings(_Settings):
     def _live_needs_opt_in(self) -> BrokerSettings:
         if self.is_live and not self.FL_ALLOW_LIVE_TRADING:
             raise ValueError(
-                "ALPACA_ENDPOINT points at live trading (https://api.alpaca.markets); "
+                f"ALPACA_ENDPOINT points at live trading ({self.ALPACA_ENDPOINT} is {LIVE_TRADING_HOST}); "
                 "set FL_ALLOW_LIVE_TRADING=true to trade real money"
             )
         return self
+
+    def check_account(self, account_number: str) -> None:
+        """Refuse a live account unless live trading is allowed, whatever the endpoint says: the account
+        is paper only when its number begins with PA (docs/operations.md, "Live guard"). A missing or
+        other number counts as live."""
+        if self.FL_ALLOW_LIVE_TRADING or account_number.startswith(PAPER_ACCOUNT_PREFIX):
+            return
+        raise ConfigError(
+            f"the account at {self.ALPACA_ENDPOINT} looks live (account number {account_number or '(none)'!r} "
+            f"does not begin with {PAPER_ACCOUNT_PREFIX}, as Alpaca paper accounts' do); "
+            "set FL_ALLOW_LIVE_TRADING=true to trade real money"
+        )
 
     @model_validator(mode="after")
     def _mask_secrets_in_logs(self) -> BrokerSettings:
@@ -93,11 +119,13 @@ class BrokerSettings(_Settings):
 
     @property
     def is_live(self) -> bool:
-        return urlparse(self.ALPACA_ENDPOINT).hostname == LIVE_TRADING_HOST
+        """The endpoint is Alpaca's live trading host, however written (case, a trailing dot, a port)."""
+        return endpoint_host(self.ALPACA_ENDPOINT)[0] == LIVE_TRADING_HOST
 
     @property
     def is_alpaca_hosted(self) -> bool:
-        return (urlparse(self.ALPACA_ENDPOINT).hostname or "").endswith("alpaca.markets")
+        host = endpoint_host(self.ALPACA_ENDPOINT)[0]
+        return host == "alpaca.markets" or host.endswith(".alpaca.markets")
 
     @property
     def data_endpoint(self) -> str:
@@ -112,6 +140,20 @@ class BrokerSettings(_Settings):
         parsed = urlparse(self.ALPACA_ENDPOINT)
         scheme = "wss" if parsed.scheme == "https" else "ws"
         return f"{scheme}://{parsed.netloc}/stream"
+
+
+def endpoint_host(url: str) -> tuple[str, int | None]:
+    """(host, port) of a URL as a connection sees it: the host lowercased without trailing dots, the
+    port explicit or the scheme's default (443 for https and wss, 80 for http and ws)."""
+    parsed = urlparse(url)
+    host = (parsed.hostname or "").rstrip(".").lower()
+    try:
+        port = parsed.port
+    except ValueError:
+        port = None
+    if port is None:
+        port = {"https": 443, "wss": 443, "http": 80, "ws": 80}.get(parsed.scheme.lower())
+    return host, port
 
 
 class RedisSettings(_Settings):

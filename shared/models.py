@@ -131,6 +131,8 @@ class Account(Model):
     equity: Decimal
     last_equity: Decimal = ZERO
     currency: str = "USD"
+    #: Alpaca's account number: paper accounts' begin with PA (BrokerSettings.check_account).
+    account_number: str = ""
 
 
 class Asset(Model):

@@ -63,13 +63,14 @@ def check_redis(redis_settings: config.RedisSettings) -> None:
 
 
 def check_broker(broker_settings: config.BrokerSettings) -> MarketClock:
-    """The broker answers and accepts the keys (the account is read, not just the clock)."""
+    """The broker answers and accepts the keys (the account is read, not just the clock), and the
+    account is paper unless live trading is allowed (BrokerSettings.check_account)."""
     from shared.broker import make_executor
 
     executor = make_executor(broker_settings)
     try:
         clock = executor.get_clock()
-        executor.get_account()
+        broker_settings.check_account(executor.get_account().account_number)
         return clock
     except FactoryLineError:
         raise

@@ -11,7 +11,7 @@ import pytest
 from simhelpers import ROOT
 
 from shared import logs
-from shared.config import RedisSettings, load
+from shared.config import BrokerSettings, RedisSettings, load
 from shared.errors import ConfigError
 
 
@@ -74,3 +74,104 @@ def test_a_service_refuses_to_start_on_a_passwordless_remote_redis(tmp_path):
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("ranker: error: REDIS_URL: redis://redis.internal")
     assert "Traceback" not in done.stderr
+
+
+# -- the live guard --------------------------------------------------------------------------------------
+
+KEYS = {"ALPACA_API_KEY": "key-live-guard", "ALPACA_SECRET_KEY": "secret-live-guard"}
+
+
+@pytest.mark.parametrize("endpoint", [
+    "https://api.alpaca.markets",
+    "https://api.alpaca.markets.",
+    "https://API.alpaca.markets:443",
+    "HTTPS://Api.Alpaca.Markets.:443/",
+    "http://api.alpaca.markets:8080",
+])
+def test_every_spelling_of_the_live_host_is_live_and_needs_the_opt_in(clean_env, endpoint):
+    for name, value in {**KEYS, "ALPACA_ENDPOINT": endpoint}.items():
+        clean_env.setenv(name, value)
+    with pytest.raises(ConfigError, match=r"^ALPACA_ENDPOINT points at live trading .*FL_ALLOW_LIVE_TRADING=true"):
+        load(BrokerSettings)
+    clean_env.setenv("FL_ALLOW_LIVE_TRADING", "true")
+    assert load(BrokerSettings).is_live
+
+
+@pytest.mark.parametrize("endpoint", ["https://paper-api.alpaca.markets", "https://api.alpaca.markets.evil.example",
+                                      "http://127.0.0.1:8080"])
+def test_other_hosts_are_not_the_live_host(clean_env, endpoint):
+    for name, value in {**KEYS, "ALPACA_ENDPOINT": endpoint}.items():
+        clean_env.setenv(name, value)
+    assert not load(BrokerSettings).is_live
+
+
+@pytest.mark.parametrize(("value", "allowed"), [("true", True), ("TRUE", True), (" True ", True),
+                                                 ("false", False), ("False", False), ("", False)])
+def test_allow_live_trading_is_the_word_true_or_false(clean_env, value, allowed):
+    for name, key in KEYS.items():
+        clean_env.setenv(name, key)
+    clean_env.setenv("FL_ALLOW_LIVE_TRADING", value)
+    assert load(BrokerSettings).FL_ALLOW_LIVE_TRADING is allowed
+
+
+@pytest.mark.parametrize("value", ["1", "yes", "on", "t", "y", "ture", "0", "no"])
+def test_anything_else_for_allow_live_trading_is_one_line(clean_env, value):
+    for name, key in KEYS.items():
+        clean_env.setenv(name, key)
+    clean_env.setenv("FL_ALLOW_LIVE_TRADING", value)
+    with pytest.raises(ConfigError, match=r"^FL_ALLOW_LIVE_TRADING: must be true or false, not "):
+        load(BrokerSettings)
+
+
+def test_only_an_account_number_beginning_with_pa_is_paper(clean_env):
+    for name, key in KEYS.items():
+        clean_env.setenv(name, key)
+    settings = load(BrokerSettings)
+    settings.check_account("PA3SIM000001")
+    for number in ("", "123456789", "pa3abc", "LIVE1", " PA1"):
+        with pytest.raises(ConfigError, match="looks live .*FL_ALLOW_LIVE_TRADING=true"):
+            settings.check_account(number)
+    clean_env.setenv("FL_ALLOW_LIVE_TRADING", "true")
+    load(BrokerSettings).check_account("123456789")
+
+
+@pytest.fixture
+def live_account_sim(monkeypatch):
+    """The simulator answering GET /v2/account as a live account would (a number without PA)."""
+    from simhelpers import start_sim
+
+    monkeypatch.setattr("services.sim.wire.ACCOUNT_NUMBER", "376251994")
+    handle = start_sim()
+    yield handle
+    handle.stop()
+
+
+def test_a_live_account_is_refused_by_the_self_checks_unless_allowed(live_account_sim, namespace, tmp_path):
+    from conftest import redis_url
+
+    env = bare_env(**live_account_sim.broker_env(), REDIS_URL=redis_url(), FL_NAMESPACE=namespace,
+                   FL_SIGNALS_DIR=str(tmp_path))
+    runs = {name: subprocess.Popen([sys.executable, "-m", module, "--check"], cwd=tmp_path, env=env, text=True,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            for name, module in (("trader", "services.trader"), ("streamer", "services.streamer"),
+                                 ("manager", "services.manager"), ("reporter", "services.reporter"))}
+    for name, process in runs.items():
+        out, err = process.communicate(timeout=90)
+        assert process.returncode == 2, (name, out, err)
+        assert err.count("\n") == 1 and "looks live (account number '376251994'" in err, err
+    allowed = subprocess.run([sys.executable, "-m", "services.trader", "--check"], cwd=tmp_path, text=True,
+                             env={**env, "FL_ALLOW_LIVE_TRADING": "true"}, capture_output=True, timeout=90)
+    assert allowed.returncode == 0, allowed.stderr
+
+
+def test_the_trader_refuses_a_live_account_before_planning(live_account_sim, clean_env, namespace):
+    from conftest import redis_url
+
+    from services.trader.jobs import trade_signals
+
+    for name, value in {**live_account_sim.broker_env(), "REDIS_URL": redis_url(), "FL_NAMESPACE": namespace}.items():
+        clean_env.setenv(name, value)
+    with pytest.raises(ConfigError, match="looks live"):
+        trade_signals(dry_run=True)
+    clean_env.setenv("FL_ALLOW_LIVE_TRADING", "true")
+    assert trade_signals(dry_run=True)["status"] == "no_signals"

@@ -102,6 +102,8 @@ def trade_signals(csv_path: str | None = None, dry_run: bool = False, queue_for_
 
         executor = make_executor(broker_settings)
         try:
+            # A live account is refused before anything is planned, unless live trading is allowed.
+            broker_settings.check_account(executor.get_account().account_number)
             return enter_signals(executor, client, keys, trader_settings, csv_path=csv_path,
                                  dry_run=dry_run, queue_for_open=queue_for_open, risk_settings=risk_settings)
         finally:

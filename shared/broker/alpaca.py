@@ -328,6 +328,7 @@ def account_from_alpaca(account: alpaca_models.TradeAccount) -> Account:
         equity=_dec(account.equity) or ZERO,
         last_equity=_dec(account.last_equity) or ZERO,
         currency=account.currency or "USD",
+        account_number=account.account_number or "",
     )
 
 

@@ -50,6 +50,9 @@ from shared.sim.paths import to_price
 
 log = logging.getLogger(__name__)
 
+#: The in-process market is a paper account (a number beginning with PA, like the simulator's server's).
+PAPER_ACCOUNT_NUMBER = "PA3SIM000001"
+
 
 # -- converters (engine objects -> shared.models) ----------------------------------------------
 
@@ -127,7 +130,8 @@ class SimulatedExecutor(OrderExecutor):
     def get_account(self) -> Account:
         view = self.engine.account()
         return Account(
-            cash=view.cash, buying_power=view.buying_power, equity=view.equity, last_equity=view.last_equity
+            cash=view.cash, buying_power=view.buying_power, equity=view.equity, last_equity=view.last_equity,
+            account_number=PAPER_ACCOUNT_NUMBER,
         )
 
     def get_positions(self) -> list[Position]:

@@ -40,12 +40,13 @@ from shared.signals import ScanState, Signal, Verdict  # noqa: E402
 CASH = 200_000
 
 
-def ranked_list(tickers: list[str]) -> list[Signal]:
+def ranked_list(tickers: list[str], prices: dict[str, Decimal]) -> list[Signal]:
+    """Signals at the market's price (so the drift check passes, as a fresh scan's would)."""
     day = DEFAULT_START.date()
     return [
         Signal(ticker=t, strategy="QuickStrike", state=ScanState.IN_TRADE, verdict=Verdict.PROFITABLE,
                win_rate=Decimal("0.6"), trades=30, profit_factor=Decimal("1.8"), avg_return=Decimal("0.01"),
-               signal_date=day, signal_price=Decimal("10"), scanned_at=datetime(2024, 3, 4, 11, tzinfo=UTC),
+               signal_date=day, signal_price=prices[t], scanned_at=datetime(2024, 3, 4, 11, tzinfo=UTC),
                rank=i + 1)
         for i, t in enumerate(tickers)
     ]
@@ -57,20 +58,29 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     redis_url = os.environ.get("FL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-    universe = args.signals + 10
+    universe = args.signals + 15  # a few are under $2 (FL_MIN_PRICE)
     sim = start_sim(process=True, rate_limit=0, universe_size=universe, cash=CASH)
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     namespaces: list[str] = []
     try:
-        # The trader keeps at most FL_MAX_POSITIONS of the list (the ranker's rule, re-checked): all of them here.
-        os.environ.update(sim.broker_env(), REDIS_URL=redis_url, FL_MAX_POSITIONS=str(args.signals))
+        # The trader keeps at most FL_MAX_POSITIONS of the list (the ranker's rule, re-checked) and enters at
+        # most FL_MAX_ENTRIES_PER_DAY: all of them here. Every entry check runs (price, volume, drift,
+        # cooldown, limits), so the figure includes their cost (one batched daily-bars request).
+        os.environ.update(sim.broker_env(), REDIS_URL=redis_url, FL_MAX_POSITIONS=str(args.signals),
+                          FL_MAX_ENTRIES_PER_DAY=str(args.signals))
         from alpaca.trading.requests import GetAssetsRequest, MarketOrderRequest
 
         from services.trader.jobs import trade_signals
 
         trading = sim.trading_client()
         assets = trading.get_all_assets(GetAssetsRequest())
-        tickers = sorted(a.symbol for a in assets if a.fractionable and a.tradable)[: args.signals]
+        from shared.broker import make_executor
+
+        executor = make_executor(sim.broker_settings())
+        candidates = sorted(a.symbol for a in assets if a.fractionable and a.tradable)
+        prices = {s: p.price for s, p in executor.get_latest_prices(candidates).items()}
+        executor.close()
+        tickers = [t for t in candidates if prices.get(t, Decimal(0)) >= 2][: args.signals]  # FL_MIN_PRICE
         if len(tickers) < args.signals:
             print(f"only {len(tickers)} fractionable tickers in the simulated universe", file=sys.stderr)
             return 2
@@ -99,7 +109,7 @@ def main() -> int:
             namespace = f"bench-{uuid.uuid4().hex[:8]}"
             namespaces.append(namespace)
             os.environ["FL_NAMESPACE"] = namespace
-            signals.save_signals_to_redis(client, bus.Keys(namespace), DEFAULT_START.date(), ranked_list(tickers))
+            signals.save_signals_to_redis(client, bus.Keys(namespace), DEFAULT_START.date(), ranked_list(tickers, prices))
             start = time.perf_counter()
             summary = trade_signals()
             job_runs.append(time.perf_counter() - start)

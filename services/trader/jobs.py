@@ -16,8 +16,10 @@ import json
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import date, datetime, time, timedelta
+from decimal import Decimal
 from enum import StrEnum
 
 import redis
@@ -33,7 +35,7 @@ from shared.errors import (
     NotFractionable,
     RateLimited,
 )
-from shared.market.calendar import NEW_YORK
+from shared.market.calendar import NEW_YORK, nyse
 from shared.models import Account, MarketClock, Order, Side, Timeframe
 from shared.sizing import (
     EntryKind,
@@ -224,8 +226,9 @@ LOOKBACK_DAYS = 7
 
 #: How long the day's skipped signals stay in Redis for the reports.
 SKIPS_TTL_SECONDS = 30 * 24 * 3600
-#: Daily bars asked for the 20-session dollar volume (calendar days: 20 sessions plus holidays).
-VOLUME_LOOKBACK_DAYS = 40
+#: The dollar-volume check averages this many sessions' daily bars (the calendar days searched for them).
+VOLUME_SESSIONS = 20
+VOLUME_LOOKBACK_DAYS = 45
 
 
 def _plan(executor: OrderExecutor, client: redis.Redis, keys: bus.Keys, ranked: list[signals.Signal],
@@ -239,28 +242,40 @@ def _plan(executor: OrderExecutor, client: redis.Redis, keys: bus.Keys, ranked: 
     # Held (unless adding) and pending tickers are skipped whatever their asset or price.
     excluded = pending if settings.FL_ALLOW_ADDING else held | pending
     candidates = [t for t in dict.fromkeys(signal.ticker for signal in ranked) if t not in excluded]
-    assets = {}
-    for symbol in candidates:
-        try:
-            assets[symbol] = executor.get_asset(symbol)
-        except NotFound:
-            pass  # the planner skips it as an unknown asset
-    prices = executor.get_latest_prices(candidates) if candidates else {}
-    volumes: dict = {}
-    if candidates and settings.FL_MIN_DOLLAR_VOLUME > 0:
-        start = datetime.combine(trade_date - timedelta(days=VOLUME_LOOKBACK_DAYS), time.min, tzinfo=NEW_YORK)
-        day_start = datetime.combine(trade_date, time.min, tzinfo=NEW_YORK)
-        bars = executor.get_bars(candidates, Timeframe.DAY, start, now)
-        volumes = {s: v for s, rows in bars.items()
-                   if (v := average_dollar_volume([b for b in rows if b.t < day_start])) is not None}
+    with ThreadPoolExecutor(1, thread_name_prefix="volume") as background:
+        # The daily bars go out first and overlap the asset reads: one batched request, off the
+        # critical path (the dollar-volume check costs the job almost nothing in time).
+        volumes = background.submit(_dollar_volumes, executor, candidates, settings, trade_date, now)
+        assets = {}
+        for symbol in candidates:
+            try:
+                assets[symbol] = executor.get_asset(symbol)
+            except NotFound:
+                pass  # the planner skips it as an unknown asset
+        prices = executor.get_latest_prices(candidates) if candidates else {}
+        dollar_volumes = volumes.result()
     facts = MarketFacts(
-        assets=assets, prices=prices, dollar_volumes=volumes,
+        assets=assets, prices=prices, dollar_volumes=dollar_volumes,
         cooldowns=risk.cooldowns(ledger.read_closes(client, keys), now, settings.FL_COOLDOWN_DAYS),
         held_values={p.symbol: p.market_value or p.qty * p.avg_entry_price for p in positions},
         sent_today=entries_sent_on(known.values(), trade_date, keys.ns),
     )
     return plan_entries(ranked, account, held_symbols=held, open_order_symbols=pending, facts=facts,
                         settings=settings, trade_date=trade_date, namespace=keys.ns)
+
+
+def _dollar_volumes(executor: OrderExecutor, candidates: list[str], settings: config.TraderSettings,
+                    trade_date: date, now: datetime) -> dict[str, Decimal]:
+    """Average daily dollar volume of the last VOLUME_SESSIONS sessions before the trade date, from one
+    batched daily-bars request asking for exactly those sessions."""
+    if not candidates or settings.FL_MIN_DOLLAR_VOLUME <= 0:
+        return {}
+    before = nyse().sessions(trade_date - timedelta(days=VOLUME_LOOKBACK_DAYS), trade_date - timedelta(days=1))
+    start = before[-VOLUME_SESSIONS:][0].open if before else now - timedelta(days=VOLUME_LOOKBACK_DAYS)
+    day_start = datetime.combine(trade_date, time.min, tzinfo=NEW_YORK)
+    bars = executor.get_bars(candidates, Timeframe.DAY, start, day_start)
+    return {s: v for s, rows in bars.items()
+            if (v := average_dollar_volume([b for b in rows if b.t < day_start], VOLUME_SESSIONS)) is not None}
 
 
 def entries_sent_on(orders: Iterable[Order], trade_date: date, namespace: str) -> frozenset[str]:

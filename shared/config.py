@@ -9,7 +9,10 @@ Every variable is documented in `.env.example`.
 
 from __future__ import annotations
 
+import difflib
+import importlib
 import ipaddress
+import logging
 import os
 from decimal import Decimal
 from pathlib import Path
@@ -20,6 +23,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 LIVE_TRADING_HOST = "api.alpaca.markets"
 #: Alpaca's paper accounts have numbers beginning with this (e.g. PA3...); anything else counts as live.
@@ -38,6 +43,17 @@ class _Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_file=None, extra="ignore", case_sensitive=True, frozen=True, env_ignore_empty=True
     )
+
+    @model_validator(mode="after")
+    def _percent_is_not_a_fraction(self) -> _Settings:
+        """Every *_PCT setting is in percent: 0.05 meant as 5% would make a stop 0.05% away."""
+        for name in type(self).model_fields:
+            value = getattr(self, name) if name.endswith("_PCT") else None
+            if isinstance(value, int | float | Decimal) and not isinstance(value, bool) and 0 < value < Decimal("0.5"):
+                meant = f"{(Decimal(str(value)) * 100).normalize():f}"
+                raise ValueError(f"{name}: {value} is a fraction, but percent settings are in percent: did you mean "
+                                 f"{meant}? (values between 0 and 0.5 are refused)")
+        return self
 
 
 class BrokerSettings(_Settings):
@@ -310,14 +326,85 @@ S = TypeVar("S", bound=_Settings)
 
 
 def load(settings_cls: type[S], **overrides: object) -> S:
-    """Load a settings group from the environment and the .env file; ConfigError on any problem."""
+    """Load a settings group from the environment and the .env file; ConfigError on any problem (a line
+    of the file that is not `NAME=value` included); a warning for a FL_* or ALPACA_* name that is no
+    setting (once per process, naming the closest setting)."""
     path = env_file()
     if "FL_ENV_FILE" in os.environ and not Path(path).is_file():
         raise ConfigError(f"FL_ENV_FILE: no such file: {path}")
+    file = path if Path(path).is_file() else None
+    names = read_env_file(file) if file else {}
+    warn_unknown_names(names, file)
     try:
-        return settings_cls(_env_file=path if Path(path).is_file() else None, **overrides)
+        return settings_cls(_env_file=file, **overrides)
     except ValidationError as exc:
         raise ConfigError(_one_line(exc)) from None
+
+
+#: Every module that defines a settings group (`factoryline config` validates them all; unknown names
+#: are looked up among their fields).
+SETTINGS_MODULES = ("shared.config", "services.sim.cli", "services.streamer.settings", "services.manager.settings",
+                    "services.reporter.settings", "services.scheduler.settings", "services.manager.portfolio",
+                    "services.scanner.settings")
+#: FL_* names read outside the settings groups.
+OTHER_NAMES = frozenset({"FL_ENV_FILE", "FL_TEST_REDIS_URL"})
+
+
+def all_groups() -> list[type[_Settings]]:
+    """Every settings group of the project, each once, in module order."""
+    groups: list[type[_Settings]] = []
+    for module in map(importlib.import_module, SETTINGS_MODULES):
+        for value in vars(module).values():
+            if (isinstance(value, type) and issubclass(value, _Settings) and value is not _Settings
+                    and not value.__name__.startswith("_") and value not in groups):
+                groups.append(value)
+    return groups
+
+
+def known_names() -> frozenset[str]:
+    return frozenset(name for group in all_groups() for name in group.model_fields) | OTHER_NAMES
+
+
+def read_env_file(path: str) -> dict[str, int]:
+    """The names a .env file sets, with their line numbers; a line python-dotenv cannot read (it
+    would only warn and skip it) is a ConfigError naming the file and the line. Values are never shown."""
+    from dotenv.parser import parse_stream
+
+    try:
+        with open(path, encoding="utf-8") as stream:
+            bindings = list(parse_stream(stream))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read it ({type(exc).__name__})") from None
+    names: dict[str, int] = {}
+    for binding in bindings:
+        if binding.error:
+            raise ConfigError(f"{path} line {binding.original.line}: not a setting line: expected NAME=value "
+                              f"(a comment starts with #; an opened quote must be closed on the same line)")
+        if binding.key:
+            names.setdefault(binding.key, binding.original.line)
+    return names
+
+
+_warned: set[tuple[str, str]] = set()
+
+
+def warn_unknown_names(file_names: dict[str, int], file: str | None) -> None:
+    """Log a warning for each FL_* or ALPACA_* name set in the file or the environment that is not a
+    setting, with the closest setting's name (a typo would otherwise be silently ignored)."""
+    candidates = [(f"{file} line {line}", name) for name, line in file_names.items()]
+    candidates += [("environment", name) for name, value in os.environ.items() if value]
+    candidates = [(where, name) for where, name in candidates
+                  if name.startswith(("FL_", "ALPACA_")) and (where, name) not in _warned]
+    if not candidates:
+        return
+    known = known_names()
+    for where, name in candidates:
+        _warned.add((where, name))
+        if name in known:
+            continue
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]}?" if close else "see .env.example"
+        log.warning("%s: %s is not a Factory Line setting and is ignored (%s)", where, name, hint)
 
 
 def _one_line(exc: ValidationError) -> str:

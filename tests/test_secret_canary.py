@@ -38,7 +38,7 @@ RUNS = {
     "manage tick": (["-m", "services.manager.worker", "--burst", "--log-level", "DEBUG"], None),
     "scheduler once": (["-m", "services.scheduler", "--once", "--log-level", "DEBUG"], None),
     "trade dry run": (["-m", "services.cli", "--log-level", "DEBUG", "trade", "--dry-run"], None),
-    "config": (["-m", "services.cli", "--log-level", "DEBUG", "config"], None),
+    "config": (["-m", "services.cli", "--log-level", "DEBUG", "config", "--check"], None),
 }
 
 

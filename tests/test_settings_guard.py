@@ -175,3 +175,146 @@ def test_the_trader_refuses_a_live_account_before_planning(live_account_sim, cle
         trade_signals(dry_run=True)
     clean_env.setenv("FL_ALLOW_LIVE_TRADING", "true")
     assert trade_signals(dry_run=True)["status"] == "no_signals"
+
+
+# -- settings mistakes -----------------------------------------------------------------------------------
+
+
+def factoryline(args: list[str], cwd, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "services.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          env=bare_env(**env), timeout=90)
+
+
+@pytest.mark.parametrize(("content", "line"), [
+    ("ALPACA_API_KEY=pk\nthis is not a setting\n", 2),
+    ("# comment\n\nALPACA_API_KEY=pk\nALPACA_SECRET_KEY=\"unclosed\nFL_NAMESPACE=x\n", 4),
+    ("ALPACA_API_KEY pk\n", 1),
+])
+def test_a_malformed_env_line_is_an_error_naming_the_file_and_the_line(clean_env, tmp_path, content, line):
+    (tmp_path / ".env").write_text(content)
+    with pytest.raises(ConfigError, match=rf"^\.env line {line}: not a setting line: expected NAME=value"):
+        load(RedisSettings)
+    done = factoryline(["config"], tmp_path)
+    assert (done.returncode, done.stderr) == (2, f"factoryline: error: .env line {line}: not a setting line: expected "
+                                                 "NAME=value (a comment starts with #; an opened quote must be closed "
+                                                 "on the same line)\n")
+    assert "pk" not in done.stderr  # values are never shown
+
+
+def test_the_file_named_by_fl_env_file_is_named(clean_env, tmp_path):
+    (tmp_path / "prod.env").write_text("FL_NAMESPACE=ok\n=oops\n")
+    clean_env.setenv("FL_ENV_FILE", str(tmp_path / "prod.env"))
+    with pytest.raises(ConfigError, match=rf"^{tmp_path}/prod.env line 2: "):
+        load(RedisSettings)
+
+
+def test_an_unknown_name_is_a_warning_naming_the_closest_setting(tmp_path):
+    (tmp_path / ".env").write_text("ALPACA_API_KEY=pk-1\nALPACA_SECRET_KEY=sk-1\nFL_STOP_LOS_PCT=4\nFL_ZZZZZZ=1\n")
+    done = factoryline(["config", "--no-broker"], tmp_path, ALPACA_SECRET="x", FL_MAX_POSITION="3")
+    assert done.returncode == 0, done.stderr
+    warnings = [line.split(" shared.config ", 1)[1] for line in done.stderr.splitlines()]
+    assert sorted(warnings) == sorted([
+        ".env line 3: FL_STOP_LOS_PCT is not a Factory Line setting and is ignored (did you mean FL_STOP_LOSS_PCT?)",
+        ".env line 4: FL_ZZZZZZ is not a Factory Line setting and is ignored (see .env.example)",
+        "environment: ALPACA_SECRET is not a Factory Line setting and is ignored (did you mean ALPACA_SECRET_KEY?)",
+        "environment: FL_MAX_POSITION is not a Factory Line setting and is ignored (did you mean FL_MAX_POSITIONS?)",
+    ])
+    assert all(" warning " in line for line in done.stderr.splitlines())
+
+
+def percent_settings() -> list[tuple[type, str]]:
+    from shared import config
+
+    return [(group, name) for group in config.all_groups() for name in group.model_fields if name.endswith("_PCT")]
+
+
+def test_there_are_percent_settings_to_guard():
+    names = {name for _, name in percent_settings()}
+    assert {"FL_STOP_LOSS_PCT", "FL_CASH_BUFFER_PCT", "FL_TRAILING_GIVEBACK_PCT", "FL_BLACK_SHEEP_RETURN_GAP_PCT"} <= names
+
+
+@pytest.mark.parametrize(("group", "name"), percent_settings(), ids=lambda v: getattr(v, "__name__", v))
+def test_every_percent_setting_given_as_a_fraction_is_refused(clean_env, group, name):
+    for key, value in KEYS.items():
+        clean_env.setenv(key, value)
+    clean_env.setenv(name, "0.05")
+    with pytest.raises(ConfigError) as refused:
+        load(group)
+    assert str(refused.value) == (f"{name}: 0.05 is a fraction, but percent settings are in percent: did you mean 5? "
+                                  "(values between 0 and 0.5 are refused)")
+
+
+def test_percent_values_from_half_a_percent_and_zero_where_allowed_are_accepted(clean_env):
+    from shared.config import ExitSettings, TraderSettings
+
+    clean_env.setenv("FL_STOP_LOSS_PCT", "0.5")
+    clean_env.setenv("FL_BREAKEVEN_ARM_PCT", "0.75")
+    clean_env.setenv("FL_CASH_BUFFER_PCT", "0")
+    assert str(load(ExitSettings).FL_STOP_LOSS_PCT) == "0.5"
+    assert str(load(TraderSettings).FL_CASH_BUFFER_PCT) == "0"
+    clean_env.setenv("FL_TRAILING_ARM_PCT", "0.015")
+    with pytest.raises(ConfigError, match="did you mean 1.5[?]"):
+        load(ExitSettings)
+
+
+def test_the_settings_modules_list_every_settings_group_of_the_project():
+    import importlib
+    import re
+
+    from shared import config
+
+    found = set()
+    for path in [*ROOT.glob("shared/**/*.py"), *ROOT.glob("services/**/*.py")]:
+        if re.search(r"^class \w+\([\w.]*(_Settings|Settings)\):", path.read_text(), flags=re.M):
+            module = importlib.import_module(".".join(path.relative_to(ROOT).with_suffix("").parts))
+            found |= {v for v in vars(module).values() if isinstance(v, type) and issubclass(v, config._Settings)
+                      and not v.__name__.startswith("_") and v.__module__ == module.__name__}
+    assert found - set(config.all_groups()) == set()
+
+
+def test_config_validates_every_services_settings(tmp_path):
+    for name, value in (("FL_SCHEDULE_GRACE_MINUTES", "0"), ("FL_MANAGER_WORKERS", "0"),
+                        ("FL_STREAMER_MAXLEN", "lots"), ("FL_SIM_PORT", "99999"), ("FL_SCAN_WORKERS", "-1")):
+        done = factoryline(["config"], tmp_path, **KEYS, **{name: value})
+        assert done.returncode == 2, (name, done.stdout[-300:])
+        assert done.stderr.startswith(f"factoryline: error: {name}: ") and done.stderr.count("\n") == 1, done.stderr
+
+
+def test_config_shows_the_redis_password_as_stars(tmp_path):
+    done = factoryline(["config"], tmp_path, **KEYS, REDIS_URL="redis://:Sup3rSecretRedisPw@127.0.0.1:6379/0")
+    assert done.returncode == 0, done.stderr
+    assert "  REDIS_URL = redis://:***@127.0.0.1:6379/0\n" in done.stdout
+    assert "Sup3rSecret" not in done.stdout + done.stderr
+
+
+def test_config_check_reaches_redis_and_the_broker_one_line_each(tmp_path, namespace):
+    from conftest import redis_url
+    from simhelpers import start_sim
+
+    sim = start_sim()
+    try:
+        env = {**sim.broker_env(), "FL_NAMESPACE": namespace}
+        ok = factoryline(["config", "--check"], tmp_path, **env, REDIS_URL=redis_url())
+        assert ok.returncode == 0, ok.stderr
+        checks = [line for line in ok.stdout.splitlines() if line.startswith("check ")]
+        assert checks == [f"check redis: ok: {redis_url()} answers PING",
+                          f"check broker: ok: {sim.base_url} answers GET account (paper account PA3SIM000001, "
+                          "USD 200000.00 equity)"]
+        down = factoryline(["config", "--check"], tmp_path, **env, REDIS_URL="redis://127.0.0.1:1/0")
+        assert down.returncode == 2
+        assert down.stderr.startswith("check redis: FAILED: redis://127.0.0.1:1/0: ConnectionError: ")
+        assert down.stderr.count("\n") == 1 and "check broker: ok: " in down.stdout
+    finally:
+        sim.stop()
+    gone = factoryline(["config", "--check"], tmp_path, **env, REDIS_URL=redis_url())
+    assert gone.returncode == 2 and gone.stderr.startswith(f"check broker: FAILED: {sim.base_url}: ")
+    assert "Traceback" not in gone.stderr and gone.stderr.count("\n") == 1, gone.stderr
+
+
+def test_config_check_refuses_a_live_account(live_account_sim, tmp_path):
+    from conftest import redis_url
+
+    done = factoryline(["config", "--check"], tmp_path, **live_account_sim.broker_env(), REDIS_URL=redis_url())
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"check broker: FAILED: {live_account_sim.base_url}: the account at ")
+    assert "looks live" in done.stderr

@@ -741,3 +741,173 @@ def test_assets_are_listed_and_found_by_symbol_or_id_with_alpacas_fields(sim, cl
     market_buy(client, "AAPL", qty=1)
     position = client.get_open_position("AAPL")
     assert client.get_open_position(str(position.asset_id)).symbol == "AAPL"
+
+
+# -- hostile input: 400 for what cannot be read, 422 for a bad value, never 5xx --------------------
+
+
+def sim_post(sim, path: str, payload: object = None, raw: bytes | None = None) -> requests.Response:
+    data = raw if raw is not None else json.dumps(payload).encode()
+    return requests.post(f"{sim.base_url}{path}", data=data, timeout=10)
+
+
+def one_line_refusal(response: requests.Response, status: int) -> str:
+    assert response.status_code == status, (response.status_code, response.text)
+    message = response.json()["message"]
+    assert "\n" not in message and len(message) <= 300
+    return message
+
+
+@pytest.mark.parametrize(
+    "speed", [float("nan"), float("inf"), float("-inf"), -1, 1e300, "fast", True, None, [60], {"x": 1}, "NaN"]
+)
+def test_a_speed_that_is_not_a_finite_number_in_range_is_a_one_line_422(sim, speed):
+    message = one_line_refusal(sim_post(sim, "/sim/clock/speed", {"speed": speed}), 422)
+    assert message.startswith("speed ")
+    assert sim_post(sim, "/sim/clock/speed", {"speed": "60"}).json()["speed"] == 60.0  # a numeric string is fine
+
+
+@pytest.mark.parametrize(
+    ("path", "payload", "says"),
+    [
+        ("/sim/clock/advance", {"seconds": float("nan")}, "seconds must be a number"),
+        ("/sim/clock/advance", {"seconds": -5}, "seconds must be a number"),
+        ("/sim/clock/advance", {"seconds": 10**12}, "seconds must be a number from 0 to"),
+        ("/sim/clock/advance", {"seconds": 5 * 365 * 86400}, "the simulated calendar ends then"),
+        ("/sim/clock/advance", {"to": "2031-01-02T10:00:00-05:00"}, "the simulated calendar ends"),
+        ("/sim/clock/advance", {"to": "yesterday"}, "invalid to"),
+        ("/sim/price", {"symbol": "AAPL", "price": "Infinity"}, "price must be a number from 0.0001 to 1000000"),
+        ("/sim/price", {"symbol": "AAPL", "price": -3}, "price must be a number"),
+        ("/sim/price", {"symbol": "AAPL", "price": "1e30"}, "price must be a number"),
+        ("/sim/price", {"symbol": ["AAPL"], "price": 10}, "symbol must be a string"),
+        ("/sim/quote", {"symbol": "AAPL", "ask_missing": "false"}, "ask_missing must be true or false"),
+        ("/sim/asset", {"symbol": "AAPL", "tradable": 0}, "tradable must be true or false"),
+        ("/sim/partial_fill", {"symbol": "AAPL", "fraction": "nan"}, "fraction must be a number"),
+        ("/sim/fill", {"client_order_id": "x", "qty": "1e400"}, "qty must be a number"),
+        ("/sim/fill", {"client_order_id": {"id": 1}}, "client_order_id must be a string"),
+        ("/sim/split", {"symbol": "AAPL", "new_rate": 1, "old_rate": 10000}, "the split would put AAPL at"),
+        ("/sim/faults/drop_stream", {"refuse_seconds": float("inf")}, "refuse_seconds must be a number"),
+        ("/sim/faults/delay", {"count": 1, "seconds": float("nan")}, "seconds must be a number"),
+        ("/sim/faults/delay", {"count": 1, "seconds": 1, "method": 123}, "method must be a string"),
+        ("/sim/faults/delay", {"count": 1, "seconds": 1, "method": "FETCH"}, "method must be one of"),
+        ("/sim/faults/fail", {"count": 0}, "count must be a whole number from 1"),
+        ("/sim/faults/fail", {"count": 1.5}, "count must be a whole number"),
+        ("/sim/faults/fail", {"count": 1, "status": 200}, "status must be a whole number from 400 to 599"),
+        ("/sim/faults/fail", {"count": 1, "path_prefix": ["/v2/"]}, "path_prefix must be a string"),
+        ("/sim/faults/fail", {"count": 1, "path_prefix": "/sim/"}, "not be a /sim control"),
+        ("/sim/faults/fail", {"count": 1, "when": "during"}, "when must be one of before, after"),
+        ("/sim/faults/fail", {"count": 1, "seconds": 2}, "unknown field 'seconds'"),
+        ("/sim/rate_limit", {"per_minute": -1}, "per_minute must be a whole number"),
+        ("/sim/reset", {"cash": "-5"}, "cash must be a number from 0"),
+        ("/sim/reset", {"seed": "seven"}, "seed must be a whole number"),
+        ("/sim/reset", {"universe_size": 10**9}, "universe_size must be a whole number"),
+        ("/sim/reset", {"start": "2028-12-20T10:00:00-05:00"}, "the simulated calendar ends"),
+        ("/sim/reset", {"speeed": 0}, "unknown field 'speeed'"),
+    ],
+)
+def test_control_bodies_with_bad_values_are_a_one_line_422_naming_the_field(sim, path, payload, says):
+    message = one_line_refusal(sim_post(sim, path, payload), 422)
+    assert says in message, message
+    assert sim.control.health()["ok"] is True
+
+
+@pytest.mark.parametrize("raw", [b"{", b"not json", b"[1, 2]", b"null", b'"text"', b"\xff\xfe", b"[" * 100_000])
+def test_control_and_order_bodies_that_are_not_json_objects_are_a_400(sim, raw):
+    one_line_refusal(sim_post(sim, "/sim/clock/speed", raw=raw), 400)
+    headers = {"APCA-API-KEY-ID": sim.api_key, "APCA-API-SECRET-KEY": sim.secret_key}
+    order = requests.post(f"{sim.base_url}/v2/orders", data=raw, headers=headers, timeout=10)
+    one_line_refusal(order, 400)
+    assert order.json()["code"] == 40010000
+
+
+def test_a_malformed_fault_is_refused_and_never_jams_the_market(sim, client):
+    # Before: a non-string method was stored, then every /v2 request failed on it (500) until a restart.
+    for payload in ({"count": 1, "method": 5}, {"count": 1, "path_prefix": 7}, {"count": 1, "status": "x"}):
+        one_line_refusal(sim_post(sim, "/sim/faults/fail", payload), 422)
+    assert client.get_clock().is_open
+    assert sim.control.state()["orders"] == []
+
+
+def test_faults_never_touch_the_controls(sim, client):
+    sim.control.fail_requests(1000, 503, path_prefix="/")
+    sim.control.delay_requests(1000, 3600, path_prefix="/")
+    assert sim.control.health()["ok"] is True  # neither failed nor held for an hour
+    sim.control.clear_faults()
+    assert client.get_clock().is_open
+
+
+@pytest.mark.parametrize(
+    ("qty", "status", "says"),
+    [
+        ("1e30", 422, "qty must be <= 1000000000"),
+        (10**40, 422, "qty must be <= 1000000000"),
+        ("1000000000", 403, "insufficient buying power"),
+        ("nan", 422, "invalid qty: 'nan'"),
+        ("-Infinity", 422, "invalid qty: '-Infinity'"),
+        (-5, 422, "qty must be > 0"),
+        (True, 422, "invalid qty: True"),
+    ],
+)
+def test_huge_or_non_finite_quantities_are_refused_not_a_500(sim, qty, status, says):
+    response = raw_post_order(sim, {"symbol": "AAPL", "qty": qty, "side": "buy", "type": "market",
+                                    "time_in_force": "day"})  # fmt: skip
+    assert says in one_line_refusal(response, status)
+    rejections = sim.control.state()["rejections"]  # the audit dump still serializes what was refused
+    if "must be" in says or status == 403:  # refused by the order rules (parsing refusals are not recorded)
+        assert rejections[-1]["status"] == status
+
+
+def test_huge_prices_are_refused_not_a_500(sim):
+    for price in ("1e30", "10000000000", 1e300):
+        response = raw_post_order(sim, {"symbol": "AAPL", "qty": "1", "side": "buy", "type": "limit",
+                                        "limit_price": price, "time_in_force": "gtc"})  # fmt: skip
+        one_line_refusal(response, 422)
+
+
+def test_reset_recovers_from_everything_the_controls_can_do(sim, client):
+    limited = start_sim(rate_limit=0)
+    try:
+        c = limited.control
+        c.delay_requests(1000, 3600)  # every /v2 request held for an hour
+        c.fail_requests(1000, 500, path_prefix="/v1/")
+        c.set_rate_limit(1)
+        c.drop_stream(refuse_seconds=3600)
+        c.set_asset("AAPL", tradable=False, fractionable=False)
+        c.set_ask_missing("AAPL")
+        c.partial_fill_next("AAPL", "0.5")
+        c.set_price("AAPL", "999999")
+        c.set_speed(100_000)
+        c.split("MSFT", 1, 100)
+
+        c.reset(start=DEFAULT_START)
+
+        fresh = limited.trading_client()
+        order = market_buy(fresh, "AAPL", qty=2)
+        assert fresh.get_order_by_id(order.id).status == OrderStatus.FILLED
+        for _ in range(3):
+            assert fresh.get_clock().timestamp  # the server's starting rate limit (off) is back
+        assert c.state()["splits"] == []
+        with TradeUpdateCollector(limited) as stream:  # streams are accepted again
+            market_buy(fresh, "KO", qty=1)
+            stream.wait_for(lambda u: u.event == "fill")
+    finally:
+        limited.stop()
+
+
+def test_a_running_clock_stops_before_the_calendar_ends():
+    from services.sim.server import CLOCK_END_MARGIN, MAX_SPEED
+    from shared.market.calendar import nyse
+
+    limit = nyse().sessions(date(2028, 12, 1), date(2028, 12, 31))[-1].open - CLOCK_END_MARGIN
+    sim = start_sim(start=limit - timedelta(hours=1), speed=MAX_SPEED)
+    try:
+        deadline = time.monotonic() + 5
+        while sim.engine.clock.speed > 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sim.engine.clock.speed == 0
+        assert sim.trading_client().get_clock().timestamp < limit + timedelta(days=1)
+        message = one_line_refusal(sim_post(sim, "/sim/clock/advance", {"seconds": 86400 * 2}), 422)
+        assert message.startswith("seconds must be at most 0 from now: time cannot pass 2028-")
+        assert message.endswith("(the simulated calendar ends then)")
+    finally:
+        sim.stop()

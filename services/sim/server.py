@@ -9,6 +9,11 @@ Faithful details: key/secret headers checked on every `/v2` and `/v1` (corporate
 (401 missing, 403 wrong); 200 requests a minute per key and API (trading, market data) answered
 with 429 and X-RateLimit-* headers; one trade_updates connection per key (a second is refused, see
 docs/simulator.md); binary WebSocket frames holding one JSON object each, like the paper endpoint.
+
+Hostile input never gets a 5xx (docs/simulator.md, "Validation"): a body that cannot be read (not
+JSON, not an object) is 400; a field that is unknown, missing, of the wrong type, not finite or out
+of range is 422 with a one-line `message`; `/sim` controls are never delayed or failed by a fault,
+and `/sim/reset` always brings back a fresh market, whatever state the old one was left in.
 """
 
 from __future__ import annotations
@@ -19,11 +24,12 @@ import binascii
 import collections
 import json
 import logging
+import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from email.utils import format_datetime
 from typing import Any
@@ -36,9 +42,9 @@ from shared.errors import BrokerError, FactoryLineError, InputError, NotFound, O
 from shared.market.calendar import NEW_YORK
 from shared.models import Side
 from shared.money import to_decimal
-from shared.sim.engine import MarketEngine
-from shared.sim.orders import TradeEvent
-from shared.sim.rules import reject
+from shared.sim.engine import MAX_MARKET_PRICE, MIN_PRICE, SPLIT_ORDER_MODES, MarketEngine
+from shared.sim.orders import QTY_QUANTUM, TradeEvent
+from shared.sim.rules import MAX_QTY, reject
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +58,28 @@ MAX_BARS_PAGE = 10_000
 DEFAULT_BARS_PAGE = 1_000
 MAX_CORPORATE_ACTIONS_PAGE = 1_000
 DEFAULT_CORPORATE_ACTIONS_PAGE = 100
+
+# Bounds of the /sim controls (docs/simulator.md, "Validation"). Beyond them the engine's Decimal
+# arithmetic, its calendar or the server itself would fail, so they are refused (422) instead.
+#: Fastest clock: a trading day in under a second of wall time.
+MAX_SPEED = 100_000.0
+#: The running clock stops this long before the calendar's last session (the tick freezes it), and
+#: `advance` may not go beyond that point either: past the calendar's end the market has no session.
+CLOCK_END_MARGIN = timedelta(days=30)
+#: Longest single advance (the calendar's whole span is shorter).
+MAX_ADVANCE_SECONDS = 20 * 365 * 86_400.0
+MAX_FAULT_SECONDS = 3_600.0
+MAX_FAULT_COUNT = 1_000_000
+MAX_REFUSE_SECONDS = 3_600.0
+MAX_RATE_LIMIT = 1_000_000
+MAX_CASH = Decimal(10) ** 12
+MAX_SEED = 2**63 - 1
+MAX_UNIVERSE_SIZE = 25 + 26**3
+MAX_PATH_PREFIX = 200
+MAX_ID_CHARS = 128
+HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
+#: Longest `message` of an error answer (one line).
+MAX_MESSAGE_CHARS = 300
 
 
 def _json_default(value: object) -> object:
@@ -74,7 +102,13 @@ def _json(data: object, status: int = 200, headers: dict | None = None) -> web.R
     return web.Response(text=_dumps(data), status=status, content_type="application/json", headers=headers)
 
 
+def _one_line(message: object) -> str:
+    text = " ".join(str(message).split()) or "invalid request"
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 3] + "..."
+
+
 def _error(status: int, code: int | None, message: str, **fields: object) -> web.Response:
+    message = _one_line(message)
     body: dict[str, Any] = {"code": code, "message": message} if code is not None else {"message": message}
     body.update(fields)
     return _json(body, status)
@@ -82,6 +116,10 @@ def _error(status: int, code: int | None, message: str, **fields: object) -> web
 
 def _bad_request(message: str) -> OrderRejected:
     return reject(OrderRejected, 422, 40010001, message)
+
+
+class UnreadableBody(FactoryLineError):
+    """The request body is not a JSON object at all: 400 (a field with a bad value is 422)."""
 
 
 # -- query parsing ---------------------------------------------------------------------------
@@ -118,8 +156,8 @@ def _int(request: web.Request, name: str, default: int, lo: int, hi: int) -> int
         return default
     try:
         number = int(float(value))
-    except ValueError:
-        raise _bad_request(f"invalid {name}: {value!r}") from None
+    except (ValueError, OverflowError):  # "abc", "nan"; "inf", "1e999"
+        raise _bad_request(f"invalid {name}: {wire.echo(value)}") from None
     if not lo <= number <= hi:
         raise _bad_request(f"{name} must be between {lo} and {hi}")
     return number
@@ -150,13 +188,135 @@ def _symbols(request: web.Request) -> list[str]:
 
 
 async def _body(request: web.Request) -> dict:
+    """The JSON object of the request body ({} when there is none); UnreadableBody (400) otherwise."""
     try:
         body = await request.json() if request.can_read_body else {}
-    except (ValueError, UnicodeDecodeError):
-        raise _bad_request("request body is not valid JSON") from None
+    except (ValueError, UnicodeDecodeError):  # not JSON, not UTF-8, an integer of 5,000 digits
+        raise UnreadableBody("request body is not valid JSON") from None
+    except RecursionError:
+        raise UnreadableBody("request body is not valid JSON (nested too deeply)") from None
     if not isinstance(body, dict):
-        raise _bad_request("request body must be a JSON object")
+        raise UnreadableBody(f"request body must be a JSON object, not {_json_type(body)}")
     return body
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
+
+
+def _plain(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
+
+
+class Fields:
+    """A `/sim` control's JSON body, read field by field. Every reader raises `InputError` (422,
+    one line naming the field and echoing a short form of what came) for a value of the wrong type,
+    not finite or out of range; a field the endpoint does not know is refused too, so a typo never
+    passes silently. Numbers may come as JSON numbers or numeric strings; booleans only as booleans."""
+
+    def __init__(self, body: dict, known: Iterable[str]):
+        known = tuple(known)
+        unknown = [key for key in body if key not in known]
+        if unknown:
+            names = ", ".join(known) if known else "none"
+            raise InputError(f"unknown field {wire.echo(unknown[0])} (known: {names})")
+        self.body = body
+
+    def has(self, name: str) -> bool:
+        return self.body.get(name) is not None
+
+    def number(
+        self, name: str, *, lo: float, hi: float, default: float | None = None, integer: bool = False
+    ) -> Any:
+        value = self.body.get(name)
+        if value is None:
+            if default is None:
+                raise InputError(f"{name} is required")
+            return default
+        kind = "a whole number" if integer else "a number"
+        wanted = f"{name} must be {kind} from {_plain(lo)} to {_plain(hi)}, got {wire.echo(value)}"
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise InputError(wanted)
+        if isinstance(value, int):
+            number: float | int = value
+        else:
+            try:
+                number = float(value)
+            except ValueError:
+                raise InputError(wanted) from None
+            if not math.isfinite(number):
+                raise InputError(wanted)
+        if not lo <= number <= hi:
+            raise InputError(wanted)
+        if integer:
+            if number != int(number):
+                raise InputError(wanted)
+            return int(number)
+        return float(number)
+
+    def amount(self, name: str, *, lo: Decimal, hi: Decimal, default: Decimal | None = None) -> Decimal:
+        """A Decimal (money, a quantity, a fraction) with lo <= value <= hi."""
+        value = self.body.get(name)
+        if value is None:
+            if default is None:
+                raise InputError(f"{name} is required")
+            return default
+        wanted = f"{name} must be a number from {wire.num(lo)} to {wire.num(hi)}, got {wire.echo(value)}"
+        try:
+            amount = to_decimal(value)
+        except ValueError:
+            raise InputError(wanted) from None
+        if not lo <= amount <= hi:
+            raise InputError(wanted)
+        return amount
+
+    def boolean(self, name: str, default: bool | None = None) -> bool | None:
+        value = self.body.get(name)
+        if value is None:
+            return default
+        if not isinstance(value, bool):
+            raise InputError(f"{name} must be true or false, got {wire.echo(value)}")
+        return value
+
+    def text(
+        self,
+        name: str,
+        *,
+        default: str | None = None,
+        choices: Iterable[str] | None = None,
+        max_chars: int = MAX_ID_CHARS,
+        required: bool = False,
+    ) -> str | None:
+        value = self.body.get(name)
+        if value is None:
+            if required:
+                raise InputError(f"{name} is required")
+            return default
+        if (
+            not isinstance(value, str)
+            or not value.strip()
+            or len(value) > max_chars
+            or not value.isprintable()
+        ):
+            raise InputError(
+                f"{name} must be a string of 1 to {max_chars} printable characters, got {wire.echo(value)}"
+            )
+        if choices is not None:
+            choices = tuple(choices)
+            if value not in choices:
+                raise InputError(f"{name} must be one of {', '.join(choices)}, got {wire.echo(value)}")
+        return value
+
+    def symbol(self) -> str:
+        return self.text("symbol", required=True, max_chars=wire.MAX_SYMBOL_CHARS)  # type: ignore[return-value]
 
 
 # -- faults and rate limits --------------------------------------------------------------------
@@ -236,6 +396,7 @@ class SimServer:
             raise InputError("the simulator's API key and secret key cannot be empty")
         self.api_key = api_key
         self.secret_key = secret_key
+        self.initial_rate_limit = rate_limit
         self.rate_limiter = RateLimiter(rate_limit)
         self.tick_seconds = tick_seconds
         self.faults: list[Fault] = []
@@ -333,19 +494,35 @@ class SimServer:
             await session.ws.close(code=1001, message=b"server shutdown")
 
     async def _tick(self) -> None:
-        """With a running clock, fills and expiries happen (and stream out) without requests."""
+        """With a running clock, fills and expiries happen (and stream out) without requests. A
+        clock running toward the calendar's end is frozen `CLOCK_END_MARGIN` before it."""
         while True:
             await asyncio.sleep(self.tick_seconds)
-            if self.engine.clock.speed > 0:
+            engine = self.engine
+            if engine.clock.speed > 0:
                 try:
-                    self.engine.sync()
+                    if engine.now() >= self.clock_limit():
+                        engine.set_speed(0)
+                        logs.event(
+                            log,
+                            "sim_clock_frozen",
+                            level=logging.WARNING,
+                            now=engine.now().isoformat(),
+                            reason="the simulated calendar ends soon after",
+                        )
                 except Exception:  # noqa: BLE001 - the ticker must survive anything
                     log.exception("sim clock tick failed")
+
+    def clock_limit(self, engine: MarketEngine | None = None) -> datetime:
+        """The latest virtual time the clock may reach (the calendar's last session less a margin)."""
+        return (engine or self.engine).sessions[-1].open - CLOCK_END_MARGIN
 
     # -- middleware: faults, auth, rate limit, errors -------------------------------------------
     @web.middleware
     async def _middleware(self, request: web.Request, handler) -> web.StreamResponse:
-        fault = next((f for f in self.faults if f.matches(request)), None)
+        # The controls are never delayed or failed: /sim/faults/clear and /sim/reset always answer.
+        control = request.path.startswith("/sim/")
+        fault = None if control else next((f for f in self.faults if f.matches(request)), None)
         if fault is not None:
             fault.count -= 1
             if fault.count <= 0:
@@ -379,15 +556,26 @@ class SimServer:
                 response = _error(429, 42910000, "rate limit exceeded")
                 response.headers.update(headers)
                 return response
+        alpaca = request.path.startswith(("/v2/", "/v1/"))
         try:
             response = await handler(request)
         except BrokerError as exc:
-            response = _json(wire.error_json(exc), exc.status or 500)
+            body = wire.error_json(exc)
+            body["message"] = _one_line(body.get("message"))
+            response = _json(body, exc.status or 500)
+        except UnreadableBody as exc:
+            # Alpaca's code for a body it cannot parse; the controls answer a bare message.
+            response = _error(400, 40010000 if alpaca else None, str(exc))
         except (InputError, ValueError) as exc:
-            status = 422 if request.path.startswith("/v2/") else 400
-            response = _error(status, 40010001 if status == 422 else None, str(exc))
+            response = _error(422, 40010001 if alpaca else None, str(exc))
         except FactoryLineError as exc:
-            response = _error(400, None, str(exc))
+            response = _error(422, 40010001 if alpaca else None, str(exc))
+        except ArithmeticError as exc:
+            # A number beyond what Decimal arithmetic holds got past validation: still the input's fault.
+            log.warning(
+                "sim request with a number out of range: %s %s (%r)", request.method, request.path, exc
+            )
+            response = _error(422, 40010001 if alpaca else None, "a number in the request is out of range")
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
@@ -401,7 +589,10 @@ class SimServer:
         if not response.prepared:
             # The server's own time, as every HTTP server states it (RFC 9110 s. 6.6.1): here the
             # virtual time, which the manager's tick reads instead of asking GET /v2/clock.
-            response.headers["Date"] = format_datetime(self.engine.now().astimezone(UTC), usegmt=True)
+            try:
+                response.headers["Date"] = format_datetime(self.engine.now().astimezone(UTC), usegmt=True)
+            except Exception:  # noqa: BLE001 - an answer without the header beats no answer
+                log.exception("sim: cannot read the virtual time for the Date header")
         return response
 
     # -- account and positions ---------------------------------------------------------------
@@ -824,77 +1015,81 @@ class SimServer:
         return _json([{"seq": e.seq, **wire.trade_update_json(e)["data"]} for e in events])
 
     async def sim_advance(self, request: web.Request) -> web.Response:
-        body = await _body(request)
-        if "to" in body:
-            now = self.engine.advance_to(_moment(str(body["to"]), "to"))
-        elif "seconds" in body:
-            seconds = float(body["seconds"])
-            if seconds < 0:
-                raise InputError("seconds must be >= 0")
+        fields = Fields(await _body(request), ("seconds", "to"))
+        limit = self.clock_limit()
+        if fields.has("to"):
+            text = fields.text("to", max_chars=64)
+            moment = _moment(text, "to")
+            if moment > limit:
+                raise InputError(f"to must not be after {wire.ts(limit)} (the simulated calendar ends then)")
+            now = self.engine.advance_to(moment)
+        elif fields.has("seconds"):
+            seconds = fields.number("seconds", lo=0, hi=MAX_ADVANCE_SECONDS)
+            room = max((limit - self.engine.now()).total_seconds(), 0.0)
+            if seconds > room:
+                raise InputError(
+                    f"seconds must be at most {_plain(math.floor(room))} from now: time cannot pass "
+                    f"{wire.ts(limit)} (the simulated calendar ends then)"
+                )
             now = self.engine.advance(seconds)
         else:
             raise InputError('send {"seconds": N} or {"to": "ISO time"}')
         return _json({"now": now, "clock": wire.clock_json(self.engine.clock_view())})
 
     async def sim_speed(self, request: web.Request) -> web.Response:
-        body = await _body(request)
-        speed = float(body.get("speed", -1))
-        if speed < 0:
-            raise InputError("speed must be >= 0")
+        fields = Fields(await _body(request), ("speed",))
+        speed = fields.number("speed", lo=0, hi=MAX_SPEED)
         return _json({"now": self.engine.set_speed(speed), "speed": speed})
 
     async def sim_price(self, request: web.Request) -> web.Response:
-        body = await _body(request)
-        self.engine.set_price(str(body.get("symbol", "")), to_decimal(body.get("price")))
-        last = self.engine.latest_trade(self.engine.asset(str(body["symbol"])).symbol)
-        return _json({"symbol": body["symbol"], "last_trade": wire.trade_json(last[0], last[1], 0)["p"]})
+        fields = Fields(await _body(request), ("symbol", "price"))
+        symbol = self.engine.asset(fields.symbol()).symbol
+        price = fields.amount("price", lo=MIN_PRICE, hi=MAX_MARKET_PRICE)
+        self.engine.set_price(symbol, price)
+        last = self.engine.latest_trade(symbol)
+        return _json({"symbol": symbol, "last_trade": wire.trade_json(last[0], last[1], 0)["p"]})
 
     async def sim_quote(self, request: web.Request) -> web.Response:
-        body = await _body(request)
-        self.engine.set_ask_missing(str(body.get("symbol", "")), bool(body.get("ask_missing", True)))
+        fields = Fields(await _body(request), ("symbol", "ask_missing"))
+        self.engine.set_ask_missing(fields.symbol(), fields.boolean("ask_missing", True))
         return _json({"ok": True})
 
     async def sim_asset(self, request: web.Request) -> web.Response:
-        body = await _body(request)
+        fields = Fields(await _body(request), ("symbol", "fractionable", "listed_fractionable", "tradable"))
         asset = self.engine.set_asset(
-            str(body.get("symbol", "")),
-            fractionable=body.get("fractionable"),
-            listed_fractionable=body.get("listed_fractionable"),
-            tradable=body.get("tradable"),
+            fields.symbol(),
+            fractionable=fields.boolean("fractionable"),
+            listed_fractionable=fields.boolean("listed_fractionable"),
+            tradable=fields.boolean("tradable"),
         )
         return _json({**wire.asset_json(asset), "order_checks_fractionable": asset.fractionable})
 
     async def sim_fill(self, request: web.Request) -> web.Response:
-        body = await _body(request)
-        order_id = body.get("order_id") or body.get("client_order_id")
+        fields = Fields(await _body(request), ("order_id", "client_order_id", "qty", "price"))
+        order_id = fields.text("order_id") or fields.text("client_order_id")
         if not order_id:
             raise InputError("send order_id or client_order_id")
-        qty = to_decimal(body["qty"]) if body.get("qty") is not None else None
-        price = to_decimal(body["price"]) if body.get("price") is not None else None
-        return _json(wire.order_json(self.engine.fill_order(str(order_id), qty, price)))
+        qty = fields.amount("qty", lo=QTY_QUANTUM, hi=MAX_QTY) if fields.has("qty") else None
+        price = fields.amount("price", lo=MIN_PRICE, hi=MAX_MARKET_PRICE) if fields.has("price") else None
+        return _json(wire.order_json(self.engine.fill_order(order_id, qty, price)))
 
     async def sim_partial_fill(self, request: web.Request) -> web.Response:
-        body = await _body(request)
-        self.engine.partial_fill_next(str(body.get("symbol", "")), to_decimal(body.get("fraction")))
+        fields = Fields(await _body(request), ("symbol", "fraction"))
+        symbol = fields.symbol()
+        fraction = fields.amount("fraction", lo=Decimal(0), hi=Decimal(1))
+        self.engine.partial_fill_next(symbol, fraction)
         return _json({"ok": True})
 
     async def sim_split(self, request: web.Request) -> web.Response:
         """Split a symbol now. Unknown symbol: 404; bad rates, `orders` or `announce`: 422 with
-        one line (the /sim endpoints otherwise answer bad input 400)."""
-        body = await _body(request)
-        announce = body.get("announce", True)
-        if not isinstance(announce, bool):
-            return _error(422, None, f"announce must be true or false, got {announce!r}")
-        try:
-            action = self.engine.split(
-                str(body.get("symbol") or ""),
-                body.get("new_rate"),
-                body.get("old_rate"),
-                orders=body.get("orders", "adjust"),
-                announce=announce,
-            )
-        except InputError as exc:
-            return _error(422, None, str(exc))
+        one line, like every control."""
+        fields = Fields(await _body(request), ("symbol", "new_rate", "old_rate", "orders", "announce"))
+        symbol = fields.symbol()
+        announce = fields.boolean("announce", True)
+        orders = fields.text("orders", default="adjust", choices=SPLIT_ORDER_MODES)
+        action = self.engine.split(
+            symbol, fields.body.get("new_rate"), fields.body.get("old_rate"), orders=orders, announce=announce
+        )
         last = self.engine.latest_trade(action.symbol)
         return _json(
             {
@@ -909,29 +1104,37 @@ class SimServer:
         )
 
     async def sim_drop_stream(self, request: web.Request) -> web.Response:
-        body = await _body(request)
-        dropped = await self.drop_streams(float(body.get("refuse_seconds", 0)))
+        fields = Fields(await _body(request), ("refuse_seconds",))
+        dropped = await self.drop_streams(
+            fields.number("refuse_seconds", lo=0, hi=MAX_REFUSE_SECONDS, default=0.0)
+        )
         return _json({"dropped": dropped})
 
     async def sim_fault(self, request: web.Request) -> web.Response:
-        body = await _body(request)
         kind = "delay" if request.path.endswith("/delay") else "fail"
-        when = str(body.get("when", "before"))
-        if when not in ("before", "after"):
-            raise InputError("when must be before or after")
+        detail = "seconds" if kind == "delay" else "status"
+        fields = Fields(await _body(request), ("count", detail, "path_prefix", "method", "when"))
+        prefix = fields.text("path_prefix", default="/v2/", max_chars=MAX_PATH_PREFIX)
+        if not prefix.startswith("/") or prefix.startswith("/sim"):
+            raise InputError(
+                f"path_prefix must start with / and not be a /sim control, got {wire.echo(prefix)}"
+            )
+        method = fields.text("method", max_chars=10)
+        if method is not None and method.upper() not in HTTP_METHODS:
+            raise InputError(f"method must be one of {', '.join(HTTP_METHODS)}, got {wire.echo(method)}")
         fault = Fault(
             kind=kind,
-            count=int(body.get("count", 1)),
-            seconds=float(body.get("seconds", 0)),
-            status=int(body.get("status", 500)),
-            path_prefix=str(body.get("path_prefix", "/v2/")),
-            method=body.get("method"),
-            when=when,
+            count=fields.number("count", lo=1, hi=MAX_FAULT_COUNT, default=1, integer=True),
+            seconds=fields.number("seconds", lo=0, hi=MAX_FAULT_SECONDS, default=0.0)
+            if kind == "delay"
+            else 0.0,
+            status=fields.number("status", lo=400, hi=599, default=500, integer=True)
+            if kind == "fail"
+            else 500,
+            path_prefix=prefix,
+            method=method.upper() if method else None,
+            when=fields.text("when", default="before", choices=("before", "after")),
         )
-        if fault.count < 1:
-            raise InputError("count must be >= 1")
-        if kind == "fail" and not 400 <= fault.status <= 599:
-            raise InputError("status must be an HTTP error status (400-599)")
         self.faults.append(fault)
         return _json({"ok": True, "pending_faults": len(self.faults)})
 
@@ -941,26 +1144,37 @@ class SimServer:
         return _json({"ok": True})
 
     async def sim_rate_limit(self, request: web.Request) -> web.Response:
-        body = await _body(request)
-        per_minute = int(body.get("per_minute", DEFAULT_RATE_LIMIT))
-        if per_minute < 0:
-            raise InputError("per_minute must be >= 0 (0 disables the limit)")
+        fields = Fields(await _body(request), ("per_minute",))
+        per_minute = fields.number(
+            "per_minute", lo=0, hi=MAX_RATE_LIMIT, default=DEFAULT_RATE_LIMIT, integer=True
+        )
         self.rate_limiter = RateLimiter(per_minute)
         return _json({"per_minute": per_minute})
 
     async def sim_reset(self, request: web.Request) -> web.Response:
-        body = await _body(request)
-        start = _moment(str(body["start"]), "start") if body.get("start") else None
-        engine = MarketEngine.create(
-            seed=int(body.get("seed", self.engine.seed)),
-            start=start,
-            cash=to_decimal(body.get("cash", "200000")),
-            speed=float(body.get("speed", 0)),
-            universe_size=int(body["universe_size"]) if body.get("universe_size") else None,
+        """A fresh market, whatever state the old one is in: a new engine (built first, so a bad
+        body leaves everything as it was), no faults, no stream refusal, the server's starting
+        rate limit, every trade stream dropped."""
+        fields = Fields(await _body(request), ("seed", "start", "cash", "speed", "universe_size"))
+        start = _moment(fields.text("start", max_chars=64), "start") if fields.has("start") else None
+        seed = fields.number("seed", lo=0, hi=MAX_SEED, default=self.engine.seed, integer=True)
+        cash = fields.amount("cash", lo=Decimal(0), hi=MAX_CASH, default=Decimal("200000"))
+        speed = fields.number("speed", lo=0, hi=MAX_SPEED, default=0.0)
+        size = (
+            fields.number("universe_size", lo=1, hi=MAX_UNIVERSE_SIZE, integer=True)
+            if fields.has("universe_size")
+            else None
         )
+        engine = MarketEngine.create(seed=seed, start=start, cash=cash, speed=speed, universe_size=size)
+        if engine.now() > self.clock_limit(engine):
+            raise InputError(
+                f"start must not be after {wire.ts(self.clock_limit(engine))} (the simulated calendar ends then)"
+            )
         self.replace_engine(engine)
         self.faults.clear()
+        self.rate_limiter = RateLimiter(self.initial_rate_limit)
         await self.drop_streams(0)
+        self._refuse_streams_until = 0.0
         return _json({"now": engine.now()})
 
 

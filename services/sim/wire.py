@@ -41,9 +41,29 @@ def num(value: Decimal | None) -> str | None:
     """A quantity or price as Alpaca writes it: plain digits, no exponent, no trailing zeros."""
     if value is None:
         return None
-    if value == value.to_integral_value():
-        return format(value.quantize(Decimal(1)), "f")
-    return format(value.normalize(), "f")
+    try:
+        if value == value.to_integral_value():
+            return format(value.quantize(Decimal(1)), "f")
+        return format(value.normalize(), "f")
+    except ArithmeticError:
+        # More digits than Decimal arithmetic holds (a refused order's 1e30 in /sim/state): as given.
+        return format(value, "f")
+
+
+#: Longest symbol an order may name (Alpaca's tickers are at most a dozen characters).
+MAX_SYMBOL_CHARS = 32
+#: Longest echo of a bad value inside an error message.
+MAX_ECHO_CHARS = 40
+
+
+def echo(value: object) -> str:
+    """A short, one-line rendering of a value for an error message (its repr, cut)."""
+    try:
+        text = repr(value)
+    except ValueError:  # an int too long to print
+        text = f"<{type(value).__name__}>"
+    text = " ".join(text.split())
+    return text if len(text) <= MAX_ECHO_CHARS else text[: MAX_ECHO_CHARS - 3] + "..."
 
 
 def money(value: Decimal) -> str:
@@ -338,19 +358,24 @@ def _amount(body: dict, key: str, where: dict | None = None) -> Decimal | None:
     try:
         amount = to_decimal(value)
     except ValueError:
-        raise _invalid(f"invalid {key}: {value!r}") from None
-    # alpaca-py sends 10.0 for 10: keep the amount as Alpaca would echo it.
-    return plain(amount)
+        raise _invalid(f"invalid {key}: {echo(value)}") from None
+    try:
+        # alpaca-py sends 10.0 for 10: keep the amount as Alpaca would echo it.
+        return plain(amount)
+    except ArithmeticError:
+        return amount  # beyond Decimal's precision: the order rules refuse it as too large
 
 
 def _enum(enum_cls, body: dict, key: str, default=None):
     value = body.get(key, default)
     if value is None:
         raise _invalid(f"{key} is required")
+    if not isinstance(value, str):
+        raise _invalid(f"invalid {key}: {echo(value)}")
     try:
-        return enum_cls(str(value).lower())
+        return enum_cls(value.lower())
     except ValueError:
-        raise _invalid(f"invalid {key}: {value!r}") from None
+        raise _invalid(f"invalid {key}: {echo(value)}") from None
 
 
 def parse_order_request(body: object) -> OrderRequest:
@@ -358,8 +383,15 @@ def parse_order_request(body: object) -> OrderRequest:
     if not isinstance(body, dict):
         raise _invalid("request body must be a JSON object")
     symbol = body.get("symbol")
-    if not isinstance(symbol, str) or not symbol.strip():
+    if symbol is None or symbol == "":
         raise _invalid("symbol is required")
+    if (
+        not isinstance(symbol, str)
+        or not symbol.strip()
+        or len(symbol) > MAX_SYMBOL_CHARS
+        or not symbol.isprintable()
+    ):
+        raise _invalid(f"invalid symbol: {echo(symbol)}")
     order_class_text = body.get("order_class") or "simple"
     if order_class_text == "mleg":
         raise reject(OrderRejected, 422, 42210000, "mleg orders are not supported by the simulated market")
@@ -371,6 +403,8 @@ def parse_order_request(body: object) -> OrderRequest:
     if client_order_id is not None and not isinstance(client_order_id, str):
         raise _invalid("client_order_id must be a string")
     extended = body.get("extended_hours", False)
+    if extended is not None and not isinstance(extended, (bool, str)):
+        raise _invalid(f"invalid extended_hours: {echo(extended)}")
     return OrderRequest(
         symbol=symbol,
         side=_enum(Side, body, "side"),

@@ -64,6 +64,10 @@ SPLIT_ORDER_MODES = ("adjust", "cancel", "keep")
 #: it quantities and prices would outgrow Decimal's 28 digits or the price grid.
 MAX_SPLIT_RATIO = Decimal(10000)
 _MIN_RATE, _MAX_RATE = Decimal("1E-9"), Decimal("1E+9")
+#: Prices the controls may set (`set_price`, `fill_order`, a split's result): one tick to a million
+#: dollars. Outside them the tick grid or Decimal's 28 digits of account arithmetic would break.
+MIN_PRICE = Decimal("0.0001")
+MAX_MARKET_PRICE = Decimal(10) ** 6
 #: Stable corporate-action ids: the same split in the same market has the same id.
 _ACTION_NAMESPACE = uuid.UUID("0f3b6a1e-2c4d-4e8f-9a7b-5d1c3e2f4a6b")
 _CUSIP_CHARS = "0123456789ABCDEFGHJKLMNPQRSTUVWXYZ"
@@ -186,6 +190,17 @@ class _Trigger:
     @property
     def key(self) -> tuple[datetime, int, int]:
         return (self.at, self.kind, self.seq)
+
+
+def _control_price(value: object, name: str) -> Decimal:
+    """A price a control sets: finite, from one tick to `MAX_MARKET_PRICE` (InputError otherwise)."""
+    try:
+        price = to_decimal(value)
+    except ValueError:
+        raise InputError(f"{name} must be a finite number, got {value!r}") from None
+    if not MIN_PRICE <= price <= MAX_MARKET_PRICE:
+        raise InputError(f"{name} must be from {MIN_PRICE} to {MAX_MARKET_PRICE:,}, got {price}")
+    return price
 
 
 def _money(amount: Decimal) -> Decimal:
@@ -1096,9 +1111,7 @@ class MarketEngine:
         with self._lock:
             now = self._sync_now()
             symbol = self.asset(symbol).symbol
-            price = to_decimal(price)
-            if price <= ZERO:
-                raise InputError("price must be > 0")
+            price = _control_price(price, "price")
             self.market.set_price(symbol, price, now)
             if self.market.session_at(now) is None:
                 return
@@ -1143,6 +1156,12 @@ class MarketEngine:
                 )
             if orders not in SPLIT_ORDER_MODES:
                 raise InputError(f"orders must be one of {', '.join(SPLIT_ORDER_MODES)}, got {orders!r}")
+            last = self.market.last_trade(symbol, now)
+            if last is not None and not MIN_PRICE <= to_price(last[0]) * old / new <= MAX_MARKET_PRICE:
+                raise InputError(
+                    f"the split would put {symbol} at {to_price(last[0]) * old / new:.6g}, outside "
+                    f"{MIN_PRICE} to {MAX_MARKET_PRICE:,}"
+                )
             action = self._split_action(symbol, new, old, now)
             self._split_orders(symbol, action.ratio, orders, now)
             self._split_holding(symbol, action.ratio)
@@ -1292,8 +1311,10 @@ class MarketEngine:
                 raise rules.reject(
                     NotCancelable, 422, 42210000, f"order is {order.status.value}, it cannot fill"
                 )
-            if qty is not None and to_decimal(qty) <= ZERO:
-                raise InputError("qty must be > 0")
+            if qty is not None and not ZERO < to_decimal(qty) <= rules.MAX_QTY:
+                raise InputError(f"qty must be > 0 and <= {rules.MAX_QTY:,}")
+            if price is not None:
+                price = _control_price(price, "price")
             if price is None:
                 last = self.market.last_trade(order.symbol, now)[0]
                 ticks = ask_ticks(last) if order.side is Side.BUY else bid_ticks(last)

@@ -32,6 +32,12 @@ MAX_CLIENT_ORDER_ID_LEN = 128
 MIN_NOTIONAL = Decimal("1")
 CENT = Decimal("0.01")
 MAX_DECIMALS = 9
+#: The simulator's sanity bounds on an order (Alpaca documents none; no real order comes near them).
+#: Beyond them a product of quantity and price would outgrow Decimal's 28 digits, so they are
+#: refused as invalid (422) before any arithmetic.
+MAX_QTY = Decimal(10) ** 9
+MAX_NOTIONAL = Decimal(10) ** 12
+MAX_ORDER_PRICE = Decimal(10) ** 9
 
 
 def reject(cls: type[OrderRejected], status: int, code: int, message: str, **fields: object) -> OrderRejected:
@@ -76,6 +82,9 @@ def check_request_shape(req: OrderRequest) -> None:
             continue
         if amount <= ZERO:
             raise _invalid(f"{name} must be > 0")
+        limit = MAX_QTY if name == "qty" else MAX_NOTIONAL
+        if amount > limit:
+            raise _invalid(f"{name} must be <= {fmt_qty(limit)}")
         exponent = amount.normalize().as_tuple().exponent
         if isinstance(exponent, int) and -exponent > MAX_DECIMALS:
             raise _invalid(f"{name} must have at most {MAX_DECIMALS} decimal places")
@@ -118,6 +127,8 @@ def _check_prices(req: OrderRequest) -> None:
             continue
         if price <= ZERO:
             raise reject(InvalidPrice, 422, 40010001, f"{name} must be > 0")
+        if price > MAX_ORDER_PRICE:
+            raise reject(InvalidPrice, 422, 40010001, f"{name} must be <= {fmt_qty(MAX_ORDER_PRICE)}")
         if not is_valid_price_increment(price):
             raise reject(
                 InvalidPrice,

@@ -154,7 +154,8 @@ def test_a_live_account_is_refused_by_the_self_checks_unless_allowed(live_accoun
     runs = {name: subprocess.Popen([sys.executable, "-m", module, "--check"], cwd=tmp_path, env=env, text=True,
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
             for name, module in (("trader", "services.trader"), ("streamer", "services.streamer"),
-                                 ("manager", "services.manager"), ("reporter", "services.reporter"))}
+                                 ("manager", "services.manager"), ("reporter", "services.reporter"),
+                                 ("manager worker", "services.manager.worker"), ("scheduler", "services.scheduler"))}
     for name, process in runs.items():
         out, err = process.communicate(timeout=90)
         assert process.returncode == 2, (name, out, err)

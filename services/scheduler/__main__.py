@@ -68,6 +68,7 @@ def check(_args: argparse.Namespace) -> str:
         service_main.check_redis(redis_settings)
         today = datetime.now(UTC).astimezone(NEW_YORK).date()
         sessions = executor.get_calendar(today, today + timedelta(days=10))
+        broker_settings.check_account(executor.get_account().account_number)  # the live guard
     finally:
         executor.close()
     if not sessions:

@@ -75,7 +75,8 @@ def check_broker(broker_settings: config.BrokerSettings) -> MarketClock:
     except FactoryLineError:
         raise
     except Exception as exc:  # a transport error the adapter did not translate: still one line
-        raise FactoryLineError(f"broker at {broker_settings.ALPACA_ENDPOINT}: {type(exc).__name__}: {exc}") from None
+        raise FactoryLineError(f"broker at {logs.safe_url(broker_settings.ALPACA_ENDPOINT)}: "
+                               f"{type(exc).__name__}: {exc}") from None
     finally:
         executor.close()
 

@@ -14,7 +14,7 @@ import argparse
 import signal
 import sys
 
-from shared import bus, config, service_main
+from shared import bus, config, logs, service_main
 
 from .settings import StreamerSettings
 
@@ -53,7 +53,7 @@ def check(_args: argparse.Namespace) -> str:
         client.close()
     # The REST API only: the trade-update WebSocket is the leader's (one per account).
     clock = service_main.check_broker(broker_settings)
-    return (f"config valid, Redis answers, broker answers at {broker_settings.ALPACA_ENDPOINT} "
+    return (f"config valid, Redis answers, broker answers at {logs.safe_url(broker_settings.ALPACA_ENDPOINT)} "
             f"({service_main.market_state(clock)}), leader: {leader or 'none'}")
 
 

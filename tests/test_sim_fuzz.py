@@ -243,7 +243,7 @@ def _rest_orders(market: SimHandle) -> None:
 
 
 FUZZ = settings(
-    max_examples=60,
+    max_examples=80,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.filter_too_much],
@@ -298,7 +298,7 @@ SEQUENCE_ENDPOINTS = {path: fields for path, fields in ENDPOINTS.items() if path
                       ("/sim/faults/delay", "/sim/faults/fail")}  # fmt: skip
 
 
-@settings(FUZZ, max_examples=150)
+@settings(FUZZ, max_examples=300)
 @given(data=st.data())
 def test_random_json_to_any_control_endpoint_is_never_a_server_error(market, data):
     path = data.draw(st.sampled_from(sorted(CONTROLS)), label="path")
@@ -317,13 +317,13 @@ def test_bodies_that_are_not_json_objects_are_a_400(market, path, raw):
     _settle(market)
 
 
-@settings(FUZZ, max_examples=150)
+@settings(FUZZ, max_examples=300)
 @given(body=bodies("/v2/orders", ORDER_FIELDS))
 def test_random_order_requests_are_never_a_server_error(market, body):
     _send(market, "/v2/orders", body)
 
 
-@settings(FUZZ, max_examples=40)
+@settings(FUZZ, max_examples=80)
 @given(data=st.data())
 def test_random_sequences_of_controls_and_orders_never_jam_the_market(market, data):
     steps = data.draw(st.lists(st.sampled_from(sorted(SEQUENCE_ENDPOINTS)), min_size=1, max_size=6), label="steps")
@@ -341,6 +341,25 @@ def test_random_sequences_of_controls_and_orders_never_jam_the_market(market, da
 def test_random_event_cursors_are_never_a_server_error(market, since):
     response = requests.get(f"{market.base_url}/sim/events", params={"since": since}, timeout=30)
     assert_sane(response, f"GET /sim/events?since={since!r}")
+
+
+#: Order and position endpoints that take their input in the query string, and its parameters.
+QUERIES = {
+    ("GET", "/v2/orders"): ("status", "limit", "after", "until", "direction", "nested", "symbols", "side"),
+    ("GET", "/v2/orders:by_client_order_id"): ("client_order_id",),
+    ("DELETE", "/v2/positions/KO"): ("qty", "percentage"),
+    ("GET", "/v2/calendar"): ("start", "end"),
+}
+QUERY_VALUES = st.one_of(NUMBER_WORDS, WORDS, st.text(max_size=10), st.integers().map(str))
+
+
+@settings(FUZZ, max_examples=60)
+@given(data=st.data())
+def test_random_query_strings_on_order_endpoints_are_never_a_server_error(market, data):
+    method, path = data.draw(st.sampled_from(sorted(QUERIES)), label="route")
+    params = data.draw(st.dictionaries(st.sampled_from(QUERIES[(method, path)]), QUERY_VALUES, max_size=4))
+    response = requests.request(method, f"{market.base_url}{path}", params=params, headers=AUTH, timeout=30)
+    assert_sane(response, f"{method} {path} {params!r}")
 
 
 def test_after_all_of_it_the_market_answers_resets_and_fills_an_order(market):

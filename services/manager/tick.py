@@ -10,12 +10,14 @@ exit fires (trailing, break-even, time stop).
 Writes: the advanced states (compare-and-set: a fill processed meanwhile wins), the exits
 (`services.manager.exiting`), and portfolio.csv.
 
-Broker requests per tick when no exit fires and no state is lost: 3 (positions, prices, bars) up to
-200 positions. Past that the adapter splits prices and bars into one request per 200 symbols (Alpaca
-answers a longer symbol list with "Request-URI Too Large"), so 1 + 2 x ceil(n / 200). A cold session
+Broker requests per tick when no exit fires and no state is lost: 4 (positions, the account for the
+risk limits, prices, bars) up to 200 positions. Past that the adapter splits prices and bars into one
+request per 200 symbols (Alpaca answers a longer symbol list with "Request-URI Too Large"), so
+2 + 2 x ceil(n / 200). A cold session
 cache adds one calendar request for the day; a lost state adds two requests for all lost symbols
 together (order history, bars since entry); each exit adds its own.
-Does nothing (and says so) while the halt flag is set or the market is closed.
+Checks no soft exit (and says so) while the halt flag is set, and does nothing while the market is
+closed; the risk limits are measured on every tick in the session, halted or not.
 """
 
 from __future__ import annotations

@@ -244,8 +244,9 @@ def scenarios(draw):
     acct = Account(cash=cash, buying_power=buying_power, equity=D("0"))
     cfg = TraderSettings(
         **SEED_RULE,
-        FL_CASH_BUFFER_PCT=draw(st.decimals(min_value=0, max_value=D("10"), places=3)
-                                | st.decimals(min_value=0, max_value=D("99.9"), places=1)),
+        # Percent settings below 0.5 (other than 0) are refused as fractions in disguise (0.05 for 5).
+        FL_CASH_BUFFER_PCT=draw(st.just(D(0)) | st.decimals(min_value=D("0.5"), max_value=D("10"), places=3)
+                                | st.decimals(min_value=D("0.5"), max_value=D("99.9"), places=1)),
         FL_MIN_ORDER_NOTIONAL=draw(st.sampled_from([D("1"), D("1.5"), D("25")])
                                    | st.decimals(min_value=1, max_value=500, places=2)))
     return [Sig(t) for t in symbols], acct, held, pending, assets, prices, cfg

@@ -32,19 +32,7 @@ def rank(parsed: Iterable[Signal | Rejection], settings: RankerSettings, now: da
     """Keep IN_TRADE + PROFITABLE signals that pass the rules, best first, at most FL_MAX_POSITIONS."""
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError("now must be timezone-aware")
-    rejected: list[Rejection] = []
-    valid: list[Signal] = []
-    for item in parsed:
-        (valid if isinstance(item, Signal) else rejected).append(item)
-
-    candidates: list[Signal] = []
-    for signal in current_scans(valid, rejected):
-        refusal = refuse(signal, settings, now)
-        if refusal is None:
-            candidates.append(signal)
-        else:
-            rejected.append(refusal)
-
+    candidates, rejected = _passing(parsed, settings, now)
     candidates.sort(key=ranking_key)
     kept = tuple(s.model_copy(update={"rank": i}) for i, s in enumerate(candidates[: settings.FL_MAX_POSITIONS], 1))
     for position, signal in enumerate(candidates[settings.FL_MAX_POSITIONS:], settings.FL_MAX_POSITIONS + 1):
@@ -61,19 +49,8 @@ def recheck(listed: Iterable[Signal | Rejection], settings: RankerSettings, now:
     "the best ranked" are the ones the list ranks first. Rejections passed in are kept, first."""
     if now.tzinfo is None or now.utcoffset() is None:
         raise ValueError("now must be timezone-aware")
-    rejected: list[Rejection] = []
-    valid: list[Signal] = []
-    for item in listed:
-        (valid if isinstance(item, Signal) else rejected).append(item)
-    position = {id(signal): i for i, signal in enumerate(valid)}
-
-    passed: list[Signal] = []
-    for signal in current_scans(valid, rejected):
-        refusal = refuse(signal, settings, now)
-        if refusal is None:
-            passed.append(signal)
-        else:
-            rejected.append(refusal)
+    passed, rejected = _passing(listed, settings, now)
+    position = {id(signal): i for i, signal in enumerate(passed)}
     passed.sort(key=lambda s: (s.rank is None, s.rank or 0, position[id(s)]))
     limit = settings.FL_MAX_POSITIONS
     for signal in passed[limit:]:
@@ -81,6 +58,24 @@ def recheck(listed: Iterable[Signal | Rejection], settings: RankerSettings, now:
         rejected.append(_reject(signal, RejectReason.BEYOND_MAX_POSITIONS,
                                 f"{where} in the list; FL_MAX_POSITIONS={limit}"))
     return RankResult(kept=tuple(passed[:limit]), rejected=tuple(rejected))
+
+
+def _passing(items: Iterable[Signal | Rejection], settings: RankerSettings,
+             now: datetime) -> tuple[list[Signal], list[Rejection]]:
+    """The signals that pass the rules (one scan per ticker, then `refuse`), in the order given, and
+    every rejection: those passed in first, then the ones the rules made."""
+    rejected: list[Rejection] = []
+    valid: list[Signal] = []
+    for item in items:
+        (valid if isinstance(item, Signal) else rejected).append(item)
+    passed: list[Signal] = []
+    for signal in current_scans(valid, rejected):
+        refusal = refuse(signal, settings, now)
+        if refusal is None:
+            passed.append(signal)
+        else:
+            rejected.append(refusal)
+    return passed, rejected
 
 
 def ranking_key(signal: Signal) -> tuple:

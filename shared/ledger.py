@@ -207,4 +207,5 @@ def announce(client: redis.Redis, keys: Keys, trade: ClosedTrade) -> None:
                exit_price=trade.exit_price, realized_pl=trade.realized_pl)
     bus.publish(client, keys, "position_closed", symbol=trade.symbol, exit_reason=trade.exit_reason.value,
                 qty=trade.qty, entry_price=trade.entry_price, exit_price=trade.exit_price,
-                realized_pl=trade.realized_pl, client_order_id=trade.closing_client_order_id)
+                realized_pl=trade.realized_pl, client_order_id=trade.closing_client_order_id,
+                at=trade.closed_at.isoformat())

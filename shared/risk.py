@@ -139,7 +139,7 @@ def check(client, keys: Keys, equity: Decimal, last_equity: Decimal, settings: R
             logs.event(log, "risk_limit_tripped", level=logging.ERROR, limits=",".join(r.limit.value for r in tripped),
                        reason=reason, source=source)
             bus.publish(client, keys, "risk_limit", message=reason, limits=[r.limit.value for r in tripped],
-                        source=source)
+                        source=source, at=at.isoformat())
     client.set(last_key(keys), json.dumps({
         "at": at.isoformat(), "source": source,
         "readings": [{"limit": r.limit.value, "value_pct": str(r.value_pct), "threshold_pct": str(r.threshold_pct),

@@ -189,15 +189,24 @@ def test_watch_renders_protection_and_exit_notifications_as_one_readable_line():
     closed = render(parse(json.dumps({"kind": "position_closed", "symbol": "AAPL", "exit_reason": "stop_loss",
                                       "qty": "10", "entry_price": "100", "exit_price": "95",
                                       "realized_pl": "-50"})), at)
-    assert closed == "09:30:01  POSITION_CLOSED  AAPL   stop_loss: 10 sh 100 -> 95  P/L -50.00"
+    assert closed == "09:30:01  POSITION_CLOSED  AAPL   stop_loss: 10 sh 100 -> 95  P/L -50.00 (-5.00%)"
     # P/L in cents, half-up, signed: a fractional exit's exact -52.0065 and a gain.
     fractional = render(parse(json.dumps({"kind": "position_closed", "symbol": "AAPL", "exit_reason": "stop_loss",
                                           "qty": "10.5", "entry_price": "100.10", "exit_price": "95.147",
                                           "realized_pl": "-52.0065"})), at)
-    assert fractional.endswith("P/L -52.01")
+    assert fractional.endswith("P/L -52.01 (-4.95%)")
     gain = render(parse(json.dumps({"kind": "position_closed", "symbol": "NVDA", "exit_reason": "take_profit",
                                     "qty": "4", "realized_pl": "116.444"})), at)
     assert gain.endswith("P/L +116.44")
+    # The broker's time when the notification carries it (the simulator's virtual 2024 here), not the
+    # machine's; quantities always, a notional entry as its dollar amount.
+    entry = render(parse(json.dumps({"kind": "entry_submitted", "symbol": "AAPL", "qty": None, "amount": "38800.00",
+                                     "entry_kind": "notional", "client_order_id": "fl-20240304-AAPL-entry",
+                                     "at": "2024-03-04T14:35:00.250000+00:00"})), at)
+    assert entry == "09:35:00  ENTRY_SUBMITTED  AAPL   buy $38800.00 notional (notional)  (fl-20240304-AAPL-entry)"
+    shares = render(parse(json.dumps({"kind": "entry_submitted", "symbol": "FUBO", "qty": "100", "amount": "244.00",
+                                      "entry_kind": "qty", "client_order_id": "x"})), at)
+    assert "buy 100 sh (qty)" in shares
     limit = render(parse(json.dumps({"kind": "risk_limit", "message": "risk limit: daily loss 3.17% of 3% TRIPPED",
                                      "limits": ["daily_loss"]})), at)
     assert limit == "09:30:01  RISK_LIMIT       -      risk limit: daily loss 3.17% of 3% TRIPPED"

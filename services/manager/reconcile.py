@@ -463,7 +463,8 @@ def _place_all(ctx: ManagerContext, trigger: Trigger, placements: list[_Placemen
             corrected.append((None, placement.record))
         for desired, cid in placement._ids:
             if cid in placed:
-                _announce_placed(ctx, pipe, placement.symbol, trigger, desired, cid)
+                order = next(o for o in placement.report.placed if o.client_order_id == cid)
+                _announce_placed(ctx, pipe, placement.symbol, trigger, desired, cid, at=order.created_at)
     pipe.execute()
     if corrected:
         store.save_many(ctx.client, ctx.keys, corrected)
@@ -518,14 +519,15 @@ def _send(ctx: ManagerContext, placement: _Placement) -> None:
 
 
 def _announce_placed(ctx: ManagerContext, pipe, symbol: str, trigger: Trigger, desired: DesiredOrder,
-                     client_order_id: str) -> None:
+                     client_order_id: str, *, at: datetime) -> None:
+    """`at`: when the broker accepted the order (its own time, the simulator's virtual time)."""
     logs.event(log, "protection_placed", level=logging.WARNING if trigger.is_fix else logging.INFO, symbol=symbol,
                client_order_id=client_order_id, kind=desired.kind.value, qty=desired.qty,
                stop_price=desired.stop_price, target_price=desired.target_price,
                time_in_force=desired.time_in_force.value, trigger=trigger.value)
     bus.publish(pipe, ctx.keys, "protected", symbol=symbol, qty=desired.qty, stop_price=desired.stop_price,
                 target_price=desired.target_price, order_class=desired.kind.value,
-                client_order_id=client_order_id, trigger=trigger.value)
+                client_order_id=client_order_id, trigger=trigger.value, at=at.isoformat())
 
 
 def _deferrable(exc: BrokerError, desired: DesiredOrder, orders: list[Order]) -> bool:

@@ -2,6 +2,9 @@
 
 Notifications are pub/sub hints (`shared.bus.publish`: JSON with a `kind`); a watcher that is not
 running misses them, which loses nothing: the broker and the ledger hold the facts.
+The time shown is the broker's (the notification's `at`: an order's acceptance, a trade's close, a
+trade update's event time; the simulator's virtual time); a notification without one shows when it
+arrived. Quantities are always shown; P/L in cents, percentages to two decimals.
 """
 
 from __future__ import annotations
@@ -58,7 +61,23 @@ def _protected(n: dict) -> str:
 
 def _closed(n: dict) -> str:
     return (f"{n.get('exit_reason', '?')}: {n.get('qty', '?')} sh {_money(n.get('entry_price'))} -> "
-            f"{_money(n.get('exit_price'))}  P/L {_pl(n.get('realized_pl'))}")
+            f"{_money(n.get('exit_price'))}  P/L {_pl(n.get('realized_pl'))}{_pl_pct(n)}")
+
+
+def _pl_pct(n: dict) -> str:
+    """ (-5.00%): the P/L against what the shares cost, two decimals; nothing when it cannot be known."""
+    try:
+        cost = to_decimal(n["entry_price"]) * to_decimal(n["qty"])
+        pct = (to_decimal(n["realized_pl"]) / cost * 100).quantize(CENT, rounding=ROUND_HALF_UP)
+    except (KeyError, TypeError, ValueError, ArithmeticError):
+        return ""
+    return f" ({'+' if pct > 0 else ''}{pct}%)"
+
+
+def _entry(n: dict) -> str:
+    """The quantity always: shares for a share order, the dollar amount for a notional one."""
+    size = f"{n['qty']} sh" if n.get("qty") not in (None, "", "None") else f"${_money(n.get('amount'))} notional"
+    return f"buy {size} ({n.get('entry_kind', '?')})  ({n.get('client_order_id', '?')})"
 
 
 def _trade_update(n: dict) -> str:
@@ -78,6 +97,7 @@ _FORMATS: dict[str, Callable[[dict], str]] = {
     "partial_fill": _fill,
     "protected": _protected,
     "position_closed": _closed,
+    "entry_submitted": _entry,
     "reconcile_fix": _fix,
     "alert": lambda n: n.get("message", ""),
     "risk_limit": lambda n: n.get("message", ""),

@@ -168,6 +168,7 @@ class Recorder:
                     event_id=update.event_id, event=update.event.value, symbol=update.order.symbol,
                     client_order_id=update.order.client_order_id, order_status=update.order.status.value,
                     filled_qty=update.order.filled_qty, price=update.price, entry_id=entry_id,
+                    at=update.timestamp.isoformat(),
                 )
         if not len(pipe):
             return

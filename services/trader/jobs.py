@@ -376,7 +376,9 @@ def _report(client: redis.Redis, keys: bus.Keys, result: EntryResult) -> None:
                detail=result.detail or None)
     if result.status is EntryStatus.SUBMITTED:
         try:
-            bus.publish(client, keys, "entry_submitted", **fields)
+            order = result.order
+            at = (order.submitted_at or order.created_at).isoformat() if order is not None else None
+            bus.publish(client, keys, "entry_submitted", **fields, at=at)
         except redis.RedisError as exc:  # a lost notification loses nothing: the order is placed
             logs.event(log, "notification_failed", level=logging.WARNING, symbol=entry.symbol, error=str(exc))
 

@@ -205,6 +205,16 @@ class RedisSettings(_Settings):
         )
 
 
+class MetricsSettings(_Settings):
+    """Prometheus `/metrics` of the long-running services (shared/metrics.py; docs/operations.md, "Metrics")."""
+
+    #: Port of each service's `/metrics`; 0 = no metrics server (the default for local runs). Compose
+    #: sets 9100: every container listens on its own 9100, Prometheus scrapes <service>:9100.
+    FL_METRICS_PORT: int = Field(default=0, ge=0, le=65535)
+    #: Address the metrics server binds: loopback by default; compose sets 0.0.0.0 (the compose network only).
+    FL_METRICS_ADDR: str = "127.0.0.1"
+
+
 def redis_password(url: str) -> str | None:
     """The password a Redis URL carries (`redis://:pw@host`, `redis://user:pw@host` or `?password=pw`)."""
     parsed = urlparse(url)

@@ -22,7 +22,7 @@ import redis
 from rq import Queue, Retry, Worker
 from rq.job import Job
 
-from shared import job_table, logs
+from shared import job_table, logs, metrics
 from shared.bus import Keys
 
 log = logging.getLogger(__name__)
@@ -192,6 +192,9 @@ def enqueue(
 def run_worker(client: redis.Redis, keys: Keys, service: str, *, burst: bool = False) -> bool:
     """Serve one service's queue until stopped (SIGTERM finishes the current job first)."""
     logs.event(log, "worker_starting", service=service, queue=keys.queue(service))
+    if not burst:
+        # The worker's own process (its jobs run in forked children: their counts go through Redis).
+        metrics.start(f"{service}-worker")
     worker = ProjectWorker(
         [queue(client, keys, service)],
         connection=client,

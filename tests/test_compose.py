@@ -66,9 +66,24 @@ def test_the_schema_check_rejects_a_misspelt_key():
 
 def test_one_container_per_pillar_plus_redis_dashboard_and_the_simulator_under_its_profile():
     services = compose()["services"]
-    assert set(services) == PILLARS | {"redis", "rq-dashboard", "sim"}
+    assert set(services) == PILLARS | {"redis", "rq-dashboard", "sim", "prometheus"}
     assert services["sim"]["profiles"] == ["sim"]
-    assert all("profiles" not in s for name, s in services.items() if name != "sim")
+    assert services["prometheus"]["profiles"] == ["monitoring"]
+    assert all("profiles" not in s for name, s in services.items() if name not in {"sim", "prometheus"})
+
+
+def test_the_monitoring_profile_scrapes_every_pillar_on_its_metrics_port():
+    document = compose()
+    prometheus = document["services"]["prometheus"]
+    assert prometheus["image"].startswith("prom/prometheus:")
+    assert "./docker/prometheus.yml:/etc/prometheus/prometheus.yml:ro" in prometheus["volumes"]
+    scrape = yaml.safe_load((ROOT / "docker" / "prometheus.yml").read_text())
+    targets = {t for job in scrape["scrape_configs"] for group in job["static_configs"] for t in group["targets"]}
+    for name in PILLARS:
+        port = document["services"][name]["environment"]["FL_METRICS_PORT"]
+        assert int(port) > 0, name
+        assert document["services"][name]["environment"]["FL_METRICS_ADDR"] == "0.0.0.0", name
+        assert f"{name}:{port}" in targets, name
 
 
 def test_every_published_port_is_bound_to_loopback_only():
@@ -76,7 +91,8 @@ def test_every_published_port_is_bound_to_loopback_only():
     assert published == {**{name: [] for name in published},
                          "redis": ["127.0.0.1:6379:6379"],
                          "rq-dashboard": ["127.0.0.1:9181:9181"],
-                         "sim": ["127.0.0.1:8080:8080"]}
+                         "sim": ["127.0.0.1:8080:8080"],
+                         "prometheus": ["127.0.0.1:9090:9090"]}
 
 
 def test_redis_persists_with_append_only_needs_a_password_and_has_a_healthcheck():

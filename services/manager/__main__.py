@@ -13,7 +13,7 @@ import argparse
 import signal
 import sys
 
-from shared import bus, config, service_main
+from shared import bus, config, metrics, service_main
 
 from .settings import ManagerSettings
 
@@ -35,6 +35,8 @@ def serve(_args: argparse.Namespace) -> int:
     stream_client = bus.connect(redis_settings.REDIS_URL, blocking=True)
     manager = Manager(executor, client, stream_client, keys, ExitRules.from_settings(exit_settings), manager_settings,
                       ForeignPolicy(exit_settings.FL_FOREIGN_POSITIONS))
+    # The line-state collector lives here only, so a sum over services never counts the line twice.
+    metrics.start("manager", collectors=[metrics.LineStateCollector(client, keys)])
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: manager.stop())
     try:

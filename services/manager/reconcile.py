@@ -27,7 +27,7 @@ from decimal import Decimal
 from services.manager import exiting, locks, settle
 from services.manager.context import ManagerContext
 from services.manager.hwm import HISTORY_LOOKBACK_EXTRA, entered_by_the_line, first_fill_times
-from shared import bus, logs
+from shared import bus, logs, metrics
 from shared import position_store as store
 from shared.broker import procedures
 from shared.client_ids import make_client_order_id
@@ -125,6 +125,8 @@ class _Seed:
     entry_client_order_id: str | None = None
     #: The entry fill, when it says the whole position is this one entry (position_qty == filled_qty).
     whole_position_fill: TradeUpdate | None = None
+    #: The newest buy fill's time (trade update): the start of the fill-to-protection latency.
+    fill_at: datetime | None = None
 
 
 # -- public entry points ----------------------------------------------------------------------------
@@ -257,7 +259,7 @@ def _protect_fresh(ctx: ManagerContext, symbols: list[str], seeds: dict[str, _Se
             continue
         report = SymbolReport(symbol, Trigger.FILL, position_qty=qty, verdict=plan.verdict, notes=list(plan.notes))
         placements.append(_Placement(symbol, plan.actions.place, state, record, [fill.order], report,
-                                     save_state=True))
+                                     save_state=True, fill_at=seed.fill_at))
     _place_all(ctx, Trigger.FILL, placements)
     done = {}
     for placement in placements:
@@ -324,7 +326,7 @@ def _reconcile_locked(ctx: ManagerContext, symbol: str, trigger: Trigger, seed: 
             return report
         keep = set(plan.actions.keep)
         report.kept = [o.client_order_id for o in orders if o.id in keep]
-        placement = _Placement(symbol, plan.actions.place, state, record, orders, report)
+        placement = _Placement(symbol, plan.actions.place, state, record, orders, report, fill_at=seed.fill_at)
         _place_all(ctx, trigger, [placement])
         if placement.error is not None:
             raise placement.error
@@ -421,6 +423,8 @@ class _Placement:
     report: SymbolReport
     #: The state is new (a first fill): written with the record, in the same round trip.
     save_state: bool = False
+    #: The fill this placement protects (trigger FILL), for `factoryline_fill_to_protection_seconds`.
+    fill_at: datetime | None = None
     error: BaseException | None = None
     _ids: list[tuple[DesiredOrder, str]] = field(default_factory=list)
 
@@ -513,6 +517,9 @@ def _send(ctx: ManagerContext, placement: _Placement) -> None:
             placement.error = BrokerUnavailable(f"{cid}: the broker answered with another order")
             return
         placement.report.placed.append(order)
+        if placement.fill_at is not None and placement.report.trigger is Trigger.FILL \
+                and len(placement.report.placed) == 1:
+            metrics.observe_protection(placement.fill_at, order.created_at)
         if placement.report.trigger.is_fix:
             _fix(ctx, symbol, placement.report.trigger, "protection_rearmed", f"placed {desired.describe()}",
                  client_order_id=cid, log_it=False)
@@ -635,7 +642,8 @@ def _seed(symbol: str, updates: Iterable[TradeUpdate]) -> _Seed:
              and u.position_qty == u.order.filled_qty and u.order.filled_avg_price is not None]
     return _Seed(first_fill_at=first.order.filled_at or first.timestamp,
                  entry_client_order_id=first.order.client_order_id,
-                 whole_position_fill=max(whole, key=lambda u: u.order.filled_qty) if whole else None)
+                 whole_position_fill=max(whole, key=lambda u: u.order.filled_qty) if whole else None,
+                 fill_at=max(u.timestamp for u in buys))
 
 
 def _failed(symbol: str, trigger: Trigger, exc: BaseException, *, quiet: bool = False) -> SymbolReport:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from shared import ledger, logs
+from shared import ledger, logs, metrics
 from shared import position_store as store
 from shared.exits import ExitReason, PositionState
 from shared.ledger import ClosedTrade
@@ -77,6 +77,7 @@ def record_trades(ctx: ManagerContext, trades: list[ClosedTrade], report: Symbol
             if report is not None:
                 report.closed.append(trade)
             ledger.announce(ctx.client, ctx.keys, trade)
+            metrics.count_exit(ctx.client, ctx.keys, trade.exit_reason.value)
 
 
 def one_trade_per_reason(parts: list[ClosedTrade]) -> list[ClosedTrade]:

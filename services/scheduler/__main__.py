@@ -14,7 +14,7 @@ import sys
 import threading
 from datetime import UTC, datetime, timedelta
 
-from shared import bus, config, service_main
+from shared import bus, config, metrics, service_main
 from shared.errors import FactoryLineError
 from shared.market.calendar import NEW_YORK
 
@@ -49,6 +49,7 @@ def serve(args: argparse.Namespace) -> None:
                   f"{len(result.already_enqueued)}, next run "
                   f"{result.next_at.isoformat() if result.next_at else 'none today'}")
             return
+        metrics.start("scheduler")
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
         scheduler.run(stop, settings.FL_SCHEDULE_POLL_SECONDS)

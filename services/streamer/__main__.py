@@ -14,7 +14,7 @@ import argparse
 import signal
 import sys
 
-from shared import bus, config, logs, service_main
+from shared import bus, config, logs, metrics, service_main
 
 from .settings import StreamerSettings
 
@@ -30,6 +30,7 @@ def serve(_args: argparse.Namespace) -> int:
     executor = make_executor(broker_settings)
     client = bus.connect(redis_settings.REDIS_URL)
     streamer = Streamer(executor, client, bus.Keys(redis_settings.FL_NAMESPACE), streamer_settings)
+    metrics.start("streamer", collectors=[metrics.StreamerCollector(streamer)])
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: streamer.stop())
     try:

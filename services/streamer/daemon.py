@@ -85,11 +85,18 @@ class Streamer:
         self._hw_lock = threading.Lock()
         self._lock_unconfirmed_since: float | None = None
         self._stream_started = 0.0
+        #: `time.monotonic()` of the last update received (shared.metrics.StreamerCollector reads it).
+        self.last_event_monotonic: float | None = None
 
     # -- public ------------------------------------------------------------------------------
     @property
     def is_leader(self) -> bool:
         return self._leading
+
+    @property
+    def connected(self) -> bool:
+        """The broker's trade-update stream is connected (this streamer leads and holds it)."""
+        return self._connected
 
     def stop(self) -> None:
         """Ask `run` to return (signal handlers call this)."""
@@ -196,6 +203,7 @@ class Streamer:
                 self._start_stream()
 
     def _on_update(self, update: TradeUpdate) -> None:
+        self.last_event_monotonic = time.monotonic()
         with self._hw_lock:
             if self._high_water is None or update.timestamp > self._high_water:
                 self._high_water = update.timestamp

@@ -67,7 +67,7 @@ from alpaca.trading.requests import (
 from alpaca.trading.stream import TradingStream
 from pydantic import ValidationError
 
-from shared import logs
+from shared import logs, metrics
 from shared.broker.contract import OrderExecutor, TradeUpdateStream, protective_exit_shape
 from shared.config import BrokerSettings
 from shared.errors import (
@@ -462,7 +462,8 @@ def _request_key(method: str, url: str, params: Any) -> tuple[str, str, str]:
 
 def _install_guard(client: Any, seconds: float, answers: threading.local) -> None:
     """Give every request of an alpaca-py client a timeout (alpaca-py sets none: alpaca-py#415), keep
-    the last answer for error messages, refuse redirects, and stop a listing that pages in a loop."""
+    the last answer for error messages, refuse redirects, stop a listing that pages in a loop, and
+    count every request (`shared.metrics`: method, endpoint template, status)."""
     session: requests.Session = client._session
     send = session.request
 
@@ -475,7 +476,12 @@ def _install_guard(client: Any, seconds: float, answers: threading.local) -> Non
                 raise _UnusableAnswer("the broker sent the same page token twice (a listing that never ends)")
             if len(answered) >= MAX_REQUESTS_PER_CALL:
                 raise _UnusableAnswer(f"the broker kept paging past {MAX_REQUESTS_PER_CALL} pages")
-        response = send(method, url, **kwargs)
+        try:
+            response = send(method, url, **kwargs)
+        except requests.RequestException:
+            metrics.count_broker_request(method, url, "error")
+            raise
+        metrics.count_broker_request(method, url, response.status_code)
         answers.last = response
         status = response.status_code
         if 300 <= status < 400:

@@ -12,13 +12,15 @@ import logging
 import os
 import tempfile
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 
 import redis
 
-from services.reporter import render_html, render_text
+from services.reporter import render_html, render_tearsheet, render_text
 from services.reporter.report import DailyReport, gather
 from services.reporter.settings import ReporterSettings
+from services.reporter.tearsheet import Tearsheet, gather_tearsheet
 from shared import bus, config, logs
 from shared.broker.contract import OrderExecutor
 from shared.errors import FactoryLineError, InputError
@@ -56,7 +58,15 @@ def daily_report(out_dir: str | None = None) -> dict:
     return files.summary()
 
 
-def run_from_settings(out_dir: str | None = None) -> ReportFiles:
+@dataclass(frozen=True, slots=True)
+class TearsheetFiles:
+    sheet: Tearsheet
+    html_path: Path
+    json_path: Path
+
+
+def run_from_settings(out_dir: str | None = None, since: date | None = None) -> ReportFiles | TearsheetFiles:
+    """Today's daily report, or with `since` the tearsheet over since..today."""
     settings = config.load(ReporterSettings)
     broker_settings = config.load(config.BrokerSettings)
     redis_settings = config.load(config.RedisSettings)
@@ -67,7 +77,10 @@ def run_from_settings(out_dir: str | None = None) -> ReportFiles:
     executor = make_executor(broker_settings)
     client = bus.connect(redis_settings.REDIS_URL)
     try:
-        return write_report(executor, client, bus.Keys(redis_settings.FL_NAMESPACE), rules, folder)
+        keys = bus.Keys(redis_settings.FL_NAMESPACE)
+        if since is not None:
+            return write_tearsheet(executor, client, keys, folder, since, settings.FL_BENCHMARK_SYMBOL)
+        return write_report(executor, client, keys, rules, folder)
     except redis.RedisError as exc:
         raise FactoryLineError(f"Redis: {exc}") from None
     finally:
@@ -91,9 +104,31 @@ def write_report(executor: OrderExecutor, client: redis.Redis, keys: bus.Keys, r
                positions=report.totals.open_positions, closed_trades=report.totals.closed_trades,
                realized_pl=report.totals.realized_pl, html=str(html_path), json=str(json_path))
     bus.publish(client, keys, "report_written", report_date=report.report_date.isoformat(),
-                equity=str(report.account.equity), html=str(html_path))
+                equity=str(report.account.equity), positions=report.totals.open_positions,
+                closed_trades=report.totals.closed_trades, realized_pl=str(report.totals.realized_pl),
+                html=str(html_path))
     log.info("daily report\n%s", render_text.render(report))
     return ReportFiles(report=report, html_path=html_path, json_path=json_path)
+
+
+def write_tearsheet(executor: OrderExecutor, client: redis.Redis, keys: bus.Keys, folder: Path, since: date,
+                    benchmark_symbol: str = "SPY", *, record: bool = True) -> TearsheetFiles:
+    """The tearsheet over since..today (the broker's New York date): `tearsheet-<since>-<until>.html`
+    and `.json` in `folder`, written atomically. Records today's equity point as a report does."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"reports folder {folder}: {exc.strerror or exc}") from None
+    sheet = gather_tearsheet(executor, client, keys, since, benchmark_symbol=benchmark_symbol, record=record)
+    if sheet.until < since:
+        raise InputError(f"--since {since} is after today ({sheet.until})")
+    stem = f"tearsheet-{since.isoformat()}-{sheet.until.isoformat()}"
+    html_path, json_path = folder / f"{stem}.html", folder / f"{stem}.json"
+    _write_atomically(json_path, sheet.model_dump_json(indent=2) + "\n")
+    _write_atomically(html_path, render_tearsheet.render(sheet))
+    logs.event(log, "tearsheet_written", since=since.isoformat(), until=sheet.until.isoformat(),
+               html=str(html_path), json=str(json_path))
+    return TearsheetFiles(sheet=sheet, html_path=html_path, json_path=json_path)
 
 
 def _write_atomically(path: Path, text: str) -> None:

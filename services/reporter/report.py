@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal
 
 import redis
@@ -29,7 +29,7 @@ from shared.broker.contract import OrderExecutor
 from shared.bus import Keys
 from shared.exits import ExitReason, ExitRules, PositionState, trailing_exit_level
 from shared.ledger import ClosedTrade
-from shared.market.calendar import NEW_YORK
+from shared.market.calendar import NEW_YORK, nyse
 from shared.models import (
     Account,
     AwareDatetime,
@@ -337,6 +337,38 @@ def equity_history(client: redis.Redis, keys: Keys, *, limit: int = MAX_CURVE_PO
     return points
 
 
+# -- the starting capital (Redis) ---------------------------------------------------------------------
+
+
+def start_key(keys: Keys) -> str:
+    return f"{keys.equity_history}:start"
+
+
+def record_start(client: redis.Redis, keys: Keys, at: datetime, equity: Decimal) -> bool:
+    """Record the starting capital once: (the close before the first report, the broker's last_equity).
+    Only while the equity history is empty (an older history's start is its first point). True if set."""
+    if client.zcard(keys.equity_history):
+        return False
+    member = json.dumps({"at": at.isoformat(), "equity": str(equity)})
+    return bool(client.set(start_key(keys), member, nx=True))
+
+
+def read_start(client: redis.Redis, keys: Keys) -> EquityPoint | None:
+    raw = client.get(start_key(keys))
+    try:
+        return EquityPoint.model_validate_json(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def previous_close(at: datetime) -> datetime:
+    """The close of the session before `at`'s New York date (a day earlier outside the calendar)."""
+    try:
+        return nyse().previous_session(at.astimezone(NEW_YORK).date()).close
+    except ValueError:
+        return at - timedelta(days=1)
+
+
 # -- the reads ----------------------------------------------------------------------------------------
 
 
@@ -361,6 +393,7 @@ def gather(executor: OrderExecutor, client: redis.Redis, keys: Keys, rules: Exit
     """Read everything, record today's equity point (unless `record` is False), build the report."""
     snapshot = read_broker(executor)
     if record:
+        record_start(client, keys, previous_close(snapshot.clock.timestamp), snapshot.account.last_equity)
         record_equity(client, keys, snapshot.clock.timestamp, snapshot.account.equity)
     states = {p.symbol: s for p in snapshot.positions
               if (s := position_store.load_state(client, keys, p.symbol)) is not None}

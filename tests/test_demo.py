@@ -43,6 +43,10 @@ def test_demo_runs_three_days_through_the_line_and_every_invariant_holds(tmp_pat
     assert "every invariant held" in section and "VIOLATED" not in section
     html = Path(re.search(r"^HTML report: (.+)$", out, re.M).group(1))
     assert html.is_file() and html.parent.parent == tmp_path / "out"
+    assert re.search(r"^Factory Line tearsheet \d{4}-\d\d-\d\d to \d{4}-\d\d-\d\d \(3 trading day\(s\)\)$", out, re.M)
+    assert re.search(r"^  starting equity +\$200,000\.00 ", out, re.M)  # the account's starting cash
+    tearsheet = Path(re.search(r"^tearsheet: (.+\.html)$", out, re.M).group(1))
+    assert tearsheet.is_file() and tearsheet.parent == html.parent and "Plotly" in tearsheet.read_text()
     assert "sim-secret" not in out + result.stderr
     assert "Traceback" not in result.stderr
     assert "\r" not in out and "\x1b" not in out, "a progress bar drawn into a pipe"

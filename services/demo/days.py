@@ -191,6 +191,14 @@ def _run(stack: ExitStack, options: DaysOptions, sessions, say: _Narrator, captu
     say("\n== final report")
     say(render_text.render(files.report))
     say(f"\nHTML report: {files.html_path}")
+    from services.reporter import render_tearsheet
+    from services.reporter.jobs import write_tearsheet
+    from services.reporter.settings import ReporterSettings
+
+    sheet = write_tearsheet(executor, client, keys, workdir / "reports", sessions[0].date,
+                            config.load(ReporterSettings).FL_BENCHMARK_SYMBOL, record=False)
+    say("\n" + render_tearsheet.render_text(sheet.sheet))
+    say(f"\ntearsheet: {sheet.html_path}")
     say("\n== safety invariants (ARCHITECTURE.md), checked against the simulator's records")
     outputs = "\n".join(say.lines) + "\n" + captured.getvalue()
     checks = audit.check_all(engine.state(), entries, outputs, SIM_SECRET, client, keys)

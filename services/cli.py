@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "resume": ("services.ops.cli", "clear the halt flag"),
     "flatten": ("services.ops.cli", "halt, cancel every order and sell every position at market (asks first)"),
     "watch": ("services.manager.cli", "follow live notifications (fills, protections, exits)"),
+    "notify": ("services.notifier.cli", "send a test notification to every FL_NOTIFY_URLS URL (--test)"),
 }
 
 

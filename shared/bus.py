@@ -49,6 +49,16 @@ class Keys:
         return f"{self.ns}:notify"
 
     @property
+    def notification_stream(self) -> str:
+        """Capped durable copy of every notification (`publish`), read by the notifier's group."""
+        return f"{self.ns}:stream:notifications"
+
+    @property
+    def notify_failed(self) -> str:
+        """Stream of messages the notifier could not deliver after its retries."""
+        return f"{self.ns}:stream:notify-failed"
+
+    @property
     def halt(self) -> str:
         return f"{self.ns}:halt"
 
@@ -97,9 +107,21 @@ def connect(url: str, *, blocking: bool = False) -> redis.Redis:
     )
 
 
+#: Entries kept in `Keys.notification_stream` (approximate trim): days of events, a few MB at most.
+NOTIFICATIONS_MAXLEN = 10_000
+
+
 def publish(client: redis.Redis, keys: Keys, kind: str, **fields: object) -> None:
-    """Fire-and-forget notification for watchers; losing one loses nothing that matters."""
-    client.publish(keys.notifications, json.dumps({"kind": kind, **fields}, default=str))
+    """Notify people: pub/sub for live watchers (`factoryline watch`), and one entry in the capped
+    durable stream `Keys.notification_stream` that the notifier (services/notifier) sends on. One
+    round trip (added to `client` when it is a pipeline); never waits for any sending."""
+    payload = json.dumps({"kind": kind, **fields}, default=str)
+    pipe = client if isinstance(client, redis.client.Pipeline) else client.pipeline(transaction=False)
+    pipe.publish(keys.notifications, payload)
+    pipe.xadd(keys.notification_stream, {"kind": kind, "data": payload}, maxlen=NOTIFICATIONS_MAXLEN,
+              approximate=True)
+    if pipe is not client:
+        pipe.execute()
 
 
 def connect_rq(url: str) -> redis.Redis:

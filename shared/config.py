@@ -355,7 +355,7 @@ def load(settings_cls: type[S], **overrides: object) -> S:
 #: are looked up among their fields).
 SETTINGS_MODULES = ("shared.config", "services.sim.cli", "services.streamer.settings", "services.manager.settings",
                     "services.reporter.settings", "services.scheduler.settings", "services.manager.portfolio",
-                    "services.scanner.settings")
+                    "services.scanner.settings", "services.notifier.settings")
 #: FL_* names read outside the settings groups.
 OTHER_NAMES = frozenset({"FL_ENV_FILE", "FL_TEST_REDIS_URL"})
 

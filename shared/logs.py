@@ -26,20 +26,24 @@ FRAGMENT = 8
 WIRE_LOGGERS = ("websockets", "urllib3", "aiohttp", "requests", "httpx", "httpcore", "hpack")
 
 _SECRETS: set[str] = set()
+#: Secrets masked only as a whole (a notification URL: its 8-character fragments, `https://` or
+#: `127.0.0.`, are no secret; its secret parts are registered on their own, by fragments).
+_WHOLE_ONLY: set[str] = set()
 _lock = threading.Lock()
 _fragments: re.Pattern[str] | None = None
 _whole: re.Pattern[str] | None = None
 
 
-def register_secret(value: str) -> None:
-    """Mask `value` (4 characters or more) from now on, with every 8-character fragment of it."""
+def register_secret(value: str, *, fragments: bool = True) -> None:
+    """Mask `value` (4 characters or more) from now on, with every 8-character fragment of it
+    (`fragments=False`: only the whole value, for a string whose secret parts are registered apart)."""
     global _fragments, _whole
-    if not value or len(value) < 4 or value in _SECRETS:
+    if not value or len(value) < 4 or value in _SECRETS or (not fragments and value in _WHOLE_ONLY):
         return
     with _lock:
-        _SECRETS.add(value)
+        (_SECRETS if fragments else _WHOLE_ONLY).add(value)
         windows = {s[i:i + FRAGMENT] for s in _SECRETS if len(s) >= FRAGMENT for i in range(len(s) - FRAGMENT + 1)}
-        short = sorted((s for s in _SECRETS if len(s) < FRAGMENT), key=len, reverse=True)
+        short = sorted([s for s in _SECRETS if len(s) < FRAGMENT] + list(_WHOLE_ONLY), key=len, reverse=True)
         # A zero-width look-ahead matches at every position where a fragment starts, overlaps included.
         _fragments = re.compile("(?=(?:" + "|".join(map(re.escape, sorted(windows))) + "))") if windows else None
         _whole = re.compile("|".join(map(re.escape, short))) if short else None

@@ -22,7 +22,8 @@ from simhelpers import ROOT, start_sim
 COMPOSE = ROOT / "docker-compose.yml"
 SCHEMA = ROOT / "tests" / "data" / "compose-spec.json"
 OUR_IMAGE = "factoryline:latest"
-PILLARS = {"scanner", "ranker", "trader", "streamer", "manager", "manager-worker", "reporter", "scheduler"}
+PILLARS = {"scanner", "ranker", "trader", "streamer", "manager", "manager-worker", "reporter", "scheduler",
+           "notifier"}
 
 
 def compose() -> dict:
@@ -216,14 +217,15 @@ def test_every_healthcheck_passes_against_a_real_redis_and_a_simulator_process(s
 
 #: secret -> the containers that get it (in their environment, or inside a URL there).
 SECRETS_BY_CONTAINER = {
-    "ALPACA_API_KEY": PILLARS - {"ranker"},
-    "ALPACA_SECRET_KEY": PILLARS - {"ranker"},
+    "ALPACA_API_KEY": PILLARS - {"ranker", "notifier"},
+    "ALPACA_SECRET_KEY": PILLARS - {"ranker", "notifier"},
     "FL_SIGNALS_HMAC_KEY": {"ranker", "trader"},
     "REDIS_PASSWORD": PILLARS | {"redis", "rq-dashboard"},
     "RQ_DASHBOARD_USERNAME": {"rq-dashboard"},
     "RQ_DASHBOARD_PASSWORD": {"rq-dashboard"},
     "FL_SIM_API_KEY": {"sim"},
     "FL_SIM_SECRET_KEY": {"sim"},
+    "FL_NOTIFY_URLS": {"notifier"},
 }
 
 

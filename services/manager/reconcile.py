@@ -329,6 +329,9 @@ def _reconcile_locked(ctx: ManagerContext, symbol: str, trigger: Trigger, seed: 
         placement = _Placement(symbol, plan.actions.place, state, record, orders, report, fill_at=seed.fill_at)
         _place_all(ctx, trigger, [placement])
         if placement.error is not None:
+            bus.publish(ctx.client, ctx.keys, "protection_failed", symbol=symbol, trigger=trigger.value,
+                        message=f"{symbol}: protection not placed: {type(placement.error).__name__}: "
+                                f"{logs.redact(str(placement.error))}")
             raise placement.error
         if report.adopted:
             whose = ("not entered by the line: a stop below the current price, no target, no soft exits"

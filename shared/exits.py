@@ -334,37 +334,59 @@ def soft_exit(state: PositionState, *, price: Decimal, now: datetime, rules: Exi
     """
     _require_positive_price(price, "price")
     _require_aware(now)
+    fired = {reason: rule(state, price, now, rules) for reason, rule in _SOFT_EXIT_RULES.items()}
+    return next((fired[reason] for reason in SOFT_EXIT_PRECEDENCE if fired[reason] is not None), None)
+
+
+def _trailing(state: PositionState, price: Decimal, _now: datetime, rules: ExitRules) -> ExitDecision | None:
+    if not state.trailing_armed:
+        return None
     entry = state.entry_price
-    if state.trailing_armed:
-        level = trailing_exit_level(entry, state.high_water_mark, rules)
-        if price <= level:
-            return ExitDecision(
-                ExitReason.TRAILING,
-                price,
-                level,
-                f"price {price} <= trailing level {level} (high-water mark {state.high_water_mark}, "
-                f"entry {entry}, gives back {_pct(rules.trailing_giveback)} of the peak gain)",
-            )
-    if state.breakeven_armed and price <= entry:
-        return ExitDecision(
-            ExitReason.BREAK_EVEN,
-            price,
-            entry,
-            f"price {price} <= entry {entry} after the high-water mark {state.high_water_mark} "
-            f"armed break-even",
-        )
+    level = trailing_exit_level(entry, state.high_water_mark, rules)
+    if price > level:
+        return None
+    return ExitDecision(
+        ExitReason.TRAILING,
+        price,
+        level,
+        f"price {price} <= trailing level {level} (high-water mark {state.high_water_mark}, "
+        f"entry {entry}, gives back {_pct(rules.trailing_giveback)} of the peak gain)",
+    )
+
+
+def _break_even(state: PositionState, price: Decimal, _now: datetime, _rules: ExitRules) -> ExitDecision | None:
+    entry = state.entry_price
+    if not state.breakeven_armed or price > entry:
+        return None
+    return ExitDecision(
+        ExitReason.BREAK_EVEN,
+        price,
+        entry,
+        f"price {price} <= entry {entry} after the high-water mark {state.high_water_mark} armed break-even",
+    )
+
+
+def _time_stop(state: PositionState, price: Decimal, now: datetime, rules: ExitRules) -> ExitDecision | None:
     # Subtract in UTC: Python subtracts two datetimes that share one tzinfo (both New York) as wall
     # clock times, so a week spanning a DST change would come out an hour off.
     held = now.astimezone(UTC) - state.first_fill_at.astimezone(UTC)
-    if held > rules.time_stop:
-        return ExitDecision(
-            ExitReason.TIME_STOP,
-            price,
-            None,
-            f"held {_duration(held)} since the first fill at {state.first_fill_at.isoformat()}, "
-            f"more than {_duration(rules.time_stop)}",
-        )
-    return None
+    if held <= rules.time_stop:
+        return None
+    return ExitDecision(
+        ExitReason.TIME_STOP,
+        price,
+        None,
+        f"held {_duration(held)} since the first fill at {state.first_fill_at.isoformat()}, "
+        f"more than {_duration(rules.time_stop)}",
+    )
+
+
+#: Each soft exit's rule; SOFT_EXIT_PRECEDENCE (above) decides which reason wins when several fire.
+_SOFT_EXIT_RULES = {
+    ExitReason.TRAILING: _trailing,
+    ExitReason.BREAK_EVEN: _break_even,
+    ExitReason.TIME_STOP: _time_stop,
+}
 
 
 def evaluate(

@@ -215,6 +215,18 @@ def test_when_both_are_armed_a_fall_to_entry_is_reported_as_trailing():
     assert SOFT_EXIT_PRECEDENCE == (ExitReason.TRAILING, ExitReason.BREAK_EVEN, ExitReason.TIME_STOP)
 
 
+def test_the_precedence_table_is_what_decides_the_reason(monkeypatch):
+    import shared.exits as exits
+
+    armed, _ = tick(opened(), "102.00")
+    monkeypatch.setattr(exits, "SOFT_EXIT_PRECEDENCE",
+                        (ExitReason.TIME_STOP, ExitReason.BREAK_EVEN, ExitReason.TRAILING))
+    _, both = tick(armed, "99.50")  # trailing and break-even both fire: the table's order picks
+    assert both.reason is ExitReason.BREAK_EVEN
+    _, all_three = tick(armed, "99.50", minutes=8 * 24 * 60)
+    assert all_three.reason is ExitReason.TIME_STOP
+
+
 def test_break_even_fires_alone_when_only_break_even_is_armed():
     state, _ = tick(opened(), "101.90")
     _, decision = tick(state, "99.50")

@@ -80,6 +80,14 @@ class Keys:
     def equity_history(self) -> str:
         return f"{self.ns}:equity"
 
+    def streamer_seen(self, event_id: str) -> str:
+        """Set by the streamer's record-once script: this trade update is already in the stream."""
+        return f"{self.ns}:streamer:seen:{event_id}"
+
+    def manager_seen(self, event_id: str) -> str:
+        """Set by the manager's consumer: this trade update's reconcile succeeded (a duplicate is skipped)."""
+        return f"{self.ns}:manager:seen:{event_id}"
+
     @property
     def streamer_health(self) -> str:
         return f"{self.ns}:streamer:health"

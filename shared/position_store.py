@@ -106,10 +106,6 @@ def clear(client: redis.Redis, keys: Keys, symbol: str) -> None:
     pipe.execute()
 
 
-def has_position_state(client: redis.Redis, keys: Keys, symbol: str) -> bool:
-    return bool(client.exists(keys.position_state(symbol)))
-
-
 def tracked_symbols(client: redis.Redis, keys: Keys) -> Iterator[str]:
     """Symbols we hold state or open protective bookkeeping for (positions may have closed while the
     manager was down: reconcile-all must still look at them)."""

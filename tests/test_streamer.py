@@ -19,7 +19,7 @@ from simhelpers import start_sim
 
 from services.streamer.backfill import implied_updates, trading_day_start
 from services.streamer.leader import LeaderLock
-from services.streamer.recorder import Recorder, seen_key
+from services.streamer.recorder import Recorder
 from services.streamer.settings import StreamerSettings
 from shared.config import load
 from shared.errors import ConfigError
@@ -164,7 +164,7 @@ def test_failed_entry_write_leaves_no_seen_mark_so_the_retry_records_it(redis_cl
     redis_client.set(keys.trade_updates, "not a stream")  # XADD now fails with WRONGTYPE
     with pytest.raises(redis.ResponseError):
         recorder.write(update)
-    assert not redis_client.exists(seen_key(keys, update.event_id))
+    assert not redis_client.exists(keys.streamer_seen(update.event_id))
     redis_client.delete(keys.trade_updates)
     assert recorder.write(update) is not None
     assert _entries(redis_client, keys) == [update]
@@ -184,7 +184,7 @@ def test_seen_marks_expire_after_the_configured_ttl(redis_client, keys):
     recorder = Recorder(redis_client, keys, seen_ttl=3600)
     update = _update("fill")
     recorder.write(update)
-    assert 3500 < redis_client.ttl(seen_key(keys, update.event_id)) <= 3600
+    assert 3500 < redis_client.ttl(keys.streamer_seen(update.event_id)) <= 3600
 
 
 # -- backfill (pure) -------------------------------------------------------------------------------

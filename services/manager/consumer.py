@@ -77,10 +77,6 @@ class BatchResult:
     symbols: list[str] = field(default_factory=list)
 
 
-def seen_key(keys: Keys, event_id: str) -> str:
-    return f"{keys.ns}:manager:seen:{event_id}"
-
-
 def ensure_group(client: redis.Redis, keys: Keys, group: str = GROUP) -> None:
     """Create the group at the stream's start (entries written before the first manager ran are
     protected too); BUSYGROUP means it exists, which is the normal case."""
@@ -242,7 +238,7 @@ class TradeUpdateConsumer:
         ids = list(dict.fromkeys(event_ids))
         pipe = self.client.pipeline(transaction=False)
         for event_id in ids:
-            pipe.exists(seen_key(self.keys, event_id))
+            pipe.exists(self.keys.manager_seen(event_id))
         return {event_id for event_id, present in zip(ids, pipe.execute(), strict=True) if present}
 
     def _ack(self, entry_ids: list[str], seen_event_ids: list[str]) -> None:
@@ -250,7 +246,7 @@ class TradeUpdateConsumer:
             return
         pipe = self.client.pipeline(transaction=True)
         for event_id in seen_event_ids:
-            pipe.set(seen_key(self.keys, event_id), "1", ex=SEEN_TTL_SECONDS)
+            pipe.set(self.keys.manager_seen(event_id), "1", ex=SEEN_TTL_SECONDS)
         pipe.xack(self.keys.trade_updates, self.options.group, *entry_ids)
         pipe.execute()
 

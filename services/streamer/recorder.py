@@ -55,10 +55,6 @@ RETRY_FIRST_DELAY = 0.05
 RETRY_MAX_DELAY = 2.0
 
 
-def seen_key(keys: Keys, event_id: str) -> str:
-    return f"{keys.ns}:streamer:seen:{event_id}"
-
-
 @dataclass
 class Batch:
     """A group of submissions (one backfill) whose completion someone wants to hear about."""
@@ -144,7 +140,7 @@ class Recorder:
                                update.timestamp.isoformat(), recorded_at]
             for name, value in encode_entry(update).items():
                 args += [name, value]
-            keys = [seen_key(self.keys, update.event_id), self.keys.trade_updates, self.keys.streamer_health]
+            keys = [self.keys.streamer_seen(update.event_id), self.keys.trade_updates, self.keys.streamer_health]
             pipe.evalsha(self._script.sha, len(keys), *keys, *args)
         try:
             entry_ids = pipe.execute()

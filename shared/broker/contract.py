@@ -67,10 +67,6 @@ class BrokerCapabilities:
     oco_exits: bool = True
     #: Fractional quantities may be sold with a plain stop order (Alpaca: simple, `day` only).
     fractional_stop_orders: bool = True
-    #: Time in force fractional orders must use.
-    fractional_time_in_force: str = "day"
-    #: Maximum client_order_id length we will send.
-    max_client_order_id_len: int = MAX_CLIENT_ORDER_ID_LEN
 
 
 class TradeUpdateStream(abc.ABC):

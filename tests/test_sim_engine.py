@@ -734,3 +734,15 @@ def test_last_equity_is_the_previous_close_until_the_next_open():
     assert monday_close.equity != monday_close.last_equity   # so "change today" is visible at 16:05
     engine.advance_to(datetime(2024, 3, 5, 9, 31, tzinfo=NEW_YORK))
     assert engine.account().last_equity == monday_close.equity
+
+
+def test_an_order_state_change_the_transition_table_forbids_is_refused(engine):
+    from shared.models import OrderStatus
+    from shared.sim.engine import IllegalTransition
+
+    order = engine.submit_order(buy("AAPL", qty="1"))
+    filled = engine._orders[order.id]  # the engine's own record: a filled order must never be reopened
+    assert filled.status is OrderStatus.FILLED
+    with pytest.raises(IllegalTransition, match="filled -> canceled"):
+        engine._set_status(filled, OrderStatus.CANCELED, "canceled", engine.now())
+    assert filled.status is OrderStatus.FILLED

@@ -31,7 +31,7 @@ from pathlib import Path
 from shared import logs
 from shared.errors import InputError, NotCancelable, NotFound, OrderRejected
 from shared.market.calendar import NEW_YORK, nyse
-from shared.models import OrderClass, OrderStatus, OrderType, Side, TimeInForce, TradingDay
+from shared.models import OrderClass, OrderStatus, OrderType, Side, TimeInForce, TradingDay, can_transition
 from shared.money import ZERO, round_qty, to_decimal
 from shared.sim import rules
 from shared.sim.clock import VirtualClock
@@ -107,6 +107,10 @@ class AccountView:
     last_equity: Decimal
     long_market_value: Decimal
     created_at: datetime
+
+
+class IllegalTransition(RuntimeError):
+    """An order state change `ORDER_TRANSITIONS` forbids: a bug of the simulated market."""
 
 
 @dataclass(frozen=True)
@@ -1375,6 +1379,10 @@ class MarketEngine:
     def _set_status(
         self, order: SimOrder, status: OrderStatus, event: str, when: datetime, **details
     ) -> None:
+        # The one table of legal order states (shared.models.ORDER_TRANSITIONS) is enforced here: a
+        # change the table does not allow is a bug of this market, never a state Alpaca would report.
+        if not can_transition(order.status, status):
+            raise IllegalTransition(f"order {order.id}: {order.status.value} -> {status.value} is not a legal transition")
         order.status = status
         order.updated_at = when
         if not status.is_open:

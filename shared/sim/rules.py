@@ -12,6 +12,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from decimal import Decimal
 
+# Alpaca's own limit is unsure (48 in its legacy docs, 128 in its current ones): the simulator enforces the
+# stricter one, the same the line keeps to (shared.broker.contract), so no longer id passes here
+# that Alpaca might refuse.
+from shared.broker.contract import MAX_CLIENT_ORDER_ID_LEN
 from shared.errors import (
     DuplicateClientOrderId,
     FractionalRuleViolation,
@@ -28,7 +32,6 @@ from shared.money import ZERO, fmt_qty, is_valid_price_increment
 from shared.sim.orders import OrderRequest, SimOrder
 from shared.sim.universe import SimAsset
 
-MAX_CLIENT_ORDER_ID_LEN = 128
 MIN_NOTIONAL = Decimal("1")
 CENT = Decimal("0.01")
 MAX_DECIMALS = 9

@@ -10,12 +10,12 @@ from dataclasses import dataclass, field, replace
 import redis
 
 from services.manager import locks
-from shared import bus, config, logs
+from shared import config
 from shared.broker.contract import BrokerCapabilities, OrderExecutor
 from shared.bus import Keys
-from shared.errors import FactoryLineError
 from shared.exits import ExitRules
 from shared.ownership import ForeignPolicy
+from shared.wiring import connected
 
 #: How long a market sell may take to fill before the exit takes it back and re-protects.
 FILL_WAIT_SECONDS = 30.0
@@ -63,19 +63,5 @@ def context_from_environment() -> Iterator[ManagerContext]:
     """A context wired from the environment and `.env` (the RQ jobs and the commands): the broker
     adapter, a Redis client, the rules and the foreign-position policy; both connections closed at
     the end, a Redis failure one line (FactoryLineError), never a traceback."""
-    broker_settings = config.load(config.BrokerSettings)
-    redis_settings = config.load(config.RedisSettings)
-    keys = bus.Keys(redis_settings.FL_NAMESPACE)
-    client = bus.connect(redis_settings.REDIS_URL)
-    try:
-        from shared.broker import make_executor
-
-        executor = make_executor(broker_settings)
-        try:
-            yield ManagerContext.from_settings(executor, client, keys)
-        finally:
-            executor.close()
-    except redis.RedisError as exc:
-        raise FactoryLineError(f"Redis: {logs.redact(str(exc))}") from None
-    finally:
-        client.close()
+    with connected() as (executor, client, keys):
+        yield ManagerContext.from_settings(executor, client, keys)

@@ -30,7 +30,6 @@ from shared.broker.contract import OrderExecutor
 from shared.errors import (
     BrokerError,
     BrokerUnavailable,
-    FactoryLineError,
     NotFound,
     NotFractionable,
     RateLimited,
@@ -46,6 +45,7 @@ from shared.sizing import (
     plan_entries,
     whole_share_retry,
 )
+from shared.wiring import connected
 
 log = logging.getLogger(__name__)
 
@@ -95,25 +95,13 @@ def trade_signals(csv_path: str | None = None, dry_run: bool = False, queue_for_
     risk_settings = config.load(config.RiskSettings)
     redis_settings = config.load(config.RedisSettings)
     broker_settings = config.load(config.BrokerSettings)
-    keys = bus.Keys(redis_settings.FL_NAMESPACE)
-    client = bus.connect(redis_settings.REDIS_URL)
-    try:
+    with connected(broker_settings, redis_settings) as (executor, client, keys):
         if client.exists(keys.halt):
             return _halted_before_start(keys)
-        from shared.broker import make_executor
-
-        executor = make_executor(broker_settings)
-        try:
-            # A live account is refused before anything is planned, unless live trading is allowed.
-            broker_settings.check_account(executor.get_account().account_number)
-            return enter_signals(executor, client, keys, trader_settings, csv_path=csv_path,
-                                 dry_run=dry_run, queue_for_open=queue_for_open, risk_settings=risk_settings)
-        finally:
-            executor.close()
-    except redis.RedisError as exc:
-        raise FactoryLineError(f"Redis: {logs.redact(str(exc))}") from None
-    finally:
-        client.close()
+        # A live account is refused before anything is planned, unless live trading is allowed.
+        broker_settings.check_account(executor.get_account().account_number)
+        return enter_signals(executor, client, keys, trader_settings, csv_path=csv_path,
+                             dry_run=dry_run, queue_for_open=queue_for_open, risk_settings=risk_settings)
 
 
 def enter_signals(

@@ -10,9 +10,17 @@ from zoneinfo import ZoneInfo
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from shared.exits import ExitRules
+from shared.exits import ExitReason, ExitRules, PositionState, split_ratio_between
 from shared.models import Order, OrderClass, OrderStatus, OrderType, Side, TimeInForce
-from shared.protection import DesiredOrder, ProtectionKind, desired_protection, reconcile
+from shared.ownership import ForeignPolicy
+from shared.protection import (
+    DesiredOrder,
+    ProtectionKind,
+    Verdict,
+    desired_protection,
+    plan_position,
+    reconcile,
+)
 
 D = Decimal
 NY = ZoneInfo("America/New_York")
@@ -295,3 +303,94 @@ def test_reconcile_never_oversells_never_doubles_and_converges_in_one_pass(data,
     assert again.in_sync
     event("kept something" if actions.keep else "kept nothing")
     event("cancelled something" if actions.cancel else "cancelled nothing")
+
+
+# -- the plan of one position (plan_position): the one decision every trigger runs ------------------
+
+NS = "fl"
+
+
+def ours(o: Order) -> Order:
+    """The same order under one of the line's client order ids (`<ns>-<YYYYMMDD>-...`)."""
+    return o.model_copy(update={"client_order_id": f"{NS}-20261124-{o.symbol}-oco-r{o.id[4:]}"})
+
+
+def line_state(entry="100.00", qty="10", **kw) -> PositionState:
+    return PositionState.at_entry("AAPL", D(entry), D(qty), T0).model_copy(update=kw)
+
+
+def decide(qty, price, state, orders=(), **kw):
+    return plan_position("AAPL", D(qty), None if price is None else D(price), state, list(orders), RULES,
+                         namespace=NS, **kw)
+
+
+def test_a_line_position_at_its_levels_is_kept_as_it_is():
+    held = ours(oco("10"))
+    plan = decide("10", "101", line_state(), [held])
+    assert plan.verdict is Verdict.PROTECT and plan.actions.in_sync and plan.actions.keep == [held.id]
+
+
+def test_price_through_the_stop_in_the_session_is_an_exit_at_market_and_cancels_only_ours():
+    mine, users = ours(oco("6")), order(OrderType.LIMIT, "4", limit="150.00")
+    plan = decide("10", "90", line_state(), [mine, users], in_session=True)
+    assert plan.verdict is Verdict.EXIT and plan.exit_reason is ExitReason.STOP_LOSS
+    assert plan.actions.cancel == [mine.id]  # the user's limit sell stays
+
+
+def test_price_through_the_stop_out_of_the_session_keeps_a_resting_stop_or_places_one_under_the_market():
+    resting = ours(oco("10"))
+    kept = decide("10", "90", line_state(), [resting], in_session=False)
+    assert kept.verdict is Verdict.PROTECT and kept.actions.in_sync  # the broker's stop triggers at the open
+    bare = decide("10", "90", line_state(), [], in_session=False)
+    ((placed,),) = [bare.actions.place]
+    assert (placed.kind, placed.qty, placed.stop_price, placed.target_price) == (
+        ProtectionKind.STOP, D("10"), D("89.10"), None)  # 1% under the last price: the broker accepts it
+
+
+def test_an_exit_refused_this_pass_falls_back_to_a_stop_under_the_market_not_a_second_sell():
+    plan = decide("10", "90", line_state(), [], in_session=True, exit_refused=True)
+    assert plan.verdict is Verdict.PROTECT and [d.stop_price for d in plan.actions.place] == [D("89.10")]
+
+
+def test_a_line_position_above_its_target_takes_the_profit_in_the_session_only():
+    assert decide("10", "125", line_state(), in_session=True).exit_reason is ExitReason.TAKE_PROFIT
+    closed = decide("10", "125", line_state(), [], in_session=False)
+    assert closed.verdict is Verdict.PROTECT and closed.actions.place[0].target_price == D("120.00")
+
+
+def test_a_foreign_position_gets_a_stop_under_todays_price_and_no_target_even_when_far_up():
+    state = PositionState.adopted("AAPL", D("100"), D("10"), D("130"), T0)
+    plan = decide("10", "130", state, in_session=True)
+    assert plan.verdict is Verdict.PROTECT
+    assert [(d.kind, d.stop_price, d.target_price) for d in plan.actions.place] == [
+        (ProtectionKind.STOP, D("123.50"), None)]
+    ignored = decide("10", "130", state, [order(OrderType.STOP, "10", stop="1.00")],
+                     foreign_policy=ForeignPolicy.IGNORE)
+    assert ignored.verdict is Verdict.IGNORE and ignored.actions.in_sync and not ignored.actions.keep
+
+
+def test_shares_the_users_sells_hold_are_not_protected_again():
+    plan = decide("10", "101", line_state(), [order(OrderType.LIMIT, "4", limit="150.00")])
+    assert [(d.kind, d.qty) for d in plan.actions.place] == [(ProtectionKind.OCO, D("6"))]
+    assert plan.user_held == D("4")
+
+
+def test_halted_keeps_every_order_and_short_and_flat_cancel_only_ours():
+    mine, users = ours(oco("10")), order(OrderType.STOP, "5", stop="90.00")
+    halted = decide("10", "90", line_state(), [mine], in_session=True, tradable=False)
+    assert halted.verdict is Verdict.HALTED and halted.actions.cancel == [] and halted.actions.place == []
+    short = decide("-5", "100", None, [mine, users])
+    assert short.verdict is Verdict.SHORT and short.actions.cancel == [mine.id]
+    flat = decide("0", None, line_state(), [mine, users])
+    assert flat.verdict is Verdict.FLAT and flat.actions.cancel == [mine.id]
+
+
+def test_a_split_is_a_change_of_quantity_that_keeps_the_cost_basis():
+    assert split_ratio_between(D("10"), D("100"), D("20"), D("50")) == D("2")
+    assert split_ratio_between(D("10"), D("100"), D("2.5"), D("400")) == D("0.25")
+    assert split_ratio_between(D("10"), D("100"), D("20"), D("101")) is None  # a buy: the cost basis grew
+    assert split_ratio_between(D("10"), D("100"), D("6"), D("100")) is None  # a sale
+    # 1-for-3 with cash in lieu of the third of a share: the announced ratio explains it.
+    assert split_ratio_between(D("10"), D("100"), D("3"), D("300"), announced=D(1) / D(3)) == D(1) / D(3)
+    state, ratio = line_state(high_water_mark=D("103")).follow_broker(D("20"), D("50"), T0 + timedelta(days=1))
+    assert ratio == D("2") and state.high_water_mark == D("51.5") and state.qty == D("20")

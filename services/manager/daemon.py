@@ -67,6 +67,7 @@ class Manager:
                 claim_idle_ms=settings.FL_MANAGER_CLAIM_IDLE_MS,
                 max_deliveries=settings.FL_MANAGER_MAX_DELIVERIES,
                 retry_base_seconds=settings.FL_MANAGER_RETRY_SECONDS,
+                max_in_flight=settings.FL_MANAGER_MAX_IN_FLIGHT,
             ),
         )
         self._stop = threading.Event()
@@ -100,7 +101,8 @@ class Manager:
         while True:
             try:
                 recovered = self.consumer.start()
-                while (batch := self.consumer.poll(block_ms=0)).acked or batch.failed or batch.dead_lettered:
+                while (batch := self.consumer.poll(block_ms=0, wait_all=True)).acked or batch.failed \
+                        or batch.dead_lettered:
                     recovered.acked += batch.acked
                 break
             except REDIS_DOWN as exc:
@@ -138,4 +140,5 @@ class Manager:
         self._stop.set()
 
     def close(self) -> None:
+        self.consumer.close()
         self.pool.shutdown(wait=True)

@@ -123,6 +123,8 @@ ORDERS_PAGE_LIMIT = 500
 ORDER_HISTORY_LOOKBACK = timedelta(days=90)
 #: Symbols per market-data request: keeps the query string far below any URL length limit.
 SYMBOLS_PER_REQUEST = 200
+#: Connections kept per host for the trading API (the manager sends a burst of orders in parallel).
+HTTP_POOL_SIZE = 64
 #: How long the trade stream waits for the "listening" acknowledgement before calling on_connect.
 LISTEN_ACK_TIMEOUT_SECONDS = 5.0
 #: Longest broker text kept in an error message (an HTML 502 page is not a message).
@@ -585,6 +587,14 @@ def _set_retries(client: Any, retries: int, wait: float) -> None:
     client._retry_wait = wait
 
 
+def _size_connection_pool(client: Any, size: int) -> None:
+    # requests keeps 10 connections per host by default: a burst of protective orders from the
+    # manager's pool would open (and throw away) a new connection for every request beyond that.
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=size)
+    for prefix in ("http://", "https://"):
+        client._session.mount(prefix, adapter)
+
+
 def _chunks(items: Sequence[str], size: int) -> Iterable[list[str]]:
     for start in range(0, len(items), size):
         yield list(items[start : start + size])
@@ -637,6 +647,8 @@ class AlpacaExecutor(OrderExecutor):
         _set_retries(self._data, read_retries, read_retry_wait)
         _set_retries(self._corporate, read_retries, read_retry_wait)
         _set_retries(self._submitter, 0, 0)
+        for client in (self._trading, self._submitter):
+            _size_connection_pool(client, HTTP_POOL_SIZE)
         self._feed = DataFeed(settings.ALPACA_DATA_FEED)
         self._answers = threading.local()
         for client in (self._trading, self._submitter, self._data, self._corporate):

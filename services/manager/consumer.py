@@ -158,11 +158,12 @@ class TradeUpdateConsumer:
             start = next_start
         return total
 
-    def poll(self, block_ms: int | None = None, *, wait_all: bool = False) -> BatchResult:
+    def poll(self, block_ms: int | None = None, *, pipelined: bool = False) -> BatchResult:
         """One step of the loop: due retries, due claims, then new entries (blocking up to block_ms).
 
-        With `max_in_flight` > 1 the new entries' reconcile runs in the background and the answer
-        counts the batches that finished meanwhile (`wait_all`: every batch started so far)."""
+        `pipelined` (the manager's loop), with `max_in_flight` > 1: the new entries' reconcile runs
+        in the background, and the answer counts the batches that finished meanwhile. Otherwise the
+        step is finished when it returns (every batch started earlier too)."""
         result = self._reap()
         now = time.monotonic()
         if self._retry_at is not None and now >= self._retry_at:
@@ -185,13 +186,12 @@ class TradeUpdateConsumer:
         # BLOCK 0 would wait forever: a zero budget is a plain non-blocking read.
         entries = self._read(">", block_ms=block if block > 0 else None)
         if entries:
-            if self.options.max_in_flight > 1:
+            if pipelined and self.options.max_in_flight > 1:
                 prepared = self._prepare(entries)
-                future = self._executor().submit(self._finish, prepared)
-                self._in_flight.add(future)
+                self._in_flight.add(self._executor().submit(self._finish, prepared))
             else:
                 result = _merge(result, self.handle(entries))
-        if wait_all:
+        if not pipelined:
             result = _merge(result, self.drain())
         return _merge(result, self._reap())
 

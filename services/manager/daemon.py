@@ -101,8 +101,7 @@ class Manager:
         while True:
             try:
                 recovered = self.consumer.start()
-                while (batch := self.consumer.poll(block_ms=0, wait_all=True)).acked or batch.failed \
-                        or batch.dead_lettered:
+                while (batch := self.consumer.poll(block_ms=0)).acked or batch.failed or batch.dead_lettered:
                     recovered.acked += batch.acked
                 break
             except REDIS_DOWN as exc:
@@ -128,7 +127,8 @@ class Manager:
             self._next_reconcile_all = time.monotonic() + self.settings.FL_MANAGER_RECONCILE_SECONDS
             return
         try:
-            self.consumer.poll(block_ms=int(min(1000, until_timer * 1000)) + 1)
+            # Pipelined: the next entries are read while earlier submits are still at the broker.
+            self.consumer.poll(block_ms=int(min(1000, until_timer * 1000)) + 1, pipelined=True)
         except REDIS_DOWN as exc:
             # Redis restarting: nothing is lost (entries stay in the stream); wait and read again.
             self.reachability.failed(exc)

@@ -164,7 +164,7 @@ class TradeUpdateConsumer:
         `pipelined` (the manager's loop), with `max_in_flight` > 1: the new entries' reconcile runs
         in the background, and the answer counts the batches that finished meanwhile. Otherwise the
         step is finished when it returns (every batch started earlier too)."""
-        result = self._reap()
+        result = self._reap() if pipelined else self.drain()
         now = time.monotonic()
         if self._retry_at is not None and now >= self._retry_at:
             result = _merge(result, self.retry_own_pending())
@@ -177,7 +177,7 @@ class TradeUpdateConsumer:
             # At the bound, wait for a batch before reading more; below it, read without a long
             # block so a finished batch is acknowledged and counted promptly.
             if len(self._in_flight) >= self.options.max_in_flight:
-                wait(list(self._in_flight), timeout=block / 1000 if block > 0 else None,
+                wait(list(self._in_flight), timeout=max(block, 0) / 1000,
                      return_when=FIRST_COMPLETED)
                 result = _merge(result, self._reap())
                 if len(self._in_flight) >= self.options.max_in_flight:

@@ -42,7 +42,9 @@ from services.manager import tick  # noqa: E402
 from services.manager.context import ManagerContext  # noqa: E402
 from shared import bus  # noqa: E402
 from shared.broker import make_executor  # noqa: E402
+from shared.client_ids import entry_id  # noqa: E402
 from shared.exits import ExitRules  # noqa: E402
+from shared.market.calendar import NEW_YORK  # noqa: E402
 from shared.models import Timeframe  # noqa: E402
 
 #: Thresholds no 5-minute random walk reaches: the benchmark measures ticks without exits.
@@ -81,10 +83,13 @@ def main() -> int:
         trading = sim.trading_client()
         symbols = sorted(a.symbol for a in trading.get_all_assets() if a.tradable)[: max(sizes)]
         held: list[str] = []
+        day = executor.get_clock().timestamp.astimezone(NEW_YORK).date()
         for size in sizes:
             started = time.perf_counter()
             for symbol in symbols[len(held):size]:
-                executor.buy_qty(symbol, Decimal(1), f"{namespace}-{symbol}")
+                # The line's own entry ids: a position bought under any other id is not the line's, has
+                # no soft exits and would be looked up in the order history on every tick.
+                executor.buy_qty(symbol, Decimal(1), entry_id(day, symbol, namespace=namespace))
                 held.append(symbol)
             opened = time.perf_counter() - started
             sim.control.advance(seconds=300)

@@ -826,3 +826,37 @@ def test_exit_shape_rule_is_one_oco_for_whole_shares_and_a_day_stop_for_fraction
 
     shape = protective_exit_shape(Decimal(qty), Decimal(target) if target else None)
     assert (shape.oco, shape.time_in_force.value) == (oco, tif)
+
+
+# -- the trade stream's one conversion -------------------------------------------------------------
+
+_WIRE_ORDER = {
+    "id": "61e69015-8549-4bfd-b9c3-01e75843f47d", "client_order_id": "fl-20240304-AAPL-oco-r1",
+    "created_at": "2024-03-04T14:29:00.123456789Z", "updated_at": "2024-03-04T14:30:01.1Z",
+    "submitted_at": "2024-03-04T14:29:00Z", "filled_at": None, "expired_at": None,
+    "asset_id": "61e69015-8549-4bfd-b9c3-01e75843f47e", "symbol": "AAPL", "asset_class": "us_equity",
+    "notional": None, "qty": "10", "filled_qty": "0", "filled_avg_price": None, "order_class": "oco",
+    "order_type": "limit", "type": "limit", "side": "sell", "time_in_force": "gtc", "limit_price": "120.02",
+    "stop_price": None, "status": "new", "extended_hours": False,
+    "legs": [{"id": "71e69015-8549-4bfd-b9c3-01e75843f47d", "client_order_id": "leg-1",
+              "created_at": "2024-03-04T14:29:00Z", "updated_at": "2024-03-04T14:29:00Z",
+              "submitted_at": "2024-03-04T14:29:00Z", "symbol": "AAPL", "qty": "10", "filled_qty": "0",
+              "order_class": "oco", "type": "stop", "side": "sell", "time_in_force": "gtc",
+              "stop_price": "95.02", "status": "held", "extended_hours": False, "legs": None}],
+}
+
+
+@pytest.mark.parametrize("data", [
+    {"event": "new", "timestamp": "2024-03-04T14:30:01.5Z", "order": _WIRE_ORDER},
+    {"event": "partial_fill", "timestamp": "2024-03-04T09:30:01-05:00", "price": 100.1, "qty": "3",
+     "position_qty": "3", "execution_id": "7c5f2f7e-4d4e-4a8e-9a43-1e2b3c4d5e6f",
+     "order": {**_WIRE_ORDER, "order_class": "", "type": "market", "side": "buy", "limit_price": None,
+               "legs": None, "filled_qty": "3", "filled_avg_price": "100.1", "status": "partially_filled",
+               "filled_at": "2024-03-04T14:30:01Z", "time_in_force": "day"}},
+])
+def test_a_trade_update_read_from_the_wire_equals_the_one_read_through_alpaca_py(data):
+    from alpaca.trading.models import TradeUpdate as AlpacaTradeUpdate
+
+    from shared.broker.alpaca import trade_update_from_alpaca, trade_update_from_raw
+
+    assert trade_update_from_raw(data) == trade_update_from_alpaca(AlpacaTradeUpdate(**data))

@@ -3,7 +3,8 @@ with real Redis. Each position leaves exactly once, for the right reason, with t
 
 The market replays flat daily bars (open = high = low = close = 100) for a few made-up tickers, so
 prices move only when a test moves them (`set_price`) and every figure below is exact: the entry is
-the ask 100.02, a market sell fills at the bid (price - 0.02), the protective OCO of an entry at
+the ask 100.02, a market sell fills at the bid (price - 0.02), the tick's price is the position
+listing's last trade (the price set), the protective OCO of an entry at
 100.02 is stop 95.02 / target 120.02.
 """
 
@@ -141,9 +142,9 @@ def test_each_position_exits_once_with_its_reason_and_realized_pl_over_several_d
     assert report.exits == []
     assert (desk.state("BEV").breakeven_armed, desk.state("BEV").trailing_armed) == (True, False)
     assert (desk.state("TRL").breakeven_armed, desk.state("TRL").trailing_armed) == (True, True)
-    assert desk.state("TRL").high_water_mark == D("110.02")
+    assert desk.state("TRL").high_water_mark == D("110")
 
-    # Tuesday: BEV falls back to its entry (the ask 100.02 equals the entry): break-even sells.
+    # Tuesday: BEV falls back below its entry (the last trade 100.00 < 100.02): break-even sells.
     desk.advance_to(MONDAY + timedelta(days=1))
     desk.sim.control.set_price("BEV", "100.00")
     report = desk.tick()
@@ -155,7 +156,7 @@ def test_each_position_exits_once_with_its_reason_and_realized_pl_over_several_d
     assert desk.executor.get_position("BEV") is None and desk.open_sells("BEV") == []
     assert desk.state("BEV") is None
 
-    # Wednesday: TRL gives back exactly half of its peak gain (level 100.02 + 50% x 10.00 = 105.02).
+    # Wednesday: TRL gives back half of its peak gain (level 100.02 + 50% x 9.98 = 105.01).
     desk.advance_to(MONDAY + timedelta(days=2))
     desk.sim.control.set_price("TRL", "105.00")
     report = desk.tick()
@@ -234,7 +235,7 @@ def arm_race(desk: Desk, symbol: str, qty: Decimal | None) -> None:
     assert oco.order_class is OrderClass.OCO
     desk.executor.stop_leg_id = oco.legs[0].id
     desk.executor.qty = qty
-    desk.sim.control.set_price(symbol, "104.00")  # below the trailing level 105.02: the tick will sell
+    desk.sim.control.set_price(symbol, "104.00")  # below the trailing level 105.01: the tick will sell
 
 
 @pytest.fixture

@@ -584,3 +584,47 @@ def test_manager_check_against_the_simulator_exits_0_with_one_ok_line(market, ke
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("manager: ok:") and "consumer m7" in proc.stdout
     assert market.api_key not in proc.stdout + proc.stderr
+
+
+def test_pipelined_consumer_reads_the_next_entries_while_a_batch_is_at_the_broker_up_to_its_bound(redis_client, keys):
+    from test_streamer import _update
+
+    from shared.trade_events import encode_entry
+
+    release = threading.Event()
+    called: list[list[str]] = []
+
+    def slow_handler(symbols, updates):
+        called.append(symbols)
+        release.wait(10)  # the broker is slow to answer
+        return dict.fromkeys(symbols)
+
+    consumer = TradeUpdateConsumer(redis_client, keys, slow_handler, ConsumerOptions(consumer="c1", max_in_flight=2))
+    consumer.start()
+    try:
+        for i in range(3):
+            update = _update("fill", oid=f"o-{i}")
+            update = update.model_copy(update={"order": update.order.model_copy(update={"symbol": f"S{i}"})})
+            redis_client.xadd(keys.trade_updates, encode_entry(update))
+            first = consumer.poll(block_ms=0, pipelined=True)
+            assert first.acked == 0  # nothing is acknowledged before the broker answered
+        deadline = time.monotonic() + 5
+        while len(called) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # Two batches at the broker at once; the third entry waits (the bound), unread.
+        assert called == [["S0"], ["S1"]]
+        assert redis_client.xpending(keys.trade_updates, "manager")["pending"] == 2
+        release.set()
+        done = consumer.poll(block_ms=0)  # not pipelined: finished when it returns
+        done = _merge_results(done, consumer.drain())
+        assert sorted(s for batch in called for s in batch) == ["S0", "S1", "S2"]
+        assert redis_client.xpending(keys.trade_updates, "manager")["pending"] == 0
+    finally:
+        release.set()
+        consumer.close()
+
+
+def _merge_results(a, b):
+    from services.manager.consumer import _merge
+
+    return _merge(a, b)

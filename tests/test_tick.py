@@ -64,7 +64,7 @@ def counting_desk(flat_market, redis_client, keys, tmp_path):
     desk.close()
 
 
-def test_tick_without_exits_sends_four_requests_and_no_clock_request(counting_desk):
+def test_tick_without_exits_sends_three_requests_and_no_clock_or_price_request(counting_desk):
     desk = counting_desk
     for symbol in ("BEV", "TRL", "TIM"):
         desk.open_position(symbol)
@@ -74,14 +74,14 @@ def test_tick_without_exits_sends_four_requests_and_no_clock_request(counting_de
     # The day's first tick learns the session once (kept in Redis for the scheduler and later ticks).
     assert first.positions == 3 and first.exits == []
     assert desk.executor.calls == ["GET /v2/positions", "GET /v2/calendar", "GET /v2/account",
-                                   "GET /v2/stocks/snapshots", "GET /v2/stocks/bars"]
+                                   "GET /v2/stocks/bars"]
     desk.advance_to(MONDAY + timedelta(minutes=10))
     desk.executor.calls.clear()
     second = desk.tick()
     assert second.positions == 3 and second.exits == []
-    # Four requests: the positions (and "now"), the account (the risk limits), prices, bars.
-    assert desk.executor.calls == ["GET /v2/positions", "GET /v2/account", "GET /v2/stocks/snapshots",
-                                   "GET /v2/stocks/bars"]
+    # Three requests: the positions (with "now" and each one's price), the account (the risk limits),
+    # the bars since the last look.
+    assert desk.executor.calls == ["GET /v2/positions", "GET /v2/account", "GET /v2/stocks/bars"]
     # "now" came from the position listing's Date header: the simulator's virtual time.
     assert second.at == (MONDAY + timedelta(minutes=10)).astimezone(NEW_YORK)
 
@@ -132,7 +132,7 @@ def test_lost_state_is_rebuilt_from_the_first_fill_and_the_bars_since_entry(coun
     report = desk.tick()
     assert report.rebuilt == ["LOST"] and report.exits == []
     assert desk.executor.calls == ["GET /v2/positions", "GET /v2/calendar", "GET /v2/account",
-                                   "GET /v2/stocks/snapshots", "GET /v2/orders", "GET /v2/stocks/bars"]
+                                   "GET /v2/orders", "GET /v2/stocks/bars"]
     state = desk.state("LOST")
     assert state.first_fill_at == first_fill_at and state.entry_price == ENTRY and state.qty == D("10")
     assert state.high_water_mark == D("103.00") and state.breakeven_armed and state.trailing_armed
@@ -152,8 +152,9 @@ def test_states_survive_a_restart_of_the_manager_in_redis(desk, tmp_path):
         report = restarted.tick()
     finally:
         restarted.close()
-    assert report.rebuilt == [] and report.exits == []  # 107.02 is above the trailing level 105.02
-    assert desk.state("TRL").high_water_mark == D("110.02") and desk.state("TRL").trailing_armed
+    # The tick's price is the position's last trade (110, 107), not the ask (110.02, 107.02).
+    assert report.rebuilt == [] and report.exits == []  # 107 is above the trailing level 105.01
+    assert desk.state("TRL").high_water_mark == D("110") and desk.state("TRL").trailing_armed
 
 
 def test_halt_flag_makes_the_tick_do_nothing(desk):
@@ -244,8 +245,8 @@ def test_portfolio_csv_lists_open_positions_with_entry_last_price_peak_armed_exi
     rows = {r["symbol"]: r for r in portfolio.read(desk.portfolio)}
     assert list(rows) == ["BEV", "TRL"]
     assert rows["TRL"] == {
-        "symbol": "TRL", "qty": "10", "entry_price": "100.02", "last_price": "110.02", "high_water_mark": "110.02",
-        "armed_exits": "break_even trailing", "trailing_exit_level": "105.02", "days_held": "1.08",
+        "symbol": "TRL", "qty": "10", "entry_price": "100.02", "last_price": "110", "high_water_mark": "110",
+        "armed_exits": "break_even trailing", "trailing_exit_level": "105.01", "days_held": "1.08",
         "first_fill_at": rows["TRL"]["first_fill_at"],
     }
     assert rows["TRL"]["first_fill_at"].startswith("2024-03-04T10:00:00")
@@ -341,3 +342,36 @@ def test_states_round_trip_through_the_manager_state_store(desk):
     (stored,) = hwm.load_states(desk.client, desk.keys, ["TRL"]).values()
     assert stored.state == store.load_state(desk.client, desk.keys, "TRL")
     assert stored.state.updated_at.astimezone(NEW_YORK) == MONDAY
+
+
+def test_bars_are_read_for_every_armed_position_and_the_unarmed_nearest_to_arming_within_the_budget(monkeypatch):
+    from shared.exits import PositionState
+
+    at = MONDAY
+    def state(symbol, hwm, **armed):
+        return PositionState.at_entry(symbol, D("100"), D("1"), at).model_copy(
+            update={"high_water_mark": D(hwm), **armed})
+
+    states = {"ARM": state("ARM", "103", breakeven_armed=True, trailing_armed=True),
+              "BEV": state("BEV", "101.6", breakeven_armed=True),
+              "FAR": state("FAR", "100"), "NEAR": state("NEAR", "101"), "MID": state("MID", "100.5")}
+    prices = {"ARM": D("102"), "BEV": D("101"), "FAR": D("99"), "NEAR": D("101.2"), "MID": D("100.1")}
+    # Within the budget: every position, as a tick reading bars for all would.
+    assert tick.bars_wanted(states, prices, RULES) == ["ARM", "BEV", "FAR", "MID", "NEAR"]
+    monkeypatch.setattr(tick, "UNARMED_BARS_BUDGET", 2)
+    # Beyond it: the armed ones always, then the unarmed nearest to their arming level.
+    assert tick.bars_wanted(states, prices, RULES) == ["ARM", "BEV", "MID", "NEAR"]
+
+
+def test_the_price_is_the_position_listings_last_trade_and_the_feed_only_where_the_listing_has_none(desk):
+    desk.open_position("BEV")
+    desk.open_position("TRL")
+    desk.sim.control.set_price("BEV", "100.50")
+    desk.advance_to(MONDAY + timedelta(minutes=5))
+    positions = {p.symbol: p for p in desk.executor.get_positions()}
+    assert positions["BEV"].current_price == D("100.50")  # the last trade, not the ask (100.52)
+    no_price = {**positions, "TRL": positions["TRL"].model_copy(update={"current_price": None})}
+    prices = tick._prices(desk.executor, no_price)
+    assert prices["BEV"] == D("100.50")
+    # No price in the listing: the feed's latest price, the ask when there is one.
+    assert prices["TRL"] == desk.executor.get_latest_prices(["TRL"])["TRL"].price

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 
 import redis
@@ -66,6 +68,10 @@ class ConsumerOptions:
     #: First retry of a failed entry after this many seconds, doubling per delivery.
     retry_base_seconds: float = 1.0
     retry_max_seconds: float = 30.0
+    #: Batches whose reconcile may run at once: with more than 1, the next entries are read (and
+    #: their submits started) while earlier ones are still at the broker; at this many the reader
+    #: waits for one to finish. 1: each batch is finished before the next read.
+    max_in_flight: int = 1
 
 
 @dataclass
@@ -75,6 +81,16 @@ class BatchResult:
     dead_lettered: int = 0
     skipped_duplicates: int = 0
     symbols: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Prepared:
+    """A batch read and sorted, its handler not yet run."""
+
+    entries: list[tuple[str, dict[str, str]]]
+    result: BatchResult
+    ack: list[str]
+    waiting: dict[str, list[tuple[str, TradeUpdate]]]
 
 
 def ensure_group(client: redis.Redis, keys: Keys, group: str = GROUP) -> None:
@@ -97,6 +113,9 @@ class TradeUpdateConsumer:
         self.options = options
         self._retry_at: float | None = None
         self._last_claim = 0.0
+        self._in_flight: set[Future[BatchResult]] = set()
+        self._pool: ThreadPoolExecutor | None = None
+        self._retry_lock = threading.Lock()
 
     # -- reading ---------------------------------------------------------------------------
     def start(self) -> BatchResult:
@@ -107,7 +126,8 @@ class TradeUpdateConsumer:
         return _merge(total, claimed)
 
     def retry_own_pending(self) -> BatchResult:
-        total = BatchResult()
+        # Entries still in flight are pending too: finish them first, or they would be handled twice.
+        total = self.drain()
         self._retry_at = None  # failures below schedule the next retry afresh
         last_id = "0"
         while True:
@@ -121,7 +141,8 @@ class TradeUpdateConsumer:
     def claim_idle(self) -> BatchResult:
         """Take over entries a dead (or stuck) consumer left unacknowledged for claim_idle_ms."""
         self._last_claim = time.monotonic()
-        total = BatchResult()
+        # Our own in-flight entries may be idle long enough to be claimed back by ourselves.
+        total = self.drain()
         start = "0-0"
         while True:
             next_start, claimed, deleted = _autoclaim(self.client, self.keys, self.options, start)
@@ -137,9 +158,13 @@ class TradeUpdateConsumer:
             start = next_start
         return total
 
-    def poll(self, block_ms: int | None = None) -> BatchResult:
-        """One step of the loop: due retries, due claims, then new entries (blocking up to block_ms)."""
-        result = BatchResult()
+    def poll(self, block_ms: int | None = None, *, pipelined: bool = False) -> BatchResult:
+        """One step of the loop: due retries, due claims, then new entries (blocking up to block_ms).
+
+        `pipelined` (the manager's loop), with `max_in_flight` > 1: the new entries' reconcile runs
+        in the background, and the answer counts the batches that finished meanwhile. Otherwise the
+        step is finished when it returns (every batch started earlier too)."""
+        result = self._reap() if pipelined else self.drain()
         now = time.monotonic()
         if self._retry_at is not None and now >= self._retry_at:
             result = _merge(result, self.retry_own_pending())
@@ -148,10 +173,57 @@ class TradeUpdateConsumer:
         block = self.options.block_ms if block_ms is None else block_ms
         if self._retry_at is not None:
             block = max(1, min(block, int((self._retry_at - time.monotonic()) * 1000)))
+        if self._in_flight:
+            # At the bound, wait for a batch before reading more; below it, read without a long
+            # block so a finished batch is acknowledged and counted promptly.
+            if len(self._in_flight) >= self.options.max_in_flight:
+                wait(list(self._in_flight), timeout=max(block, 0) / 1000,
+                     return_when=FIRST_COMPLETED)
+                result = _merge(result, self._reap())
+                if len(self._in_flight) >= self.options.max_in_flight:
+                    return result
+            block = min(block, 5)
         # BLOCK 0 would wait forever: a zero budget is a plain non-blocking read.
         entries = self._read(">", block_ms=block if block > 0 else None)
         if entries:
-            result = _merge(result, self.handle(entries))
+            if pipelined and self.options.max_in_flight > 1:
+                prepared = self._prepare(entries)
+                self._in_flight.add(self._executor().submit(self._finish, prepared))
+            else:
+                result = _merge(result, self.handle(entries))
+        if not pipelined:
+            result = _merge(result, self.drain())
+        return _merge(result, self._reap())
+
+    def drain(self) -> BatchResult:
+        """Wait for every batch in flight; their results."""
+        if self._in_flight:
+            wait(list(self._in_flight))
+        return self._reap()
+
+    def close(self) -> None:
+        self.drain()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.options.max_in_flight, thread_name_prefix="consumer-batch")
+        return self._pool
+
+    def _reap(self) -> BatchResult:
+        result = BatchResult()
+        for future in [f for f in self._in_flight if f.done()]:
+            self._in_flight.discard(future)
+            # _finish never raises for a handler's failure (it answers per symbol); a Redis error
+            # acknowledging leaves the entries pending: retried by the own-pending pass.
+            try:
+                result = _merge(result, future.result())
+            except (redis.RedisError, OSError) as exc:
+                logs.event(log, "trade_update_ack_failed", level=logging.WARNING, error=type(exc).__name__,
+                           reason=str(exc))
+                self._schedule_retry(self.options.retry_base_seconds)
         return result
 
     def _read(self, last_id: str, *, block_ms: int | None) -> list[tuple[str, dict[str, str]]]:
@@ -174,9 +246,13 @@ class TradeUpdateConsumer:
 
     # -- handling --------------------------------------------------------------------------
     def handle(self, entries: list[tuple[str, dict[str, str]]]) -> BatchResult:
+        """Handle a batch now: reconcile the symbols it touches, acknowledge what succeeded."""
+        return self._finish(self._prepare(entries))
+
+    def _prepare(self, entries: list[tuple[str, dict[str, str]]]) -> _Prepared:
+        """Decode, drop the stale and the already handled: what the handler must still see."""
         result = BatchResult()
         ack: list[str] = []
-        seen_to_mark: list[str] = []
         waiting: dict[str, list[tuple[str, TradeUpdate]]] = {}
         stale_before_ms = (time.time() - STALE_ENTRY_SECONDS) * 1000
         stale = 0
@@ -210,6 +286,12 @@ class TradeUpdateConsumer:
             logs.event(log, "stale_trade_updates_skipped", level=logging.WARNING, count=stale,
                        reason=f"written over {STALE_ENTRY_SECONDS // 3600} h ago; the reconcile of every "
                               "position covers them")
+        return _Prepared(entries, result, ack, waiting)
+
+    def _finish(self, prepared: _Prepared) -> BatchResult:
+        """Run the handler on a prepared batch, acknowledge what it protected, schedule the rest."""
+        entries, result, ack, waiting = prepared.entries, prepared.result, prepared.ack, prepared.waiting
+        seen_to_mark: list[str] = []
         failed: dict[str, tuple[list[str], BaseException]] = {}
         if waiting:
             symbols = sorted(waiting)
@@ -269,10 +351,14 @@ class TradeUpdateConsumer:
                     logs.event(log, "protect_failed_will_retry", level=logging.WARNING, symbol=symbol,
                                entry_id=entry_id, deliveries=times, error=type(error).__name__, reason=str(error))
         if retrying:
-            delay = min(self.options.retry_base_seconds * 2 ** (most - 1), self.options.retry_max_seconds)
-            due = time.monotonic() + delay
-            self._retry_at = due if self._retry_at is None else min(self._retry_at, due)
+            self._schedule_retry(min(self.options.retry_base_seconds * 2 ** (most - 1),
+                                     self.options.retry_max_seconds))
         return retrying, dead
+
+    def _schedule_retry(self, delay: float) -> None:
+        due = time.monotonic() + delay
+        with self._retry_lock:  # batches finish in their own threads
+            self._retry_at = due if self._retry_at is None else min(self._retry_at, due)
 
     def _deliveries(self, entry_ids: list[str]) -> dict[str, int]:
         if not entry_ids:

@@ -67,6 +67,7 @@ class Manager:
                 claim_idle_ms=settings.FL_MANAGER_CLAIM_IDLE_MS,
                 max_deliveries=settings.FL_MANAGER_MAX_DELIVERIES,
                 retry_base_seconds=settings.FL_MANAGER_RETRY_SECONDS,
+                max_in_flight=settings.FL_MANAGER_MAX_IN_FLIGHT,
             ),
         )
         self._stop = threading.Event()
@@ -126,7 +127,8 @@ class Manager:
             self._next_reconcile_all = time.monotonic() + self.settings.FL_MANAGER_RECONCILE_SECONDS
             return
         try:
-            self.consumer.poll(block_ms=int(min(1000, until_timer * 1000)) + 1)
+            # Pipelined: the next entries are read while earlier submits are still at the broker.
+            self.consumer.poll(block_ms=int(min(1000, until_timer * 1000)) + 1, pipelined=True)
         except REDIS_DOWN as exc:
             # Redis restarting: nothing is lost (entries stay in the stream); wait and read again.
             self.reachability.failed(exc)
@@ -138,4 +140,5 @@ class Manager:
         self._stop.set()
 
     def close(self) -> None:
+        self.consumer.close()
         self.pool.shutdown(wait=True)

@@ -30,5 +30,9 @@ class ManagerSettings(_Settings):
     FL_MANAGER_MAX_DELIVERIES: int = Field(default=5, ge=1, le=100)
     #: First retry of a failed entry after this many seconds (doubling per delivery, at most 30 s).
     FL_MANAGER_RETRY_SECONDS: float = Field(default=1.0, gt=0, le=60)
-    #: Symbols reconciled in parallel (broker round trips overlap in a burst of fills at the open).
-    FL_MANAGER_WORKERS: int = Field(default=8, ge=1, le=64)
+    #: Symbols reconciled in parallel (broker round trips overlap in a burst of fills at the open):
+    #: sized for a burst, so 100 fills at the open go out in two waves of round trips, not thirteen.
+    FL_MANAGER_WORKERS: int = Field(default=64, ge=1, le=256)
+    #: Batches of trade updates being reconciled at once: the consumer reads the next entries while
+    #: earlier submits are at the broker, and waits when this many are in flight. 1: one at a time.
+    FL_MANAGER_MAX_IN_FLIGHT: int = Field(default=4, ge=1, le=64)

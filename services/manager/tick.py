@@ -1,19 +1,21 @@
 """The manager's tick (RQ job `manage_positions`, every 5 minutes in market hours; `factoryline manage`).
 
-Reads: the halt flag, every open position (one listing, whose HTTP Date header is the broker's "now"),
-the day's session (kept in Redis by `shared.market.sessions`: no broker request), the latest price of
-all of them (one batched request; the last trade when the ask is missing), the minute bars since
-the last tick (one batched request), and each position's `PositionState` in Redis (one MGET).
+Reads: the halt flag, every open position (one listing, whose HTTP Date header is the broker's "now"
+and whose `current_price`, the last trade, is each position's price), the day's session (kept in
+Redis by `shared.market.sessions`: no broker request), the data feed's latest price only for a
+position the listing gives no price (the ask, or the last trade when there is no ask), the minute
+bars since the last tick of the positions whose exits they can change (`bars_wanted`), and each
+position's `PositionState` in Redis (one MGET).
 Decides: `shared.exits.evaluate` raises the high-water mark with the highest price seen since the
 last tick (so a spike between ticks counts), arms break-even and trailing, and says whether a soft
 exit fires (trailing, break-even, time stop).
 Writes: the advanced states (compare-and-set: a fill processed meanwhile wins), the exits
 (`services.manager.exiting`), and portfolio.csv.
 
-Broker requests per tick when no exit fires and no state is lost: 4 (positions, the account for the
-risk limits, prices, bars) up to 200 positions. Past that the adapter splits prices and bars into one
-request per 200 symbols (Alpaca answers a longer symbol list with "Request-URI Too Large"), so
-2 + 2 x ceil(n / 200). A cold session
+Broker requests per tick when no exit fires and no state is lost: 3 (positions, the account for the
+risk limits, bars) up to 200 positions. Past that the adapter splits bars into one request per 200
+symbols (Alpaca answers a longer symbol list with "Request-URI Too Large"): at most 2 + 7 for
+positions with nothing armed (UNARMED_BARS_BUDGET), plus ceil(armed / 200). A cold session
 cache adds one calendar request for the day; a lost state adds two requests for all lost symbols
 together (order history, bars since entry); each exit adds its own.
 Checks no soft exit (and says so) while the halt flag is set, and does nothing while the market is
@@ -37,7 +39,15 @@ from services.manager import exiting, hwm, portfolio
 from services.manager.context import ManagerContext, context_from_environment
 from shared import bus, config, logs, risk
 from shared.broker.contract import OrderExecutor
-from shared.exits import ExitDecision, ExitReason, ExitRules, PositionState, evaluate, soft_exit
+from shared.exits import (
+    ExitDecision,
+    ExitReason,
+    ExitRules,
+    PositionState,
+    breakeven_arm_level,
+    evaluate,
+    soft_exit,
+)
 from shared.market import sessions
 from shared.market.calendar import NEW_YORK
 from shared.models import Position, Timeframe
@@ -78,6 +88,8 @@ class TickReport:
     #: Exits that fired but were not sent: the halt flag was set during the tick.
     halted_before: list[str] = field(default_factory=list)
     portfolio_csv: str | None = None
+    #: Positions whose minute bars since the last look were read (`bars_wanted`).
+    bars: int = 0
     seconds: float = 0.0
 
     def lines(self) -> list[str]:
@@ -116,6 +128,7 @@ class TickReport:
             "rebased": {s: str(r) for s, r in self.rebased.items()},
             "halted_before": self.halted_before,
             "portfolio_csv": self.portfolio_csv,
+            "bars": self.bars,
             "seconds": round(self.seconds, 3),
         }
 
@@ -174,8 +187,11 @@ def run_tick(ctx: ManagerContext, *, portfolio_path: Path | None = None) -> Tick
     rebuilt = hwm.rebuild(executor, lost, prices, now, rules, namespace=keys.ns)
     report.rebuilt = sorted(rebuilt)
     as_stored = {s: st.state for s, st in stored.items() if st.state is not None}
-    # Bars from each state's last advance as stored (updating the entry below moves `updated_at`).
-    highs = _highs_since_last_tick(executor, as_stored, now)
+    # Bars from each state's last advance as stored (updating the entry below moves `updated_at`),
+    # for the positions whose exits the high since then can change (`bars_wanted`).
+    looked = bars_wanted(as_stored, prices, rules)
+    report.bars = len(looked)
+    highs = _highs_since_last_tick(executor, {s: as_stored[s] for s in looked}, now)
     known: dict[str, PositionState] = {}
     for symbol, state in as_stored.items():
         known[symbol], ratio = state.follow_broker(positions[symbol].qty, positions[symbol].avg_entry_price, now)
@@ -259,16 +275,42 @@ def _positions_and_now(executor: OrderExecutor) -> tuple[list[Position], datetim
 
 
 def _prices(executor: OrderExecutor, positions: dict[str, Position]) -> dict[str, Decimal]:
-    """The batched latest prices; a symbol the data feed has nothing for falls back to the price the
-    position listing carries (the broker's last valuation), so one quiet symbol never blinds the tick."""
-    if not positions:
-        return {}
-    quotes = executor.get_latest_prices(positions)
-    prices = {s: quotes[s].price for s in positions if s in quotes and quotes[s].price > ZERO}
-    for symbol, position in positions.items():
-        if symbol not in prices and position.current_price is not None and position.current_price > ZERO:
-            prices[symbol] = position.current_price
+    """The price each position listing carries (`current_price`, the broker's last trade: no request
+    of its own); only the symbols it has none for are asked of the data feed, in one batched request
+    (the ask, or the last trade when there is no ask), so one quiet symbol never blinds the tick."""
+    prices = {s: p.current_price for s, p in positions.items()
+              if p.current_price is not None and p.current_price > ZERO}
+    missing = [s for s in positions if s not in prices]
+    if missing:
+        quotes = executor.get_latest_prices(missing)
+        prices.update({s: quotes[s].price for s in missing if s in quotes and quotes[s].price > ZERO})
     return prices
+
+
+#: Positions with no exit armed get minute bars while these fit (7 requests of 200 symbols): up to
+#: this many positions every one of them does, so the decisions are those of a tick that reads bars
+#: for all. Beyond, those closest to arming do; the rest arm from the current price only.
+UNARMED_BARS_BUDGET = 1_400
+
+
+def bars_wanted(states: dict[str, PositionState], prices: dict[str, Decimal], rules: ExitRules) -> list[str]:
+    """The positions whose minute bars since the last look this tick reads.
+
+    Every position with break-even or trailing armed: the high since the last look raises its
+    high-water mark, which moves the trailing level (and arms trailing after break-even). A position
+    with nothing armed needs the high only if it reached an arming level between two ticks (a spike
+    that is gone by the tick); those are read while they fit in UNARMED_BARS_BUDGET, nearest to their
+    break-even arming level first."""
+    armed = [s for s, st in states.items() if st.breakeven_armed or st.trailing_armed]
+    unarmed = [s for s, st in states.items() if not (st.breakeven_armed or st.trailing_armed)]
+    if len(unarmed) > UNARMED_BARS_BUDGET:
+        def nearness(symbol: str) -> tuple[Decimal, str]:
+            price = prices.get(symbol, states[symbol].high_water_mark)
+            return -(max(price, states[symbol].high_water_mark)
+                     / breakeven_arm_level(states[symbol].entry_price, rules)), symbol
+
+        unarmed = sorted(unarmed, key=nearness)[:UNARMED_BARS_BUDGET]
+    return sorted([*armed, *unarmed])
 
 
 def _highs_since_last_tick(executor: OrderExecutor, states: dict[str, PositionState],

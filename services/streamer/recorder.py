@@ -15,6 +15,7 @@ with backoff while Redis is down (restarted, unreachable), so no update is dropp
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections import deque
@@ -34,17 +35,38 @@ log = logging.getLogger(__name__)
 DEFAULT_MAXLEN = 100_000
 DEFAULT_SEEN_TTL = 7 * 24 * 3600
 
-# KEYS: seen mark, stream, health hash. ARGV: seen ttl, maxlen, event id, event time, recorded
-# time, then the entry's field/value pairs. The entry goes first: if XADD fails nothing is marked.
-_RECORD_ONCE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return false
+# One call records a whole batch (the updates that arrived together), in order.
+# KEYS: stream, health hash, notification channel, notification stream, then one seen mark per update.
+# ARGV: seen ttl, maxlen, recorded time, notification maxlen, then per update: event id, event time,
+# the mirror's JSON without its closing brace, the number of entry fields, the field/value pairs.
+# Per update the entry goes first and the seen mark after it: a script that fails part way (Redis
+# does not roll back) can leave entries without marks (a retry then writes nothing twice: the marks
+# of those written are set right after each XADD), never a mark without its entry.
+_RECORD_BATCH = """
+local ids = {}
+local last = nil
+local a = 5
+for i = 1, #KEYS - 4 do
+  local event_id, event_at, note, n = ARGV[a], ARGV[a + 1], ARGV[a + 2], tonumber(ARGV[a + 3])
+  local first = a + 4
+  a = first + 2 * n
+  if redis.call('EXISTS', KEYS[4 + i]) == 1 then
+    ids[i] = false
+  else
+    local entry_id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, first, a - 1))
+    redis.call('SET', KEYS[4 + i], '1', 'EX', ARGV[1])
+    ids[i] = entry_id
+    last = {event_id, event_at, entry_id}
+    local payload = note .. ', "entry_id": "' .. entry_id .. '"}'
+    redis.call('PUBLISH', KEYS[3], payload)
+    redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[4], '*', 'kind', 'trade_update', 'data', payload)
+  end
 end
-local entry_id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 6))
-redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
-redis.call('HSET', KEYS[3], 'last_event_id', ARGV[3], 'last_event_at', ARGV[4],
-           'last_recorded_at', ARGV[5], 'last_entry_id', entry_id)
-return entry_id
+if last then
+  redis.call('HSET', KEYS[2], 'last_event_id', last[1], 'last_event_at', last[2],
+             'last_recorded_at', ARGV[3], 'last_entry_id', last[3])
+end
+return ids
 """
 
 #: Most updates written in one round trip (a burst at the open: 100 fills in ~4 ms of Redis work).
@@ -105,7 +127,7 @@ class Recorder:
         self.on_redis_back = on_redis_back
         #: Told of every write's outcome (the streamer shares one with its main loop).
         self.reachability = reachability or RedisReachability(client, log)
-        self._script = client.register_script(_RECORD_ONCE)
+        self._script = client.register_script(_RECORD_BATCH)
         self._script_loaded = False
         self._queue: deque[_Pending] = deque()
         self._cond = threading.Condition()
@@ -123,57 +145,38 @@ class Recorder:
         return self.write_many([update])[0]
 
     def write_many(self, updates: list[TradeUpdate]) -> list[str | None]:
-        """Record each update once, in order, in one round trip (plus one for the pub/sub mirror):
-        a burst of fills costs two round trips, not two per fill. Entry ids, None for duplicates.
+        """Record each update once, in order, with its pub/sub mirror for live watchers, in ONE
+        script call: a burst of fills costs one round trip. Entry ids, None for duplicates.
         Raises redis errors (nothing of the batch is then known to be written: the dedup marks make
         retrying the whole batch safe)."""
+        if not updates:
+            return []
         if not self._script_loaded:
             # Loaded up front (again after any Redis failure: a restart empties the script cache), so
-            # the batch never meets NOSCRIPT in the middle of a pipeline.
-            self._script.sha = self.client.script_load(_RECORD_ONCE)
+            # the batch never meets NOSCRIPT on a connection that drops on an error reply.
+            self._script.sha = self.client.script_load(_RECORD_BATCH)
             self._script_loaded = True
-        recorded_at = datetime.now(UTC).isoformat()
-        pipe = self.client.pipeline(transaction=False)
+        keys = [self.keys.trade_updates, self.keys.streamer_health, self.keys.notifications,
+                self.keys.notification_stream]
+        args: list[str] = [str(self.seen_ttl), str(self.maxlen), datetime.now(UTC).isoformat(),
+                           str(bus.NOTIFICATIONS_MAXLEN)]
         for update in updates:
+            keys.append(self.keys.streamer_seen(update.event_id))
             # The encoding round-trips exactly (tests/test_trade_events.py); the manager validates on read.
-            args: list[str] = [str(self.seen_ttl), str(self.maxlen), update.event_id,
-                               update.timestamp.isoformat(), recorded_at]
-            for name, value in encode_entry(update).items():
+            fields = encode_entry(update)
+            args += [update.event_id, update.timestamp.isoformat(), _mirror_note(update), str(len(fields))]
+            for name, value in fields.items():
                 args += [name, value]
-            keys = [self.keys.streamer_seen(update.event_id), self.keys.trade_updates, self.keys.streamer_health]
-            pipe.evalsha(self._script.sha, len(keys), *keys, *args)
         try:
-            entry_ids = pipe.execute()
+            entry_ids = self.client.evalsha(self._script.sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
-            # Someone ran SCRIPT FLUSH: every call of the batch failed alike. Load, retry once.
+            # Someone ran SCRIPT FLUSH: nothing of the batch ran. Load, retry once.
             self._script_loaded = False
             return self.write_many(updates)
         except (redis.RedisError, OSError):
             self._script_loaded = False
             raise
-        self._mirror(updates, entry_ids)
-        return entry_ids
-
-    def _mirror(self, updates: list[TradeUpdate], entry_ids: list[str | None]) -> None:
-        """Pub/sub copies for live watchers (`factoryline watch`), one round trip for the batch."""
-        pipe = self.client.pipeline(transaction=False)
-        for update, entry_id in zip(updates, entry_ids, strict=True):
-            if entry_id is not None:
-                bus.publish(
-                    pipe, self.keys, "trade_update",
-                    event_id=update.event_id, event=update.event.value, symbol=update.order.symbol,
-                    client_order_id=update.order.client_order_id, order_status=update.order.status.value,
-                    filled_qty=update.order.filled_qty, price=update.price, entry_id=entry_id,
-                    at=update.timestamp.isoformat(),
-                )
-        if not len(pipe):
-            return
-        try:
-            pipe.execute()
-        except redis.RedisError as exc:
-            # Pub/sub is a courtesy for watchers; the durable entries are already written.
-            logs.event(log, "notification_not_sent", level=logging.WARNING, count=len(pipe),
-                       error=type(exc).__name__)
+        return [entry_id or None for entry_id in entry_ids]
 
     # -- queue -------------------------------------------------------------------------------
     def submit(self, update: TradeUpdate, *, source: str = "live", batch: Batch | None = None) -> None:
@@ -307,3 +310,15 @@ class Recorder:
                 self.on_redis_back()
             except Exception:
                 log.exception("redis_back_callback_failed")
+
+
+def _mirror_note(update: TradeUpdate) -> str:
+    """The `trade_update` notification (`bus.publish`'s JSON) without its closing brace: the
+    script appends the entry id, known only once the entry is written."""
+    payload = json.dumps({
+        "kind": "trade_update", "event_id": update.event_id, "event": update.event.value,
+        "symbol": update.order.symbol, "client_order_id": update.order.client_order_id,
+        "order_status": update.order.status.value, "filled_qty": update.order.filled_qty,
+        "price": update.price, "at": update.timestamp.isoformat(),
+    }, default=str)
+    return payload[:-1]

@@ -123,6 +123,8 @@ ORDERS_PAGE_LIMIT = 500
 ORDER_HISTORY_LOOKBACK = timedelta(days=90)
 #: Symbols per market-data request: keeps the query string far below any URL length limit.
 SYMBOLS_PER_REQUEST = 200
+#: Connections kept per host for the trading API (the manager sends a burst of orders in parallel).
+HTTP_POOL_SIZE = 64
 #: How long the trade stream waits for the "listening" acknowledgement before calling on_connect.
 LISTEN_ACK_TIMEOUT_SECONDS = 5.0
 #: Longest broker text kept in an error message (an HTML 502 page is not a message).
@@ -419,6 +421,65 @@ def trade_update_from_alpaca(update: alpaca_models.TradeUpdate) -> TradeUpdate:
     )
 
 
+
+def _raw_time(value: object) -> datetime | None:
+    """An ISO time from the wire (nanoseconds truncated, "Z" read as UTC, a naive one taken as UTC)."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"not a time: {value!r}")
+    return _aware(datetime.fromisoformat(value))
+
+
+def _raw_enum(value: object) -> str | None:
+    return None if value is None or value == "" else str(value)
+
+
+def order_from_raw(data: dict[str, Any]) -> Order:
+    """`order_from_alpaca` for the order as the wire carries it (a JSON object), without building
+    alpaca-py's model first: the same fields, the same defaults, the same Decimal conversion."""
+    return Order(
+        id=str(data["id"]),
+        client_order_id=data["client_order_id"],
+        symbol=data.get("symbol") or "",
+        side=Side(_raw_enum(data.get("side"))),
+        type=OrderType(_raw_enum(data.get("type")) or _raw_enum(data.get("order_type"))),
+        order_class=OrderClass(_raw_enum(data.get("order_class")) or "simple"),
+        time_in_force=TimeInForce(_raw_enum(data.get("time_in_force"))),
+        status=OrderStatus(_raw_enum(data.get("status"))),
+        qty=_dec(data.get("qty")),
+        notional=_dec(data.get("notional")),
+        filled_qty=_dec(data.get("filled_qty")) or ZERO,
+        filled_avg_price=_dec(data.get("filled_avg_price")),
+        limit_price=_dec(data.get("limit_price")),
+        stop_price=_dec(data.get("stop_price")),
+        created_at=_raw_time(data.get("created_at")),
+        updated_at=_raw_time(data.get("updated_at")),
+        submitted_at=_raw_time(data.get("submitted_at")),
+        filled_at=_raw_time(data.get("filled_at")),
+        legs=[order_from_raw(leg) for leg in data.get("legs") or []],
+    )
+
+
+def trade_update_from_raw(data: dict[str, Any]) -> TradeUpdate:
+    """A trade update straight from the stream's JSON (`{"stream": "trade_updates", "data": ...}`'s
+    data): one model built per update, ours (`trade_update_from_alpaca` gives the same result from
+    alpaca-py's model; tests/test_broker_contract.py compares them)."""
+    execution_id = data.get("execution_id")
+    timestamp = _raw_time(data.get("timestamp"))
+    if timestamp is None:
+        raise ValueError("trade update without a timestamp")
+    return TradeUpdate(
+        event=TradeEventType.parse(_raw_enum(data.get("event")) or ""),
+        order=order_from_raw(data["order"]),
+        timestamp=timestamp,
+        price=_dec(data.get("price")),
+        qty=_dec(data.get("qty")),
+        position_qty=_dec(data.get("position_qty")),
+        execution_id=str(execution_id) if execution_id is not None else None,
+    )
+
+
 # =============================================================================================
 # HTTP plumbing
 # =============================================================================================
@@ -526,6 +587,14 @@ def _set_retries(client: Any, retries: int, wait: float) -> None:
     client._retry_wait = wait
 
 
+def _size_connection_pool(client: Any, size: int) -> None:
+    # requests keeps 10 connections per host by default: a burst of protective orders from the
+    # manager's pool would open (and throw away) a new connection for every request beyond that.
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=size)
+    for prefix in ("http://", "https://"):
+        client._session.mount(prefix, adapter)
+
+
 def _chunks(items: Sequence[str], size: int) -> Iterable[list[str]]:
     for start in range(0, len(items), size):
         yield list(items[start : start + size])
@@ -578,6 +647,8 @@ class AlpacaExecutor(OrderExecutor):
         _set_retries(self._data, read_retries, read_retry_wait)
         _set_retries(self._corporate, read_retries, read_retry_wait)
         _set_retries(self._submitter, 0, 0)
+        for client in (self._trading, self._submitter):
+            _size_connection_pool(client, HTTP_POOL_SIZE)
         self._feed = DataFeed(settings.ALPACA_DATA_FEED)
         self._answers = threading.local()
         for client in (self._trading, self._submitter, self._data, self._corporate):
@@ -1100,8 +1171,11 @@ class AlpacaTradeUpdateStream(TradeUpdateStream):
     """Alpaca's trade_updates WebSocket as `shared.models.TradeUpdate`s.
 
     `run` blocks in its own event loop and reconnects with alpaca-py's backoff until `stop`.
-    Callbacks run one at a time in a worker thread, so a slow backfill in `on_connect` never
-    stalls the socket's keepalive; updates that arrive meanwhile wait and follow in order.
+    Each update is read from the socket's JSON into our `TradeUpdate` (one model, no alpaca-py
+    model first) and handed to `on_update` in the loop itself, in order: `on_update` must not
+    block (the streamer's only queues it). `on_connect` and `on_disconnect` run in a worker
+    thread, so a slow backfill never stalls the socket's keepalive; updates that arrive meanwhile
+    wait and follow in order.
     `on_connect` runs once the server has acknowledged `listen`, so nothing published after the
     backfill's read can be missed. If `on_connect` raises, the connection is closed and retried
     with alpaca-py's backoff (so the backfill is retried too). An exception in `on_update` is
@@ -1137,26 +1211,34 @@ class AlpacaTradeUpdateStream(TradeUpdateStream):
             logs.event(log, "trade_stream_disconnected", endpoint=self._settings.stream_endpoint)
             await in_thread(on_disconnect)
 
-        async def on_trade_update(raw_update: alpaca_models.TradeUpdate) -> None:
+        async def on_trade_update(message: dict[str, Any]) -> None:
+            # raw_data: alpaca-py hands over the JSON; our model is the only one built for it.
+            data = message.get("data") if isinstance(message, dict) else None
             try:
-                update = trade_update_from_alpaca(raw_update)
-            except (ValueError, ValidationError) as exc:
+                if not isinstance(data, dict):
+                    raise ValueError("trade update without data")
+                update = trade_update_from_raw(data)
+            except (ValueError, TypeError, KeyError, ValidationError) as exc:
+                order = data.get("order") if isinstance(data, dict) else None
+                order = order if isinstance(order, dict) else {}
                 logs.event(
                     log,
                     "trade_update_unreadable",
                     level=logging.ERROR,
-                    symbol=getattr(raw_update.order, "symbol", None),
-                    client_order_id=getattr(raw_update.order, "client_order_id", None),
-                    reason=str(exc).splitlines()[0],
+                    symbol=order.get("symbol"),
+                    client_order_id=order.get("client_order_id"),
+                    reason=(str(exc).splitlines() or [type(exc).__name__])[0],
                 )
                 return
-            await in_thread(on_update, update)
+            # In the loop, no thread hop: on_update only hands the update over (it must not block).
+            on_update(update)
 
         settings = self._settings
         stream = _HookedTradingStream(
             settings.ALPACA_API_KEY.get_secret_value(),
             settings.ALPACA_SECRET_KEY.get_secret_value(),
             paper=not settings.is_live,
+            raw_data=True,
             url_override=settings.stream_endpoint,
             on_connected=connected,
             on_closed=closed,

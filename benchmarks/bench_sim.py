@@ -1,7 +1,7 @@
 """How fast the simulated market serves alpaca-py over loopback, and how fast it advances days.
 
 1. Order throughput: N market buys through an unmodified alpaca-py TradingClient (one client, one
-   after another) against `python -m services.sim` in its own process (rate limit off), beside the
+   after another) against `python -m sim` in its own process (rate limit off), beside the
    HTTP round-trip floor measured in the same run with the same client (GET /v2/clock).
    Target: >= 200 orders/s.
 2. Trade-update latency over the trade_updates WebSocket (alpaca-py TradingStream): from the
@@ -44,7 +44,7 @@ def start_server() -> tuple[subprocess.Popen, str]:
     command = [
         sys.executable,
         "-m",
-        "services.sim",
+        "sim",
         "--port",
         "0",
         "--speed",
@@ -164,8 +164,8 @@ def bench_stream(base_url: str, orders: int) -> None:
 def bench_advance() -> None:
     from shared.models import OrderType, Side
     from shared.models import TimeInForce as Tif
-    from shared.sim.engine import MarketEngine
-    from shared.sim.orders import OrderRequest
+    from sim.engine import MarketEngine
+    from sim.engine.orders import OrderRequest
 
     started = time.perf_counter()
     engine = MarketEngine.create(start=START)

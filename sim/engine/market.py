@@ -22,7 +22,7 @@ from pathlib import Path
 from shared.errors import InputError
 from shared.market.calendar import NEW_YORK, NyseCalendar
 from shared.models import TradingDay
-from shared.sim.paths import (
+from sim.engine.paths import (
     TICKS_PER_DOLLAR,
     DayBar,
     MinuteBar,
@@ -31,7 +31,7 @@ from shared.sim.paths import (
     round_ticks,
     to_ticks,
 )
-from shared.sim.universe import SimAsset
+from sim.engine.universe import SimAsset
 
 MINUTE = timedelta(minutes=1)
 HALF_SPREAD_FRACTION = 0.0002

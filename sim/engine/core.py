@@ -82,9 +82,10 @@ class MarketEngine(Sessions, Matching, OrderEntry, Account, MarketReads, Control
         self.cushion = buying_power_cushion
         self.clock = VirtualClock(start, speed, wall)
         self.sessions: list[TradingDay] = calendar.sessions(calendar.first_date, calendar.last_date)
-        self._closes = [s.close for s in self.sessions]
-        self._opens = [s.open for s in self.sessions]
-        anchor = max(bisect.bisect_right(self._opens, start) - 1, 0)
+        # UTC, like the clock: comparisons within one tzinfo skip the zone lookups.
+        self._closes = [s.close.astimezone(UTC) for s in self.sessions]
+        self._opens = [s.open.astimezone(UTC) for s in self.sessions]
+        anchor = max(bisect.bisect_right(self._opens, start.astimezone(UTC)) - 1, 0)
         self.market = MarketData(
             build_universe(universe_size, seed), calendar, self.sessions, anchor, seed, bars_csv=bars_csv
         )

@@ -23,10 +23,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from services.demo.days import DEFAULT_FIRST_DAY, DEMO_UNIVERSE_SIZE, TICK_MINUTES, DaysOptions, run_days  # noqa: E402
-from services.demo.runner import _at  # noqa: E402
+from demo.days import DEFAULT_FIRST_DAY, DEMO_UNIVERSE_SIZE, TICK_MINUTES, DaysOptions, run_days  # noqa: E402
+from demo.runner import _at  # noqa: E402
 from shared.market.calendar import nyse  # noqa: E402
-from shared.sim.engine import MarketEngine  # noqa: E402
+from sim.engine import MarketEngine  # noqa: E402
 
 TARGET_SECONDS_FOR_10_DAYS = 60
 

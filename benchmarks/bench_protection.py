@@ -165,11 +165,11 @@ def run_round(kind: str, fills: int, latency: float, workdir: Path) -> tuple[lis
     fill -> in the stream, and in the stream -> protected (the last two empty for the naive peers)."""
     import redis
 
-    from services.sim.server import ServerThread, SimServer
     from shared.broker import make_executor
     from shared.config import BrokerSettings
-    from shared.sim.engine import MarketEngine
-    from shared.sim.universe import build_universe
+    from sim.engine import MarketEngine
+    from sim.engine.universe import build_universe
+    from sim.server import ServerThread, SimServer
 
     # Whole-share orders of at most a few hundred dollars each: the burst is what is measured, not cash.
     symbols = [a.symbol for a in build_universe(fills + 25, 7) if a.base_price < 1000][:fills]

@@ -1,6 +1,6 @@
 """How fast the nightly scan runs: 500 tickers x 3 strategies x 2 years of daily bars, bar fetching included.
 
-Starts the simulated market as its own process (`python -m services.sim --universe-size 500`, rate limit
+Starts the simulated market as its own process (`python -m sim --universe-size 500`, rate limit
 off) and times the whole scan as the job runs it (`services.scanner.scan.scan`: the broker's asset list,
 the clock, daily bars in batches through AlpacaExecutor/alpaca-py over HTTP, three backtests per ticker
 through the manager's `bar_exit`, one atomic log per ticker), with 1 worker process and with N.

@@ -1,9 +1,9 @@
 """How fast the simulated market serves alpaca-py over loopback, and how fast it advances days.
 
 1. Order throughput: N market buys through an unmodified alpaca-py TradingClient (one client, one
-   after another) against `python -m services.sim` in its own process (rate limit off), beside the
-   HTTP round-trip floor measured in the same run with the same client (GET /v2/clock).
-   Target: >= 200 orders/s.
+   after another) against `python -m sim` in its own process (rate limit off), beside the
+   HTTP round-trip floor measured in the same run with the same client (GET /v2/clock), in
+   alternating rounds. Target (issue 18): >= 1,000 orders/s.
 2. Trade-update latency over the trade_updates WebSocket (alpaca-py TradingStream): from the
    moment an order is sent, and from the moment its answer arrives, to its fill update, p50/p99.
 3. Advancing virtual time: 10 trading days for 20 symbols with a resting protective order each,
@@ -38,13 +38,15 @@ from alpaca.trading.stream import TradingStream  # noqa: E402
 NEW_YORK = ZoneInfo("America/New_York")
 START = datetime(2024, 3, 4, 10, 0, tzinfo=NEW_YORK)
 KEY, SECRET = "sim-key", "sim-secret"
+#: Issue 18's target for the simulator's intake.
+TARGET_ORDERS_PER_SECOND = 1000
 
 
 def start_server() -> tuple[subprocess.Popen, str]:
     command = [
         sys.executable,
         "-m",
-        "services.sim",
+        "sim",
         "--port",
         "0",
         "--speed",
@@ -70,33 +72,42 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(pct / 100 * (len(ordered) - 1))))]
 
 
-def bench_http(base_url: str, orders: int) -> None:
+def bench_http(base_url: str, orders: int, rounds: int) -> None:
+    """Orders and the floor in alternating rounds (a busy machine loads both alike): each round
+    times orders/rounds clock reads, then as many market buys. Prints the best round of each and
+    the median of the rounds' ratios."""
     client = TradingClient(KEY, SECRET, url_override=base_url)
     for _ in range(50):  # warm up connections and code paths
         client.get_clock()
-    started = time.perf_counter()
-    for _ in range(orders):
-        client.get_clock()
-    floor = orders / (time.perf_counter() - started)
-
-    started = time.perf_counter()
-    for i in range(orders):
-        client.submit_order(
-            MarketOrderRequest(
-                symbol="AAPL",
-                qty=1,
-                side=OrderSide.BUY,
-                time_in_force=TimeInForce.DAY,
-                client_order_id=f"bench-{i}",
+    per_round = max(orders // rounds, 1)
+    floors, rates = [], []
+    sent = 0
+    for _ in range(rounds):
+        started = time.perf_counter()
+        for _ in range(per_round):
+            client.get_clock()
+        floors.append(per_round / (time.perf_counter() - started))
+        started = time.perf_counter()
+        for _ in range(per_round):
+            client.submit_order(
+                MarketOrderRequest(
+                    symbol="AAPL",
+                    qty=1,
+                    side=OrderSide.BUY,
+                    time_in_force=TimeInForce.DAY,
+                    client_order_id=f"bench-{sent}",
+                )
             )
-        )
-    rate = orders / (time.perf_counter() - started)
-    print(f"HTTP floor (GET /v2/clock, same client):     {floor:8.0f} requests/s")
+            sent += 1
+        rates.append(per_round / (time.perf_counter() - started))
+    floor, rate = max(floors), max(rates)
+    ratio = statistics.median(r / f for r, f in zip(rates, floors, strict=True))
+    print(f"HTTP floor (GET /v2/clock, same client):     {floor:8.0f} requests/s (best of {rounds} rounds)")
     print(
-        f"market buys accepted through alpaca-py:      {rate:8.0f} orders/s   (target >= 200: "
-        f"{'ok' if rate >= 200 else 'MISSED'})"
+        f"market buys accepted through alpaca-py:      {rate:8.0f} orders/s   (best of {rounds} rounds; "
+        f"target >= {TARGET_ORDERS_PER_SECOND}: {'ok' if rate >= TARGET_ORDERS_PER_SECOND else 'MISSED'})"
     )
-    print(f"ratio orders/s to floor:                     {rate / floor:8.2f}")
+    print(f"ratio orders/s to floor:                     {ratio:8.2f}   (median of the rounds)")
 
 
 def bench_stream(base_url: str, orders: int) -> None:
@@ -164,8 +175,8 @@ def bench_stream(base_url: str, orders: int) -> None:
 def bench_advance() -> None:
     from shared.models import OrderType, Side
     from shared.models import TimeInForce as Tif
-    from shared.sim.engine import MarketEngine
-    from shared.sim.orders import OrderRequest
+    from sim.engine import MarketEngine
+    from sim.engine.orders import OrderRequest
 
     started = time.perf_counter()
     engine = MarketEngine.create(start=START)
@@ -196,10 +207,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--orders", type=int, default=1000)
     parser.add_argument("--latency-orders", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=10, help="alternating rounds of floor and orders")
     args = parser.parse_args()
     proc, base_url = start_server()
     try:
-        bench_http(base_url, args.orders)
+        bench_http(base_url, args.orders, args.rounds)
         bench_stream(base_url, args.latency_orders)
     finally:
         proc.terminate()

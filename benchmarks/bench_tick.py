@@ -1,6 +1,6 @@
 """Tick cost at 10, 100, 1,000 and 5,000 open positions: broker requests per tick and tick time.
 
-Starts the simulated market as its own process (`python -m services.sim`, rate limit off, a universe
+Starts the simulated market as its own process (`python -m sim`, rate limit off, a universe
 of 5,000+ tickers, $20M), opens one share of each position through alpaca-py over HTTP, and runs
 `services.manager.tick.run_tick` against it with real Redis (a namespace of its own, deleted after).
 The first tick at each size rebuilds the new positions' states (no state yet: order history and

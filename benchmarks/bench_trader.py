@@ -1,6 +1,6 @@
 """How fast the trader enters 50 signals, against the HTTP round-trip floor measured in the same run.
 
-Starts the simulated market as its own process (`python -m services.sim`, rate limit off, a universe
+Starts the simulated market as its own process (`python -m sim`, rate limit off, a universe
 with 50+ tickers, $200,000), writes 50 ranked signals to Redis, and times the whole job
 (`trade_signals()`: settings, Redis, clock, account, positions, open orders, 50 asset reads, one batched
 price read, one listing of recent orders, then one submit per entry) through alpaca-py over HTTP.

@@ -4,6 +4,9 @@ and a command never pays for another service's imports.
 
 Any FactoryLineError (bad config, bad input, a broker refusal) ends the command with one line on
 stderr and exit status 2; never a traceback.
+
+`demo` and `sim` run the optional packages `demo` and `sim` (the `sim` extra); only those two
+commands import them, and without the extra they end with a one-line error saying how to install it.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ from shared.errors import FactoryLineError
 
 #: command -> (module defining register(subparsers), one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("services.demo.cli", "run the line end to end on the built-in simulated market, offline"),
+    "demo": ("demo.cli", "run the line end to end on the built-in simulated market, offline"),
     "config": ("services.configcmd", "validate settings from the environment and .env and print them"),
-    "sim": ("services.sim.cli", "run the Alpaca-compatible simulated market"),
+    "sim": ("sim.cli", "run the Alpaca-compatible simulated market"),
     "scan": ("services.scanner.cli", "scan the targets now and write one QuickStrike log per ticker"),
     "rank": ("services.ranker.cli", "rank the scanner logs now and write actionable_signals.csv"),
     "trade": ("services.trader.cli", "enter today's ranked signals now (--dry-run prints the plan)"),
@@ -32,6 +35,22 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "watch": ("services.manager.cli", "follow live notifications (fills, protections, exits)"),
     "notify": ("services.notifier.cli", "send a test notification to every FL_NOTIFY_URLS URL (--test)"),
 }
+#: Commands of the optional `sim` extra -> the modules it installs that they need.
+NEEDS_SIM_EXTRA: dict[str, tuple[str, ...]] = {
+    "demo": ("sim", "demo", "aiohttp", "fakeredis"),
+    "sim": ("sim", "aiohttp"),
+}
+
+
+def missing_extra(command: str | None) -> str | None:
+    """The one-line error for an optional command whose extra is not installed, else None."""
+    for name in NEEDS_SIM_EXTRA.get(command, ()):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            return (f"factoryline {command} needs the simulated market, which is not installed "
+                    f"(no module {name!r}): pip install 'factoryline[sim]'")
+    return None
 
 
 def build_parser(command: str | None) -> argparse.ArgumentParser:
@@ -67,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     command = _command_in(argv)
     if command is not None and command not in COMMANDS:
         print(f"factoryline: error: unknown command {command!r} (see factoryline --help)", file=sys.stderr)
+        return 2
+    if (missing := missing_extra(command)) is not None:
+        print(f"factoryline: error: {missing}", file=sys.stderr)
         return 2
     parser = build_parser(command)
     args = parser.parse_args(argv)

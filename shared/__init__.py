@@ -1,2 +1,3 @@
-"""Factory Line's common library: configuration, domain models, the broker contract and its
-adapters, the Redis bus, and the simulated market engine. Never imports `services`."""
+"""Factory Line's common library: configuration, domain models, the broker contract and its Alpaca
+adapter, the Redis bus. Never imports `services`, nor the optional `sim` and `demo` packages
+(tests/test_layout.py)."""

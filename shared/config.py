@@ -351,19 +351,35 @@ def load(settings_cls: type[S], **overrides: object) -> S:
         raise ConfigError(_one_line(exc)) from None
 
 
-#: Every module that defines a settings group (`factoryline config` validates them all; unknown names
-#: are looked up among their fields).
-SETTINGS_MODULES = ("shared.config", "services.sim.cli", "services.streamer.settings", "services.manager.settings",
+#: Every production module that defines a settings group (`factoryline config` validates them all;
+#: unknown names are looked up among their fields).
+SETTINGS_MODULES = ("shared.config", "services.streamer.settings", "services.manager.settings",
                     "services.reporter.settings", "services.scheduler.settings", "services.manager.portfolio",
                     "services.scanner.settings", "services.notifier.settings")
+#: Optional packages (the simulator: `pip install 'factoryline[sim]'`) add their settings modules
+#: through this entry-point group, so production code never imports them by name; one that is
+#: declared but not installed (an image without it) is left out.
+SETTINGS_ENTRY_POINTS = "factoryline.settings"
 #: FL_* names read outside the settings groups.
 OTHER_NAMES = frozenset({"FL_ENV_FILE", "FL_TEST_REDIS_URL"})
 
 
+def _optional_settings_modules() -> list:
+    from importlib.metadata import entry_points
+
+    modules = []
+    for point in sorted(entry_points(group=SETTINGS_ENTRY_POINTS), key=lambda p: p.name):
+        try:
+            modules.append(importlib.import_module(point.value))
+        except ImportError:
+            log.debug("settings of %s are not installed (%s)", point.name, point.value)
+    return modules
+
+
 def all_groups() -> list[type[_Settings]]:
-    """Every settings group of the project, each once, in module order."""
+    """Every settings group of the project, each once, in module order (the optional packages' last)."""
     groups: list[type[_Settings]] = []
-    for module in map(importlib.import_module, SETTINGS_MODULES):
+    for module in [*map(importlib.import_module, SETTINGS_MODULES), *_optional_settings_modules()]:
         for value in vars(module).values():
             if (isinstance(value, type) and issubclass(value, _Settings) and value is not _Settings
                     and not value.__name__.startswith("_") and value not in groups):

@@ -9,7 +9,7 @@ Two ways to run it, same API:
         sim.control.advance(seconds=3600)             # /sim control endpoints over HTTP
         sim.engine.advance(60)                        # or the engine itself (in-thread mode only)
 
-    handle = start_sim(process=True, rate_limit=200)  # a real `python -m services.sim` subprocess
+    handle = start_sim(process=True, rate_limit=200)  # a real `python -m sim` subprocess
     try: ... handle.process.kill() ... finally: handle.stop()
 
 - `start_sim(...)` starts a server on a free loopback port. In-thread (default) it starts in
@@ -234,7 +234,7 @@ class SimHandle:
     secret_key: str = SECRET_KEY
     #: The market engine itself (in-thread mode only; None for a subprocess).
     engine: Any = None
-    #: The `python -m services.sim` process (subprocess mode only).
+    #: The `python -m sim` process (subprocess mode only).
     process: subprocess.Popen | None = None
     _thread: Any = None
     _cleanups: list[Callable[[], None]] = field(default_factory=list)
@@ -381,8 +381,8 @@ def start_sim(
             api_key=api_key,
             secret_key=secret_key,
         )
-    from services.sim.server import ServerThread, SimServer
-    from shared.sim.engine import MarketEngine
+    from sim.engine import MarketEngine
+    from sim.server import ServerThread, SimServer
 
     engine = MarketEngine.create(
         seed=seed, start=start, cash=cash, speed=speed, universe_size=universe_size, bars_csv=bars_csv
@@ -408,7 +408,7 @@ def _start_process(
     command = [
         sys.executable,
         "-m",
-        "services.sim",
+        "sim",
         "--port",
         str(port),
         "--seed",

@@ -28,7 +28,6 @@ from simhelpers import DEFAULT_START, start_sim
 from shared.broker import procedures
 from shared.broker.alpaca import AlpacaExecutor
 from shared.broker.contract import OrderExecutor
-from shared.broker.simulated import SimulatedExecutor
 from shared.errors import (
     DuplicateClientOrderId,
     InsufficientQty,
@@ -52,7 +51,8 @@ from shared.models import (
     TradeUpdate,
 )
 from shared.money import round_price, whole_shares
-from shared.sim.engine import MarketEngine
+from sim.engine import MarketEngine
+from sim.executor import SimulatedExecutor
 
 CASH = Decimal("200000")
 FRACTIONABLE = "AAPL"

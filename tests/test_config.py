@@ -114,7 +114,7 @@ def test_config_command_masks_secrets(tmp_path):
     assert "ALPACA_SECRET_KEY = (set, hidden)" in result.stdout
 
 
-SETTINGS_MODULES = ("services.sim.cli", "services.streamer.settings", "services.manager.settings",
+SETTINGS_MODULES = ("sim.settings", "services.streamer.settings", "services.manager.settings",
                     "services.reporter.settings", "services.scheduler.settings",
                     "services.manager.portfolio", "services.scanner.settings")
 

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
-from services.demo import audit
+from demo import audit
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,4 @@
-"""The whole protection line under faults, end to end: the simulator (`python -m services.sim`), the
+"""The whole protection line under faults, end to end: the simulator (`python -m sim`), the
 streamer (`python -m services.streamer`) and the manager (`python -m services.manager`) as real
 processes over alpaca-py and a real Redis.
 

@@ -1,4 +1,4 @@
-"""The manager under faults, with real processes: the simulator (`python -m services.sim`), the streamer
+"""The manager under faults, with real processes: the simulator (`python -m sim`), the streamer
 (`python -m services.streamer`: the simulator's trade-update WebSocket into the Redis stream) and one or
 two managers (`python -m services.manager`), all over alpaca-py and the real Redis.
 

@@ -29,12 +29,12 @@ from services.manager.settings import ManagerSettings
 from services.manager.watch import parse, render
 from shared import bus, ledger
 from shared.broker import make_executor
-from shared.broker.simulated import trade_update_model
 from shared.exits import ExitReason, ExitRules
 from shared.ledger import ClosedTrade
 from shared.models import OrderClass, OrderStatus, OrderType, Side
 from shared.protection import Trigger
 from shared.trade_events import encode_entry
+from sim.executor import trade_update_model
 
 D = Decimal
 ROOT = Path(__file__).resolve().parents[1]

@@ -140,7 +140,7 @@ def live_account_sim(monkeypatch):
     """The simulator answering GET /v2/account as a live account would (a number without PA)."""
     from simhelpers import start_sim
 
-    monkeypatch.setattr("services.sim.wire.ACCOUNT_NUMBER", "376251994")
+    monkeypatch.setattr("sim.server.wire.ACCOUNT_NUMBER", "376251994")
     handle = start_sim()
     yield handle
     handle.stop()

@@ -895,8 +895,8 @@ def test_reset_recovers_from_everything_the_controls_can_do(sim, client):
 
 
 def test_a_running_clock_stops_before_the_calendar_ends():
-    from services.sim.server import CLOCK_END_MARGIN, MAX_SPEED
     from shared.market.calendar import nyse
+    from sim.server import CLOCK_END_MARGIN, MAX_SPEED
 
     limit = nyse().sessions(date(2028, 12, 1), date(2028, 12, 31))[-1].open - CLOCK_END_MARGIN
     sim = start_sim(start=limit - timedelta(hours=1), speed=MAX_SPEED)

@@ -18,11 +18,11 @@ from simhelpers import DEFAULT_START, NEW_YORK
 from shared.errors import InputError, InsufficientQty, NotCancelable, NotFound
 from shared.models import OrderClass, OrderStatus, OrderType, Side, TimeInForce
 from shared.money import is_valid_price_increment
-from shared.sim.clock import VirtualClock
-from shared.sim.engine import MarketEngine
-from shared.sim.orders import OrderRequest
-from shared.sim.paths import to_price
-from shared.sim.universe import DEFAULT_SYMBOLS
+from sim.engine import MarketEngine
+from sim.engine.clock import VirtualClock
+from sim.engine.orders import OrderRequest
+from sim.engine.paths import to_price
+from sim.engine.universe import DEFAULT_SYMBOLS
 
 D = Decimal
 
@@ -673,8 +673,8 @@ def test_split_refuses_bad_input_with_one_line_errors(engine):
 
 
 def test_simulated_executor_raises_the_typed_errors_an_alpaca_adapter_would(engine):
-    from shared.broker.simulated import SimulatedExecutor
     from shared.errors import DuplicateClientOrderId, FractionalRuleViolation, NotFractionable
+    from sim.executor import SimulatedExecutor
 
     executor = SimulatedExecutor(engine)
     executor.buy_qty("AAPL", D("10"), "entry-1")
@@ -694,7 +694,7 @@ def test_simulated_executor_raises_the_typed_errors_an_alpaca_adapter_would(engi
 def test_simulated_trade_stream_connects_before_updates_and_delivers_new_then_fill(engine):
     import threading
 
-    from shared.broker.simulated import SimulatedExecutor
+    from sim.executor import SimulatedExecutor
 
     executor = SimulatedExecutor(engine)
     stream = executor.trade_update_stream()
@@ -720,8 +720,8 @@ def test_last_equity_is_the_previous_close_until_the_next_open():
     from decimal import Decimal
 
     from shared.market.calendar import NEW_YORK
-    from shared.sim.engine import MarketEngine
-    from shared.sim.orders import OrderRequest
+    from sim.engine import MarketEngine
+    from sim.engine.orders import OrderRequest
 
     engine = MarketEngine.create(seed=7, start=datetime(2024, 3, 4, 10, 0, tzinfo=NEW_YORK), speed=0)
     from shared.models import OrderType, Side, TimeInForce
@@ -738,7 +738,7 @@ def test_last_equity_is_the_previous_close_until_the_next_open():
 
 def test_an_order_state_change_the_transition_table_forbids_is_refused(engine):
     from shared.models import OrderStatus
-    from shared.sim.engine import IllegalTransition
+    from sim.engine import IllegalTransition
 
     order = engine.submit_order(buy("AAPL", qty="1"))
     filled = engine._orders[order.id]  # the engine's own record: a filled order must never be reopened

@@ -103,7 +103,7 @@ def test_the_demos_embedded_redis_takes_a_fresh_recorders_first_batch():
     # reply such as NOSCRIPT; the recorder loads its script before its first batch, so it never does.
     import redis
 
-    from services.demo.runner import _embedded_redis_server
+    from demo.runner import _embedded_redis_server
     from shared.bus import Keys
 
     server = _embedded_redis_server()

@@ -398,7 +398,7 @@ def test_freshness_is_the_rankers_rule_scanned_at_not_signal_date():
 def test_bars_csv_dev_zero_is_refused_at_once_and_a_byte_order_mark_is_read(tmp_path):
     from simhelpers import DEFAULT_START
 
-    from shared.sim.engine import MarketEngine
+    from sim.engine import MarketEngine
 
     outcome, took = in_time(lambda: MarketEngine.create(start=DEFAULT_START, bars_csv=Path("/dev/zero")))
     assert str(outcome.get("error")) == "/dev/zero: the bars CSV must be a regular file; this is a device"

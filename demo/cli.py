@@ -7,7 +7,7 @@ import logging
 from datetime import date
 from pathlib import Path
 
-from services.demo.days import DEFAULT_DAYS, DEFAULT_FIRST_DAY, DaysOptions, run_days
+from demo.days import DEFAULT_DAYS, DEFAULT_FIRST_DAY, DaysOptions, run_days
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import uuid
 from dataclasses import dataclass
+from functools import cached_property
 
 #: Stable asset ids: the same symbol has the same id in every run (uuid5 under this namespace).
 _ASSET_NAMESPACE = uuid.UUID("5b0a5b52-6d3c-4c57-9c4d-0f6c1ad9e7a1")
@@ -38,8 +39,9 @@ class SimAsset:
     #: can make the two disagree, to test code that trusts the asset list but meets the refusal.
     listed_fractionable: bool | None = None
 
-    @property
+    @cached_property
     def asset_id(self) -> str:
+        # Derived from the symbol, which never changes: computed once (it is read on every order).
         return str(uuid.uuid5(_ASSET_NAMESPACE, self.symbol))
 
     @property

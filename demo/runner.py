@@ -1,5 +1,5 @@
 """The demo's plumbing: an embedded Redis (or REDIS_URL), the environment the services read their
-settings from, and New York times. `services/demo/days.py` runs the line on top of it."""
+settings from, and New York times. `demo/days.py` runs the line on top of it."""
 
 from __future__ import annotations
 

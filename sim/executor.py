@@ -1,6 +1,6 @@
 """`SimulatedExecutor`: the `OrderExecutor` over an in-process `MarketEngine` (no HTTP).
 
-It calls the same engine methods as the Alpaca-compatible server (`services.sim.server`), so a
+It calls the same engine methods as the Alpaca-compatible server (`sim.server`), so a
 refusal here is the refusal alpaca-py would get over the wire, raised as the same typed error
 (`NotFractionable`, `NotTradable`, `InsufficientQty`, `DuplicateClientOrderId`, ...): the engine's
 rules raise them typed, where `AlpacaExecutor` reads the type from the message. Orders are built
@@ -44,9 +44,9 @@ from shared.models import (
     TradeUpdate,
     TradingDay,
 )
-from shared.sim.engine import MarketEngine, PositionView
-from shared.sim.orders import OrderRequest, SimOrder, TradeEvent
-from shared.sim.paths import to_price
+from sim.engine import MarketEngine, PositionView
+from sim.engine.orders import OrderRequest, SimOrder, TradeEvent
+from sim.engine.paths import to_price
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from shared.errors import (
 )
 from shared.models import OrderClass, OrderType, Side, TimeInForce
 from shared.money import ZERO, fmt_qty, is_valid_price_increment
-from shared.sim.orders import OrderRequest, SimOrder
-from shared.sim.universe import SimAsset
+from sim.engine.orders import OrderRequest, SimOrder
+from sim.engine.universe import SimAsset
 
 MIN_NOTIONAL = Decimal("1")
 CENT = Decimal("0.01")

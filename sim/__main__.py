@@ -1,4 +1,4 @@
-"""`python -m services.sim`: the simulated market, same flags as `factoryline sim`."""
+"""`python -m sim`: the simulated market (the `sim` extra), same flags as `factoryline sim`."""
 
 from __future__ import annotations
 

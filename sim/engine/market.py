@@ -22,7 +22,7 @@ from pathlib import Path
 from shared.errors import InputError
 from shared.market.calendar import NEW_YORK, NyseCalendar
 from shared.models import TradingDay
-from shared.sim.paths import (
+from sim.engine.paths import (
     TICKS_PER_DOLLAR,
     DayBar,
     MinuteBar,
@@ -31,7 +31,7 @@ from shared.sim.paths import (
     round_ticks,
     to_ticks,
 )
-from shared.sim.universe import SimAsset
+from sim.engine.universe import SimAsset
 
 MINUTE = timedelta(minutes=1)
 HALF_SPREAD_FRACTION = 0.0002
@@ -90,7 +90,9 @@ class MarketData:
     ):
         self.calendar = calendar
         self.sessions = sessions
-        self._opens = [s.open for s in sessions]
+        # In UTC, like the engine's own times: comparing datetimes of one tzinfo skips the zone
+        # lookups (New York opens against UTC moments cost two utcoffset calls per comparison).
+        self._opens = [s.open.astimezone(UTC) for s in sessions]
         self._index_of_date = {s.date: i for i, s in enumerate(sessions)}
         self._day_stamps: dict[int, datetime] = {}
         self.seed = seed
@@ -155,7 +157,7 @@ class MarketData:
 
     def index_on_or_before(self, moment: datetime) -> int | None:
         """Index of the last session that opened at or before `moment`."""
-        i = bisect.bisect_right(self._opens, moment) - 1
+        i = bisect.bisect_right(self._opens, moment.astimezone(UTC)) - 1
         return i if i >= 0 else None
 
     def next_index(self, moment: datetime) -> int:
@@ -163,7 +165,7 @@ class MarketData:
         i = self.session_at(moment)
         if i is not None:
             return i
-        i = bisect.bisect_right(self._opens, moment)
+        i = bisect.bisect_right(self._opens, moment.astimezone(UTC))
         if i >= len(self.sessions):
             raise InputError(f"{moment.isoformat()} is past the simulated calendar's last session")
         return i

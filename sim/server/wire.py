@@ -17,12 +17,12 @@ from shared.errors import OrderRejected
 from shared.market.calendar import NEW_YORK
 from shared.models import OrderClass, OrderType, Side, TimeInForce, TradingDay
 from shared.money import to_decimal
-from shared.sim.engine import AccountView, ClockView, PositionView, SplitAction
-from shared.sim.market import Quote, TimedBar
-from shared.sim.orders import OrderRequest, SimOrder, TradeEvent
-from shared.sim.paths import TICKS_PER_DOLLAR
-from shared.sim.rules import plain, reject
-from shared.sim.universe import SimAsset
+from sim.engine import AccountView, ClockView, PositionView, SplitAction
+from sim.engine.market import Quote, TimedBar
+from sim.engine.orders import OrderRequest, SimOrder, TradeEvent
+from sim.engine.paths import TICKS_PER_DOLLAR
+from sim.engine.rules import plain, reject
+from sim.engine.universe import SimAsset
 
 #: The simulated account's id and number (fixed: one account per simulator).
 ACCOUNT_ID = "9c7e1a3e-5f0b-4d2a-8f6e-5b1d2c3a4e5f"

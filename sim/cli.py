@@ -18,27 +18,11 @@ from __future__ import annotations
 
 import argparse
 from datetime import datetime
-from decimal import Decimal
 from pathlib import Path
 
-from pydantic import Field, SecretStr
-
-from shared.config import _Settings, load
+from shared.config import load
 from shared.errors import InputError
-
-
-class SimSettings(_Settings):
-    FL_SIM_HOST: str = "127.0.0.1"
-    FL_SIM_PORT: int = Field(default=8080, ge=0, le=65535)
-    FL_SIM_SEED: int = 7
-    FL_SIM_START: str = ""
-    FL_SIM_SPEED: float = Field(default=1.0, ge=0)
-    FL_SIM_CASH: Decimal = Field(default=Decimal("200000"), ge=0)
-    FL_SIM_RATE_LIMIT: int = Field(default=200, ge=0)
-    FL_SIM_BARS_CSV: str = ""
-    FL_SIM_UNIVERSE_SIZE: int | None = Field(default=None, ge=1, le=17_576)
-    FL_SIM_API_KEY: SecretStr = SecretStr("sim-key")
-    FL_SIM_SECRET_KEY: SecretStr = SecretStr("sim-secret")
+from sim.settings import SimSettings
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,9 +68,9 @@ def _pick(flag, env):
 def run(args: argparse.Namespace) -> int:
     import asyncio
 
-    from services.sim.server import SimServer, serve_forever
     from shared.money import to_decimal
-    from shared.sim.engine import MarketEngine
+    from sim.engine import MarketEngine
+    from sim.server import SimServer, serve_forever
 
     settings = load(SimSettings)
     cash_text = _pick(args.cash, settings.FL_SIM_CASH)

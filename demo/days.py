@@ -27,8 +27,8 @@ from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from pathlib import Path
 
-from services.demo import audit
-from services.demo.runner import _at, _environment, _redis
+from demo import audit
+from demo.runner import _at, _environment, _redis
 from shared import bus, config
 from shared.broker import make_executor
 from shared.errors import InputError
@@ -218,8 +218,8 @@ def _namespace(redis_kind: str) -> str:
 
 
 def _start_market(stack: ExitStack, seed: int, start: datetime):
-    from services.sim.server import ServerThread, SimServer
-    from shared.sim.engine import MarketEngine
+    from sim.engine import MarketEngine
+    from sim.server import ServerThread, SimServer
 
     engine = MarketEngine.create(seed=seed, start=start, speed=0, universe_size=DEMO_UNIVERSE_SIZE)
     thread = ServerThread(SimServer(engine, api_key="sim-key", secret_key=SIM_SECRET, rate_limit=0)).start()

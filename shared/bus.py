@@ -13,10 +13,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
+from typing import TYPE_CHECKING
 
 import redis
 
 from shared import logs
+
+if TYPE_CHECKING:
+    from shared.config import RedisSettings
 
 SERVICES = ("ranker", "trader", "manager", "reporter", "scanner")
 
@@ -103,16 +107,75 @@ class Keys:
         return f"{self.ns}-{service}"
 
 
-def connect(url: str, *, blocking: bool = False) -> redis.Redis:
-    """A Redis client that returns str. Blocking consumers get no socket timeout: redis-py 8's
-    default of 5 s turns a long XREADGROUP BLOCK into a TimeoutError (rq-redis.md section 3.6)."""
-    return redis.Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_timeout=None if blocking else 10,
-        socket_connect_timeout=5,
-        health_check_interval=30,
-    )
+#: Socket timeout of the clients that block in XREADGROUP: well above the longest BLOCK the line asks
+#: for (1 s), so a block never times out, yet a primary that vanishes without closing the connection
+#: (its host down, the network cut) is given up on and the client reconnects (to the new primary).
+#: redis-py 8's default of 5 s would turn a long BLOCK into a TimeoutError (rq-redis.md section 3.6).
+BLOCKING_SOCKET_TIMEOUT = 30.0
+#: Socket timeout of every other command.
+SOCKET_TIMEOUT = 10.0
+#: Connect and read timeout of a question to a sentinel: a dead one is passed over quickly.
+SENTINEL_TIMEOUT = 2.0
+
+
+class SentinelRedis(redis.Redis):
+    """A client of the primary the sentinels name (redis-py's `Sentinel.master_for`): every new
+    connection asks them where the primary is, so after a failover the client reconnects to the new
+    one. `close` also closes the connections to the sentinels."""
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            manager = getattr(self.connection_pool, "sentinel_manager", None)
+            if manager is not None:
+                manager.close()
+
+
+def connect(target: RedisSettings | str, *, blocking: bool = False, rq: bool = False) -> redis.Redis:
+    """THE way the line connects to Redis: every service, job, command and RQ worker gets its client
+    here. `target` is the RedisSettings (REDIS_URL, or the sentinels of FL_REDIS_SENTINELS and the
+    primary's name) or a bare URL (tests, benchmarks: no Sentinel).
+
+    Responses are str, except with `rq=True` (bytes: RQ breaks with decode_responses=True). Blocking
+    consumers (`blocking=True`) get `BLOCKING_SOCKET_TIMEOUT`; RQ clients keep redis-py's, which RQ's
+    worker raises to its own needs (rq-redis.md section 3.6)."""
+    from shared import config
+
+    settings = target if isinstance(target, config.RedisSettings) else None
+    url = settings.REDIS_URL if settings is not None else target
+    options: dict[str, object] = {"socket_connect_timeout": 5, "health_check_interval": 30}
+    if not rq:
+        options.update(decode_responses=True, socket_timeout=BLOCKING_SOCKET_TIMEOUT if blocking else SOCKET_TIMEOUT)
+    if settings is None or not settings.FL_REDIS_SENTINELS:
+        return redis.Redis.from_url(url, **options)
+    from redis.connection import parse_url
+    from redis.sentinel import Sentinel
+
+    # REDIS_URL gives the primary's password, user, database and TLS; the sentinels give its address.
+    url_options = parse_url(url)
+    url_options.pop("host", None)
+    url_options.pop("port", None)
+    ssl = url_options.pop("connection_class", None) is redis.SSLConnection
+    password = settings.FL_REDIS_SENTINEL_PASSWORD
+    sentinel = Sentinel(settings.sentinels, sentinel_kwargs={
+        "socket_timeout": SENTINEL_TIMEOUT, "socket_connect_timeout": SENTINEL_TIMEOUT,
+        "password": password.get_secret_value() if password is not None else None})
+    return sentinel.master_for(settings.FL_REDIS_SENTINEL_MASTER, redis_class=SentinelRedis, ssl=ssl,
+                               **{**url_options, **options})
+
+
+def connect_rq(target: RedisSettings | str) -> redis.Redis:
+    """The connection RQ needs (bytes responses): `connect(target, rq=True)`."""
+    return connect(target, rq=True)
+
+
+def twin(client: redis.Redis, *, decode_responses: bool) -> redis.Redis:
+    """A new client of the same server as `client` (the same primary, through the same sentinels),
+    with other response decoding: a str client's bytes twin reads RQ's jobs. Close it after use."""
+    pool = client.connection_pool
+    return redis.Redis(connection_pool=redis.ConnectionPool(
+        connection_class=pool.connection_class, **{**pool.connection_kwargs, "decode_responses": decode_responses}))
 
 
 #: Entries kept in `Keys.notification_stream` (approximate trim): days of events, a few MB at most.
@@ -132,11 +195,6 @@ def publish(client: redis.Redis, keys: Keys, kind: str, **fields: object) -> Non
         pipe.execute()
 
 
-def connect_rq(url: str) -> redis.Redis:
-    """The connection RQ needs: bytes responses (RQ breaks with decode_responses=True)."""
-    return redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
-
-
 # -- saying that Redis cannot be reached -----------------------------------------------------------
 
 #: While Redis stays unreachable, `redis_unreachable` is logged again at most this often.
@@ -144,12 +202,18 @@ UNREACHABLE_REPEAT_SECONDS = 10.0
 
 
 def redis_address(client: redis.Redis) -> str:
-    """Where `client` connects, as a URL without its password (`redis://:***@host:port/db`)."""
+    """Where `client` connects, as a URL without its password (`redis://:***@host:port/db`; with
+    Sentinel `redis+sentinel://:***@sentinel:port,.../<primary name>/db`)."""
     pool = client.connection_pool
     kwargs = pool.connection_kwargs
     login = f"{kwargs.get('username') or ''}{':***' if kwargs.get('password') else ''}"
     login = f"{login}@" if login else ""
     db = kwargs.get("db", 0)
+    proxy = kwargs.get("connection_pool")  # a Sentinel-managed connection's way to its sentinels
+    if proxy is not None and hasattr(proxy, "sentinel_manager"):
+        sentinels = ",".join("{host}:{port}".format_map(s.connection_pool.connection_kwargs)
+                             for s in proxy.sentinel_manager.sentinels)
+        return logs.redact(f"redis+sentinel://{login}{sentinels}/{proxy.service_name}/{db}")
     if kwargs.get("path"):
         return logs.redact(f"unix://{login}{kwargs['path']}?db={db}")
     scheme = "rediss" if issubclass(pool.connection_class, redis.SSLConnection) else "redis"

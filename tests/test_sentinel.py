@@ -1,0 +1,321 @@
+"""Redis high availability with Sentinel, with real processes: a primary and a replica (`redis-server`),
+three sentinels (`redis-server <conf> --sentinel`), all on free loopback ports in this test's temporary
+folder; the simulator, the streamer, the manager and the trader's RQ worker as `python -m services.*`
+subprocesses, pointed at the sentinels only (FL_REDIS_SENTINELS; REDIS_URL's host is a port where
+nothing listens, so nothing can reach Redis but through the sentinels).
+
+The primary is SIGKILLed in the middle of the trader's burst of entries, while their fills flow through
+the streamer and the manager; the sentinels promote the replica. Audited is what the broker saw: one
+entry per signal, one protective set per position, no refusal.
+
+In CI (CI=true) a missing `redis-server` fails these tests; elsewhere they are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+import redis
+from rq.exceptions import DuplicateJobError
+from simhelpers import start_sim
+from test_line_faults import assert_one_protective_set_each, protection_of
+from test_manager_faults import Line, wait_until
+from test_streamer_faults import IN_CI, _free_port
+from test_trader import DAY, signal
+
+from shared import bus, config, job_table, queues, signals
+from shared.errors import ConfigError
+
+D = Decimal
+MASTER = "flprimary"
+#: The data nodes' password (REDIS_URL carries it) and the sentinels' own (FL_REDIS_SENTINEL_PASSWORD).
+DATA_PASSWORD = "data-pw-5be1c0"
+SENTINEL_PASSWORD = "sentinel-pw-9d2f47"
+#: The sentinels call a silent primary down after this long, and give a failover this long.
+DOWN_AFTER_MS = 1000
+FAILOVER_TIMEOUT_MS = 4000
+
+
+@dataclass
+class Node:
+    name: str
+    port: int
+    args: list[str]
+    process: subprocess.Popen | None = None
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+@dataclass
+class SentinelSet:
+    """1 primary, 1 replica, 3 sentinels (quorum 2), each a process of its own in `workdir`."""
+
+    binary: str
+    workdir: Path
+    primary: Node = field(init=False)
+    replica: Node = field(init=False)
+    sentinels: list[Node] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        data = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--requirepass", DATA_PASSWORD,
+                "--masterauth", DATA_PASSWORD]
+        p0, p1 = _free_port(), _free_port()
+        self.primary = Node("primary", p0, ["--port", str(p0), *data])
+        self.replica = Node("replica", p1, ["--port", str(p1), *data, "--replicaof", "127.0.0.1", str(p0)])
+        for n in range(3):
+            port = _free_port()
+            conf = self.workdir / f"sentinel-{n}.conf"  # a sentinel rewrites its own file: one each
+            conf.write_text("\n".join([
+                f"port {port}", "bind 127.0.0.1", f"dir {self.workdir}",
+                f"requirepass {SENTINEL_PASSWORD}", f"sentinel sentinel-pass {SENTINEL_PASSWORD}",
+                f"sentinel monitor {MASTER} 127.0.0.1 {p0} 2",
+                f"sentinel auth-pass {MASTER} {DATA_PASSWORD}",
+                f"sentinel down-after-milliseconds {MASTER} {DOWN_AFTER_MS}",
+                f"sentinel failover-timeout {MASTER} {FAILOVER_TIMEOUT_MS}",
+                f"sentinel parallel-syncs {MASTER} 1", ""]))
+            self.sentinels.append(Node(f"sentinel-{n}", port, [str(conf), "--sentinel"]))
+
+    @property
+    def nodes(self) -> list[Node]:
+        return [self.primary, self.replica, *self.sentinels]
+
+    def start(self) -> None:
+        for node in self.nodes:
+            log = open(self.workdir / f"{node.name}.log", "w")  # noqa: SIM115 - owned by the process
+            node.process = subprocess.Popen([self.binary, *node.args], cwd=self.workdir, stdout=log,
+                                            stderr=subprocess.STDOUT)
+        # Ready when every sentinel sees the primary, its replica and the two other sentinels.
+        wait_until("the sentinels to know the primary, the replica and each other", self._all_agree, timeout=30,
+                   pause=0.1)
+
+    def sentinel_client(self, node: Node) -> redis.Redis:
+        return redis.Redis(port=node.port, password=SENTINEL_PASSWORD, decode_responses=True, socket_timeout=1,
+                           socket_connect_timeout=1)
+
+    def _ask(self, node: Node, *command: str):
+        client = self.sentinel_client(node)
+        try:
+            return client.execute_command(*command)
+        except redis.RedisError:
+            return None
+        finally:
+            client.close()
+
+    def _all_agree(self) -> bool:
+        for node in self.sentinels:
+            master = self._ask(node, "SENTINEL", "MASTER", MASTER)
+            if not master or int(master.get("num-slaves", 0)) < 1 or int(master.get("num-other-sentinels", 0)) < 2:
+                return False
+        return True
+
+    def primary_port(self) -> set[int]:
+        """The primary's port as each sentinel that answers names it."""
+        answers = [self._ask(node, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", MASTER) for node in self.sentinels]
+        return {int(answer[1]) for answer in answers if answer}
+
+    def log(self, name: str) -> str:
+        path = self.workdir / f"{name}.log"
+        return path.read_text() if path.exists() else ""
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.kill()
+
+    def env(self) -> dict[str, str]:
+        """The settings that point the line at the sentinels. REDIS_URL gives only the password and the
+        database: its port 1 has no server, so a service that ignored the sentinels would fail."""
+        return {
+            "REDIS_URL": f"redis://:{DATA_PASSWORD}@127.0.0.1:1/0",
+            "FL_REDIS_SENTINELS": ",".join(f"127.0.0.1:{n.port}" for n in self.sentinels),
+            "FL_REDIS_SENTINEL_MASTER": MASTER,
+            "FL_REDIS_SENTINEL_PASSWORD": SENTINEL_PASSWORD,
+        }
+
+    def settings(self) -> config.RedisSettings:
+        return config.RedisSettings(**self.env(), FL_NAMESPACE="ha")
+
+
+@pytest.fixture
+def sentinel_set(tmp_path):
+    binary = shutil.which("redis-server")
+    if binary is None:
+        if IN_CI:
+            pytest.fail("CI=true but no redis-server binary: the Sentinel tests need one (apt-get install redis-server)")
+        pytest.skip("redis-server is not installed: the Sentinel tests run a primary, a replica and 3 sentinels")
+    group = SentinelSet(binary, tmp_path)
+    try:
+        group.start()
+        yield group
+    finally:
+        group.stop()
+
+
+# -- the settings -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"FL_REDIS_SENTINELS": "sentinel-1:26379,sentinel-2"},
+     "FL_REDIS_SENTINELS: 'sentinel-2' is not host:port (e.g. sentinel-1:26379,sentinel-2:26379,sentinel-3:26379)"),
+    ({"FL_REDIS_SENTINELS": "127.0.0.1:70000", "FL_REDIS_SENTINEL_MASTER": "m"},
+     "FL_REDIS_SENTINELS: '127.0.0.1:70000' is not host:port"),
+    ({"FL_REDIS_SENTINELS": "127.0.0.1:26379"}, "FL_REDIS_SENTINEL_MASTER: is not set: with FL_REDIS_SENTINELS"),
+    ({"FL_REDIS_SENTINEL_MASTER": "m"}, "FL_REDIS_SENTINEL_MASTER: is set but FL_REDIS_SENTINELS is empty"),
+    ({"FL_REDIS_SENTINELS": "127.0.0.1:26379", "FL_REDIS_SENTINEL_MASTER": "my master"},
+     "FL_REDIS_SENTINEL_MASTER: 'my master' is not a sentinel master name"),
+    ({"FL_REDIS_SENTINELS": "127.0.0.1:26379", "FL_REDIS_SENTINEL_MASTER": "m", "REDIS_URL": "unix:///tmp/r.sock"},
+     "REDIS_URL: a unix:// socket cannot be used with FL_REDIS_SENTINELS"),
+    ({"FL_REDIS_SENTINELS": "10.0.0.5:26379", "FL_REDIS_SENTINEL_MASTER": "m",
+      "REDIS_URL": "redis://:pw@redis/0"}, "FL_REDIS_SENTINEL_PASSWORD: is not set and the sentinel 10.0.0.5"),
+    ({"FL_REDIS_SENTINELS": "10.0.0.5:26379", "FL_REDIS_SENTINEL_MASTER": "m", "FL_REDIS_SENTINEL_PASSWORD": "s"},
+     "REDIS_URL: redis://127.0.0.1:6379/0 has no password and the sentinel 10.0.0.5 is not this machine"),
+])
+def test_a_bad_sentinel_setting_is_one_line_naming_it(clean_env, env, message):
+    for name, value in env.items():
+        clean_env.setenv(name, value)
+    with pytest.raises(ConfigError) as refused:
+        config.load(config.RedisSettings)
+    assert str(refused.value).startswith(message), str(refused.value)
+    assert "\n" not in str(refused.value)
+
+
+def test_a_bad_sentinel_setting_stops_a_service_with_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ALPACA_", "FL_", "REDIS_URL"))}
+    env.update(ALPACA_API_KEY="k", ALPACA_SECRET_KEY="s", FL_REDIS_SENTINELS="sentinel-1:26379,oops",
+               FL_REDIS_SENTINEL_MASTER="m")
+    result = subprocess.run([sys.executable, "-m", "services.manager", "--check"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "manager: error: FL_REDIS_SENTINELS: 'oops' is not host:port "
+        "(e.g. sentinel-1:26379,sentinel-2:26379,sentinel-3:26379)"]
+
+
+def test_sentinel_settings_are_read_and_described(clean_env):
+    clean_env.setenv("FL_REDIS_SENTINELS", " 10.0.0.5:26379, sentinel-2:26380 ,[::1]:26381")
+    clean_env.setenv("FL_REDIS_SENTINEL_MASTER", "flprimary")
+    clean_env.setenv("FL_REDIS_SENTINEL_PASSWORD", "s3cret-sentinel")
+    clean_env.setenv("REDIS_URL", "redis://:pw@redis/2")
+    settings = config.load(config.RedisSettings)
+    assert settings.sentinels == [("10.0.0.5", 26379), ("sentinel-2", 26380), ("::1", 26381)]
+    assert settings.where == "primary flprimary via sentinels 10.0.0.5:26379,sentinel-2:26380,[::1]:26381"
+    client = bus.connect(settings)
+    try:
+        # The address a log line gives: the sentinels and the primary's name, never a password.
+        assert bus.redis_address(client) == ("redis+sentinel://:***@10.0.0.5:26379,sentinel-2:26380,::1:26381"
+                                             "/flprimary/2")
+    finally:
+        client.close()
+
+
+# -- one factory, through the sentinels ---------------------------------------------------------------------
+
+
+def test_every_kind_of_client_reaches_the_primary_through_the_sentinels(sentinel_set):
+    settings = sentinel_set.settings()
+    plain, blocking, rq_client = bus.connect(settings), bus.connect(settings, blocking=True), bus.connect_rq(settings)
+    try:
+        plain.set("ha:probe", "1")
+        assert blocking.get("ha:probe") == "1" and rq_client.get("ha:probe") == b"1"
+        info = plain.info("replication")
+        assert info["role"] == "master" and info["connected_slaves"] == 1
+        assert plain.connection_pool.get_master_address() == ("127.0.0.1", sentinel_set.primary.port)
+        twin = bus.twin(plain, decode_responses=False)
+        assert twin.get("ha:probe") == b"1"
+        twin.close()
+    finally:
+        for client in (plain, blocking, rq_client):
+            client.close()
+
+
+# -- the failover in the middle of a burst of fills ------------------------------------------------------------
+
+SYMBOLS = ("AAPL", "MSFT", "NVDA", "AMZN", "GOOGL", "META", "TSLA", "AMD", "NFLX", "INTC", "JPM", "KO")
+TRADE_JOB_ID = "ha-trade-signals-20240304-0935"
+
+
+def test_primary_killed_mid_burst_fails_over_and_every_fill_ends_protected_once(sentinel_set, tmp_path):
+    settings = sentinel_set.settings()
+    keys = bus.Keys(settings.FL_NAMESPACE)
+    sim = start_sim(process=True)
+    client = bus.connect(settings)
+    rq_client = bus.connect_rq(settings)
+    line = Line(sim, keys, client, tmp_path)
+    line.env.update(sentinel_set.env())
+    # Every signal gets an entry (12 slots), and the reconcile of every position runs every 2 s.
+    line.env.update(FL_MAX_POSITIONS=str(len(SYMBOLS)), FL_MAX_ENTRIES_PER_DAY=str(len(SYMBOLS)))
+    timings: dict[str, float] = {}
+    try:
+        line.start_streamer()
+        line.start_manager("manager", consumer="m1", FL_MANAGER_RECONCILE_SECONDS="2")
+        line._start("trader", "services.trader")
+        prices = {s: p.price for s, p in line.executor.get_latest_prices(list(SYMBOLS)).items()}
+        signals.save_signals_to_redis(client, keys, DAY, [signal(s, n + 1, prices[s]) for n, s in enumerate(SYMBOLS)])
+        # Each entry's answer takes 0.3 s: the burst lasts a few seconds, and the kill lands inside it.
+        sim.control.delay_requests(len(SYMBOLS), 0.3, path_prefix="/v2/orders", method="POST", when="after")
+        queues.enqueue(rq_client, keys, "trader", job_table.TRADE_SIGNALS, job_id=TRADE_JOB_ID)  # as the scheduler does
+
+        wait_until("the burst under way", lambda: len(buy_orders(sim)) >= 3, timeout=60)
+        killed_at = time.monotonic()
+        sentinel_set.primary.kill()  # SIGKILL: whatever it had not yet sent the replica is gone
+        entries_at_kill = len(buy_orders(sim))
+        wait_until("the sentinels to promote the replica",
+                   lambda: sentinel_set.primary_port() == {sentinel_set.replica.port}, timeout=30, pause=0.05)
+        timings["failover"] = time.monotonic() - killed_at
+
+        # The scheduler's next look (its loop does it every poll within the grace window): the same id.
+        try:
+            queues.enqueue(rq_client, keys, "trader", job_table.TRADE_SIGNALS, job_id=TRADE_JOB_ID)
+            job_rerun = True  # the enqueue was lost with the old primary: the job runs again, idempotently
+        except DuplicateJobError:
+            job_rerun = False  # the job is on the new primary: it finishes (or its retry runs)
+        wait_until("an entry for every signal", lambda: len(buy_orders(sim)) >= len(SYMBOLS), timeout=60)
+        positions = {p.symbol: p.qty for p in line.executor.get_positions()}
+        for symbol, qty in positions.items():
+            wait_until(f"{symbol} protected", lambda s=symbol, q=qty: line.open_protection(s)
+                       == protection_of(q), timeout=60)
+        timings["all_protected"] = time.monotonic() - killed_at
+        runs = line.log("manager").count("reconcile_all_done")
+        wait_until("one more reconcile of every position", lambda: line.log("manager").count("reconcile_all_done")
+                   > runs, timeout=15)
+        # The trader's job ended done on the new primary (it was not lost).
+        wait_until("the trade job finished", lambda: job_status(rq_client, keys) == "finished", timeout=30)
+
+        entries = [o["symbol"] for o in buy_orders(sim)]
+        assert sorted(entries) == sorted(SYMBOLS), "an entry doubled or missing"
+        assert set(positions) == set(SYMBOLS)
+        assert_one_protective_set_each(line, positions)
+        assert line.refusals() == []
+        for name in ("streamer", "manager", "trader"):
+            assert line.processes[name].poll() is None, f"{name} died:\n{line.log(name)[-3000:]}"
+        print(f"\nfailover: {timings['failover']:.2f} s after the SIGKILL; {entries_at_kill} of {len(SYMBOLS)} "
+              f"entries at the broker when killed; every position protected {timings['all_protected']:.2f} s after "
+              f"it; trade job {'re-run (its enqueue was lost)' if job_rerun else 'kept'}")
+    finally:
+        line.stop_all()
+        sim.stop()
+        client.close()
+        rq_client.close()
+    for name in ("streamer", "manager", "trader"):
+        text = line.log(name)
+        assert DATA_PASSWORD not in text and SENTINEL_PASSWORD not in text, name
+        assert "Traceback" not in text, f"{name}:\n{text[-3000:]}"
+
+
+def buy_orders(sim) -> list[dict]:
+    return [o for o in sim.control.state()["orders"] if o["side"] == "buy"]
+
+
+def job_status(rq_client: redis.Redis, keys: bus.Keys) -> str | None:
+    job = queues.queue(rq_client, keys, "trader").fetch_job(TRADE_JOB_ID)
+    return job.get_status(refresh=True) if job is not None else None

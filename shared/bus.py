@@ -16,6 +16,8 @@ from datetime import date
 from typing import TYPE_CHECKING
 
 import redis
+from redis.backoff import ConstantBackoff
+from redis.retry import Retry
 
 from shared import logs
 
@@ -118,6 +120,40 @@ SOCKET_TIMEOUT = 10.0
 SENTINEL_TIMEOUT = 2.0
 
 
+class FailoverRetry(Retry):
+    """redis-py's retry of a command on a connection error or timeout, bounded by time instead of by
+    count: it tries again every `pause` seconds until `seconds` after the first failure. With Sentinel
+    that outlasts a failover (the sentinels take their down-after-milliseconds to call the primary
+    down, then a few seconds to promote a replica): each try asks them again where the primary is, so
+    the command lands on the new primary instead of failing, and RQ's workers (whose main loop quits
+    on a Redis error outside its dequeue) and jobs carry on. Without Sentinel redis-py's own retry
+    stays (3 quick tries): a lone Redis that is down stays down."""
+
+    def __init__(self, seconds: float, pause: float = 0.25):
+        super().__init__(ConstantBackoff(pause), retries=1_000_000)
+        self.seconds = seconds
+
+    def call_with_retry(self, do, fail, is_retryable=None, with_failure_count=False):
+        failures = 0
+        give_up_at: float | None = None
+        while True:
+            try:
+                return do()
+            except self._supported_errors as error:
+                if is_retryable and not is_retryable(error):
+                    raise
+                failures += 1
+                if with_failure_count:
+                    fail(error, failures)
+                else:
+                    fail(error)
+                now = time.monotonic()
+                give_up_at = give_up_at if give_up_at is not None else now + self.seconds
+                if now >= give_up_at:
+                    raise error
+                time.sleep(min(self._backoff.compute(failures), give_up_at - now))
+
+
 class SentinelRedis(redis.Redis):
     """A client of the primary the sentinels name (redis-py's `Sentinel.master_for`): every new
     connection asks them where the primary is, so after a failover the client reconnects to the new
@@ -162,7 +198,7 @@ def connect(target: RedisSettings | str, *, blocking: bool = False, rq: bool = F
         "socket_timeout": SENTINEL_TIMEOUT, "socket_connect_timeout": SENTINEL_TIMEOUT,
         "password": password.get_secret_value() if password is not None else None})
     return sentinel.master_for(settings.FL_REDIS_SENTINEL_MASTER, redis_class=SentinelRedis, ssl=ssl,
-                               **{**url_options, **options})
+                               retry=FailoverRetry(settings.FL_REDIS_FAILOVER_SECONDS), **{**url_options, **options})
 
 
 def connect_rq(target: RedisSettings | str) -> redis.Redis:

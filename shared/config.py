@@ -190,6 +190,9 @@ class RedisSettings(_Settings):
     FL_REDIS_SENTINEL_MASTER: str = ""
     #: The sentinels' own password (their `requirepass`), if they have one.
     FL_REDIS_SENTINEL_PASSWORD: SecretStr | None = None
+    #: With sentinels: how long a Redis command waits for a primary (through a failover) before it
+    #: fails. Above the sentinels' down-after-milliseconds plus their failover's own few seconds.
+    FL_REDIS_FAILOVER_SECONDS: float = Field(default=60.0, gt=0, le=600)
 
     @field_validator("REDIS_URL")
     @classmethod

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import redis
 from redis.backoff import ConstantBackoff
 from redis.retry import Retry
+from redis.sentinel import SentinelManagedConnection
 
 from shared import logs
 
@@ -154,6 +155,25 @@ class FailoverRetry(Retry):
                 time.sleep(min(self._backoff.compute(failures), give_up_at - now))
 
 
+class SentinelConnection(SentinelManagedConnection):
+    """redis-py's Sentinel-managed connection, reconnecting through the sentinels on every path.
+
+    redis-py 8.1 asks the sentinels where the primary is only in `connect()`; a command retried after
+    a lost connection reconnects in `send_packed_command` to the address it had, the dead primary's,
+    until its retries run out (redis/redis-py#3874, open; #3560). A blocking XREADGROUP caught by the
+    primary's death kept knocking on the old port for the whole FailoverRetry window. Here that
+    reconnect goes through `connect()`, so it lands on the primary the sentinels name now."""
+
+    def send_packed_command(self, command, check_health=True):
+        if not self._sock:
+            self.connect()
+        return super().send_packed_command(command, check_health)
+
+
+class SentinelSSLConnection(SentinelConnection, redis.SSLConnection):
+    pass
+
+
 class SentinelRedis(redis.Redis):
     """A client of the primary the sentinels name (redis-py's `Sentinel.master_for`): every new
     connection asks them where the primary is, so after a failover the client reconnects to the new
@@ -193,12 +213,13 @@ def connect(target: RedisSettings | str, *, blocking: bool = False, rq: bool = F
     url_options.pop("host", None)
     url_options.pop("port", None)
     ssl = url_options.pop("connection_class", None) is redis.SSLConnection
+    connection_class = SentinelSSLConnection if ssl else SentinelConnection
     password = settings.FL_REDIS_SENTINEL_PASSWORD
     sentinel = Sentinel(settings.sentinels, sentinel_kwargs={
         "socket_timeout": SENTINEL_TIMEOUT, "socket_connect_timeout": SENTINEL_TIMEOUT,
         "password": password.get_secret_value() if password is not None else None})
-    return sentinel.master_for(settings.FL_REDIS_SENTINEL_MASTER, redis_class=SentinelRedis, ssl=ssl,
-                               retry=FailoverRetry(settings.FL_REDIS_FAILOVER_SECONDS), **{**url_options, **options})
+    return sentinel.master_for(settings.FL_REDIS_SENTINEL_MASTER, redis_class=SentinelRedis,
+                               connection_class=connection_class, retry=FailoverRetry(settings.FL_REDIS_FAILOVER_SECONDS), **{**url_options, **options})
 
 
 def connect_rq(target: RedisSettings | str) -> redis.Redis:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 import redis
+from rq.connections import parse_connection
 from rq.exceptions import DuplicateJobError
 from simhelpers import start_sim
 from test_line_faults import assert_one_protective_set_each, protection_of
@@ -257,6 +258,12 @@ def test_every_kind_of_client_reaches_the_primary_through_the_sentinels(sentinel
         twin = bus.twin(plain, decode_responses=False)
         assert twin.get("ha:probe") == b"1"
         twin.close()
+        # RQ's scheduler rebuilds the worker's connection from its pool in its own process: it still
+        # goes through the sentinels (a pool without host would otherwise mean localhost:6379).
+        connection_class, pool_class, pool_kwargs = parse_connection(rq_client)
+        rebuilt = connection_class(connection_pool=redis.ConnectionPool(connection_class=pool_class, **pool_kwargs))
+        assert int(rebuilt.info("server")["tcp_port"]) == sentinel_set.primary.port
+        rebuilt.close()
     finally:
         for client in (plain, blocking, rq_client):
             client.close()

@@ -16,6 +16,7 @@ In CI (CI=true) a missing `redis-server` fails these tests; elsewhere they are s
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal as signals_module
 import subprocess
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import pytest
 import redis
+import yaml
 from rq.connections import parse_connection
 from rq.exceptions import DuplicateJobError
 from simhelpers import start_sim
@@ -379,3 +381,44 @@ def buy_orders(sim) -> list[dict]:
 def job_status(rq_client: redis.Redis, keys: bus.Keys) -> str | None:
     job = queues.queue(rq_client, keys, "trader").fetch_job(TRADE_JOB_ID)
     return job.get_status(refresh=True) if job is not None else None
+
+
+# -- docker-compose.sentinel.yml ------------------------------------------------------------------------------
+
+SENTINEL_COMPOSE = Path(__file__).resolve().parents[1] / "docker-compose.sentinel.yml"
+
+
+def merged_compose() -> dict:
+    """docker-compose.yml with the override laid over it, as `docker compose -f ... -f ...` does for
+    the keys the override uses (services merged key by key, `command` replaced)."""
+    from test_compose import compose
+
+    document, override = compose(), yaml.safe_load(SENTINEL_COMPOSE.read_text())
+    for name, service in override["services"].items():
+        document["services"][name] = {**document["services"].get(name, {}), **service}
+    document.setdefault("volumes", {}).update(override.get("volumes") or {})
+    return document
+
+
+def test_the_sentinel_override_validates_and_adds_a_replica_and_three_sentinels():
+    from test_compose import schema_errors
+
+    document = merged_compose()
+    assert schema_errors(document) == []
+    services = document["services"]
+    assert {"redis-replica", "sentinel-1", "sentinel-2", "sentinel-3"} <= set(services)
+    assert services["redis-replica"]["command"][-4:-2] == ["redis", "6379"]  # --replicaof redis 6379
+    assert "--masterauth" in services["redis"]["command"] and "--appendonly" in services["redis"]["command"]
+    for n in (1, 2, 3):
+        script = services[f"sentinel-{n}"]["entrypoint"][-1]
+        assert "sentinel monitor $$SENTINEL_MASTER redis 6379 2" in script
+        assert services[f"sentinel-{n}"]["environment"]["SENTINEL_NAME"] == f"sentinel-{n}"
+    assert not any(p for s in services.values() for p in s.get("ports", []) if not str(p).startswith("127.0.0.1:"))
+
+
+def test_every_variable_the_sentinel_override_uses_is_documented_in_env_example():
+    used = set(re.findall(r"\$\{([A-Z0-9_]+)", SENTINEL_COMPOSE.read_text()))
+    documented = set(re.findall(r"^([A-Z0-9_]+)=", (Path(__file__).resolve().parents[1] / ".env.example").read_text(),
+                                flags=re.M))
+    assert used >= {"FL_REDIS_SENTINEL_MASTER", "FL_REDIS_SENTINEL_PASSWORD", "REDIS_PASSWORD"}
+    assert sorted(used - documented) == []

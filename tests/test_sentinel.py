@@ -106,12 +106,10 @@ class SentinelSet:
         # each other (`agree`): the test waits for that only before it kills anything.
         wait_until("the primary", lambda: self._ask_data(self.primary, "PING"), timeout=10)
 
-    def sentinel_client(self, node: Node) -> redis.Redis:
-        return redis.Redis(port=node.port, password=SENTINEL_PASSWORD, decode_responses=True, socket_timeout=1,
-                           socket_connect_timeout=1)
-
-    def _ask(self, node: Node, *command: str):
-        client = self.sentinel_client(node)
+    def _ask(self, node: Node, *command: str, password: str = SENTINEL_PASSWORD):
+        """One command to one node (a sentinel unless `password` is the data nodes'); None if it fails."""
+        client = redis.Redis(port=node.port, password=password, decode_responses=True, socket_timeout=1,
+                             socket_connect_timeout=1)
         try:
             return client.execute_command(*command)
         except redis.RedisError:
@@ -120,13 +118,7 @@ class SentinelSet:
             client.close()
 
     def _ask_data(self, node: Node, *command: str):
-        client = redis.Redis(port=node.port, password=DATA_PASSWORD, socket_timeout=1, socket_connect_timeout=1)
-        try:
-            return client.execute_command(*command)
-        except redis.RedisError:
-            return None
-        finally:
-            client.close()
+        return self._ask(node, *command, password=DATA_PASSWORD)
 
     def cut_off_replica(self) -> None:
         """Stop the replica (SIGSTOP) and close its link on the primary: whatever the primary is told

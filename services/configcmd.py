@@ -58,9 +58,9 @@ def run(args: argparse.Namespace) -> int:
 def _check_redis(settings: config.RedisSettings) -> tuple[bool, str]:
     from shared import bus
 
-    where = logs.safe_url(settings.REDIS_URL)
+    where = settings.where
     try:
-        client = bus.connect(settings.REDIS_URL)
+        client = bus.connect(settings)
         try:
             client.ping()
         finally:

@@ -13,10 +13,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
+from typing import TYPE_CHECKING
 
 import redis
+from redis.backoff import ConstantBackoff
+from redis.retry import Retry
+from redis.sentinel import SentinelManagedConnection
 
 from shared import logs
+
+if TYPE_CHECKING:
+    from shared.config import RedisSettings
 
 SERVICES = ("ranker", "trader", "manager", "reporter", "scanner")
 
@@ -103,16 +110,129 @@ class Keys:
         return f"{self.ns}-{service}"
 
 
-def connect(url: str, *, blocking: bool = False) -> redis.Redis:
-    """A Redis client that returns str. Blocking consumers get no socket timeout: redis-py 8's
-    default of 5 s turns a long XREADGROUP BLOCK into a TimeoutError (rq-redis.md section 3.6)."""
-    return redis.Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_timeout=None if blocking else 10,
-        socket_connect_timeout=5,
-        health_check_interval=30,
-    )
+#: Socket timeout of the clients that block in XREADGROUP: well above the longest BLOCK the line asks
+#: for (1 s), so a block never times out, yet a primary that vanishes without closing the connection
+#: (its host down, the network cut) is given up on and the client reconnects (to the new primary).
+#: redis-py 8's default of 5 s would turn a long BLOCK into a TimeoutError (rq-redis.md section 3.6).
+BLOCKING_SOCKET_TIMEOUT = 30.0
+#: Socket timeout of every other command.
+SOCKET_TIMEOUT = 10.0
+#: Connect and read timeout of a question to a sentinel: a dead one is passed over quickly.
+SENTINEL_TIMEOUT = 2.0
+
+
+class FailoverRetry(Retry):
+    """redis-py's retry of a command on a connection error or timeout, bounded by time instead of by
+    count: it tries again every `pause` seconds until `seconds` after the first failure. With Sentinel
+    that outlasts a failover (the sentinels take their down-after-milliseconds to call the primary
+    down, then a few seconds to promote a replica): each try asks them again where the primary is, so
+    the command lands on the new primary instead of failing, and RQ's workers (whose main loop quits
+    on a Redis error outside its dequeue) and jobs carry on. Without Sentinel redis-py's own retry
+    stays (3 quick tries): a lone Redis that is down stays down."""
+
+    def __init__(self, seconds: float, pause: float = 0.25):
+        super().__init__(ConstantBackoff(pause), retries=1_000_000)
+        self.seconds = seconds
+
+    def call_with_retry(self, do, fail, is_retryable=None, with_failure_count=False):
+        failures = 0
+        give_up_at: float | None = None
+        while True:
+            try:
+                return do()
+            except self._supported_errors as error:
+                if is_retryable and not is_retryable(error):
+                    raise
+                failures += 1
+                if with_failure_count:
+                    fail(error, failures)
+                else:
+                    fail(error)
+                now = time.monotonic()
+                give_up_at = give_up_at if give_up_at is not None else now + self.seconds
+                if now >= give_up_at:
+                    raise error
+                time.sleep(min(self._backoff.compute(failures), give_up_at - now))
+
+
+class SentinelConnection(SentinelManagedConnection):
+    """redis-py's Sentinel-managed connection, reconnecting through the sentinels on every path.
+
+    redis-py 8.1 asks the sentinels where the primary is only in `connect()`; a command retried after
+    a lost connection reconnects in `send_packed_command` to the address it had, the dead primary's,
+    until its retries run out (redis/redis-py#3874, open; #3560). A blocking XREADGROUP caught by the
+    primary's death kept knocking on the old port for the whole FailoverRetry window. Here that
+    reconnect goes through `connect()`, so it lands on the primary the sentinels name now."""
+
+    def send_packed_command(self, command, check_health=True):
+        if not self._sock:
+            self.connect()
+        return super().send_packed_command(command, check_health)
+
+
+class SentinelSSLConnection(SentinelConnection, redis.SSLConnection):
+    pass
+
+
+class SentinelRedis(redis.Redis):
+    """A client of the primary the sentinels name (redis-py's `Sentinel.master_for`): every new
+    connection asks them where the primary is, so after a failover the client reconnects to the new
+    one. `close` also closes the connections to the sentinels."""
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            manager = getattr(self.connection_pool, "sentinel_manager", None)
+            if manager is not None:
+                manager.close()
+
+
+def connect(target: RedisSettings | str, *, blocking: bool = False, rq: bool = False) -> redis.Redis:
+    """THE way the line connects to Redis: every service, job, command and RQ worker gets its client
+    here. `target` is the RedisSettings (REDIS_URL, or the sentinels of FL_REDIS_SENTINELS and the
+    primary's name) or a bare URL (tests, benchmarks: no Sentinel).
+
+    Responses are str, except with `rq=True` (bytes: RQ breaks with decode_responses=True). Blocking
+    consumers (`blocking=True`) get `BLOCKING_SOCKET_TIMEOUT`; RQ clients keep redis-py's, which RQ's
+    worker raises to its own needs (rq-redis.md section 3.6)."""
+    from shared import config
+
+    settings = target if isinstance(target, config.RedisSettings) else None
+    url = settings.REDIS_URL if settings is not None else target
+    options: dict[str, object] = {"socket_connect_timeout": 5, "health_check_interval": 30}
+    if not rq:
+        options.update(decode_responses=True, socket_timeout=BLOCKING_SOCKET_TIMEOUT if blocking else SOCKET_TIMEOUT)
+    if settings is None or not settings.FL_REDIS_SENTINELS:
+        return redis.Redis.from_url(url, **options)
+    from redis.connection import parse_url
+    from redis.sentinel import Sentinel
+
+    # REDIS_URL gives the primary's password, user, database and TLS; the sentinels give its address.
+    url_options = parse_url(url)
+    url_options.pop("host", None)
+    url_options.pop("port", None)
+    ssl = url_options.pop("connection_class", None) is redis.SSLConnection
+    connection_class = SentinelSSLConnection if ssl else SentinelConnection
+    password = settings.FL_REDIS_SENTINEL_PASSWORD
+    sentinel = Sentinel(settings.sentinels, sentinel_kwargs={
+        "socket_timeout": SENTINEL_TIMEOUT, "socket_connect_timeout": SENTINEL_TIMEOUT,
+        "password": password.get_secret_value() if password is not None else None})
+    return sentinel.master_for(settings.FL_REDIS_SENTINEL_MASTER, redis_class=SentinelRedis,
+                               connection_class=connection_class, retry=FailoverRetry(settings.FL_REDIS_FAILOVER_SECONDS), **{**url_options, **options})
+
+
+def connect_rq(target: RedisSettings | str) -> redis.Redis:
+    """The connection RQ needs (bytes responses): `connect(target, rq=True)`."""
+    return connect(target, rq=True)
+
+
+def twin(client: redis.Redis, *, decode_responses: bool) -> redis.Redis:
+    """A new client of the same server as `client` (the same primary, through the same sentinels),
+    with other response decoding: a str client's bytes twin reads RQ's jobs. Close it after use."""
+    pool = client.connection_pool
+    return redis.Redis(connection_pool=redis.ConnectionPool(
+        connection_class=pool.connection_class, **{**pool.connection_kwargs, "decode_responses": decode_responses}))
 
 
 #: Entries kept in `Keys.notification_stream` (approximate trim): days of events, a few MB at most.
@@ -132,11 +252,6 @@ def publish(client: redis.Redis, keys: Keys, kind: str, **fields: object) -> Non
         pipe.execute()
 
 
-def connect_rq(url: str) -> redis.Redis:
-    """The connection RQ needs: bytes responses (RQ breaks with decode_responses=True)."""
-    return redis.Redis.from_url(url, socket_connect_timeout=5, health_check_interval=30)
-
-
 # -- saying that Redis cannot be reached -----------------------------------------------------------
 
 #: While Redis stays unreachable, `redis_unreachable` is logged again at most this often.
@@ -144,12 +259,18 @@ UNREACHABLE_REPEAT_SECONDS = 10.0
 
 
 def redis_address(client: redis.Redis) -> str:
-    """Where `client` connects, as a URL without its password (`redis://:***@host:port/db`)."""
+    """Where `client` connects, as a URL without its password (`redis://:***@host:port/db`; with
+    Sentinel `redis+sentinel://:***@sentinel:port,.../<primary name>/db`)."""
     pool = client.connection_pool
     kwargs = pool.connection_kwargs
     login = f"{kwargs.get('username') or ''}{':***' if kwargs.get('password') else ''}"
     login = f"{login}@" if login else ""
     db = kwargs.get("db", 0)
+    proxy = kwargs.get("connection_pool")  # a Sentinel-managed connection's way to its sentinels
+    if proxy is not None and hasattr(proxy, "sentinel_manager"):
+        sentinels = ",".join("{host}:{port}".format_map(s.connection_pool.connection_kwargs)
+                             for s in proxy.sentinel_manager.sentinels)
+        return logs.redact(f"redis+sentinel://{login}{sentinels}/{proxy.service_name}/{db}")
     if kwargs.get("path"):
         return logs.redact(f"unix://{login}{kwargs['path']}?db={db}")
     scheme = "rediss" if issubclass(pool.connection_class, redis.SSLConnection) else "redis"

@@ -14,6 +14,7 @@ import importlib
 import ipaddress
 import logging
 import os
+import re
 from decimal import Decimal
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -173,12 +174,25 @@ def endpoint_host(url: str) -> tuple[str, int | None]:
 
 
 class RedisSettings(_Settings):
+    #: Without FL_REDIS_SENTINELS: where Redis is. With them: only its password, user, database and
+    #: scheme (rediss:// for TLS) are used; the sentinels say which host and port the primary is.
     REDIS_URL: str = "redis://127.0.0.1:6379/0"
     #: Prefix of every key, stream, channel and queue this deployment owns.
     FL_NAMESPACE: str = Field(default="fl", pattern=r"^[A-Za-z0-9_-]{1,32}$")
     #: A REDIS_URL without a password is refused unless its host is this machine (loopback) or this
     #: is true: whoever can write to Redis decides what the line does (docs/operations.md, "Threat model").
+    #: With sentinels the same goes for a sentinel without FL_REDIS_SENTINEL_PASSWORD.
     FL_ALLOW_REDIS_WITHOUT_PASSWORD: bool = False
+    #: Redis Sentinel (docs/operations.md, "Redis that fails over"): comma-separated host:port of the
+    #: sentinels; empty = no Sentinel, REDIS_URL is the server.
+    FL_REDIS_SENTINELS: str = ""
+    #: The primary's name as the sentinels know it (`sentinel monitor <name> ...`); needed with sentinels.
+    FL_REDIS_SENTINEL_MASTER: str = ""
+    #: The sentinels' own password (their `requirepass`), if they have one.
+    FL_REDIS_SENTINEL_PASSWORD: SecretStr | None = None
+    #: With sentinels: how long a Redis command waits for a primary (through a failover) before it
+    #: fails. Above the sentinels' down-after-milliseconds plus their failover's own few seconds.
+    FL_REDIS_FAILOVER_SECONDS: float = Field(default=60.0, gt=0, le=600)
 
     @field_validator("REDIS_URL")
     @classmethod
@@ -186,6 +200,45 @@ class RedisSettings(_Settings):
         if urlparse(value).scheme not in {"redis", "rediss", "unix"}:
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @field_validator("FL_REDIS_SENTINELS")
+    @classmethod
+    def _sentinel_list(cls, value: str) -> str:
+        parse_sentinels(value)  # raises ValueError with the bad item
+        return value.strip()
+
+    @field_validator("FL_REDIS_SENTINEL_MASTER")
+    @classmethod
+    def _master_name(cls, value: str) -> str:
+        value = value.strip()
+        if value and not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", value):
+            raise ValueError(f"{value[:40]!r} is not a sentinel master name (letters, digits, . _ - only)")
+        return value
+
+    @model_validator(mode="after")
+    def _sentinel_settings(self) -> RedisSettings:
+        if self.FL_REDIS_SENTINEL_PASSWORD is not None:
+            from shared import logs
+
+            logs.register_secret(self.FL_REDIS_SENTINEL_PASSWORD.get_secret_value())
+        if not self.FL_REDIS_SENTINELS:
+            if self.FL_REDIS_SENTINEL_MASTER:
+                raise ValueError("FL_REDIS_SENTINEL_MASTER: is set but FL_REDIS_SENTINELS is empty: list the "
+                                 "sentinels (host:port,host:port,...) or unset it")
+            return self
+        if not self.FL_REDIS_SENTINEL_MASTER:
+            raise ValueError("FL_REDIS_SENTINEL_MASTER: is not set: with FL_REDIS_SENTINELS it must name the "
+                             "primary the sentinels monitor (their `sentinel monitor <name> ...` line)")
+        if urlparse(self.REDIS_URL).scheme == "unix":
+            raise ValueError("REDIS_URL: a unix:// socket cannot be used with FL_REDIS_SENTINELS (the sentinels "
+                             "name a host and port); use redis://[:PASSWORD@]host/0, whose host is then not used")
+        remote = [host for host, _port in self.sentinels if not is_loopback(host)]
+        if remote and self.FL_REDIS_SENTINEL_PASSWORD is None and not self.FL_ALLOW_REDIS_WITHOUT_PASSWORD:
+            raise ValueError(
+                f"FL_REDIS_SENTINEL_PASSWORD: is not set and the sentinel {remote[0]} is not this machine: anyone "
+                f"who reaches it can point the line at a Redis of their own; give the sentinels a password "
+                f"(requirepass in sentinel.conf) and set it here, or set FL_ALLOW_REDIS_WITHOUT_PASSWORD=true")
+        return self
 
     @model_validator(mode="after")
     def _password_unless_loopback(self) -> RedisSettings:
@@ -196,6 +249,16 @@ class RedisSettings(_Settings):
             logs.register_secret(password)
             return self
         parsed = urlparse(self.REDIS_URL)
+        if self.FL_REDIS_SENTINELS:
+            # The primary is wherever the sentinels say: it is this machine only if they all are.
+            remote = next((host for host, _port in self.sentinels if not is_loopback(host)), None)
+            if remote is None or self.FL_ALLOW_REDIS_WITHOUT_PASSWORD:
+                return self
+            raise ValueError(
+                f"REDIS_URL: {logs.safe_url(self.REDIS_URL)} has no password and the sentinel {remote} is not "
+                f"this machine, so neither is the primary it names: anyone who reaches it can run the line's "
+                f"jobs; put the primary's password in the URL (redis://:PASSWORD@redis/0) or set "
+                f"FL_ALLOW_REDIS_WITHOUT_PASSWORD=true")
         if parsed.scheme == "unix" or self.FL_ALLOW_REDIS_WITHOUT_PASSWORD or is_loopback(parsed.hostname):
             return self
         raise ValueError(
@@ -203,6 +266,39 @@ class RedisSettings(_Settings):
             f"machine: anyone who reaches it can run the line's jobs; put the password in the URL "
             f"(redis://:PASSWORD@{parsed.hostname}:{parsed.port or 6379}/0) or set FL_ALLOW_REDIS_WITHOUT_PASSWORD=true"
         )
+
+    @property
+    def sentinels(self) -> list[tuple[str, int]]:
+        """The sentinels' (host, port), in the order given; empty without Sentinel."""
+        return parse_sentinels(self.FL_REDIS_SENTINELS)
+
+    @property
+    def where(self) -> str:
+        """Where the line's Redis is, for messages, never with a password: REDIS_URL, or the primary's
+        name and its sentinels."""
+        from shared import logs
+
+        if not self.FL_REDIS_SENTINELS:
+            return logs.safe_url(self.REDIS_URL)
+        sentinels = ",".join(f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in self.sentinels)
+        return f"primary {self.FL_REDIS_SENTINEL_MASTER} via sentinels {sentinels}"
+
+
+def parse_sentinels(text: str) -> list[tuple[str, int]]:
+    """`host:port,host:port,...` (an IPv6 host in brackets, `[::1]:26379`) as (host, port) pairs; a
+    ValueError names the first item that is not host:port."""
+    result: list[tuple[str, int]] = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item:
+            continue
+        match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):([0-9]{1,5})", item)
+        port = int(match.group(2)) if match else 0
+        if not match or not 1 <= port <= 65535:
+            raise ValueError(f"{item[:60]!r} is not host:port (e.g. sentinel-1:26379,sentinel-2:26379,sentinel-3:26379)")
+        result.append((match.group(1).strip("[]"), port))
+    if text.strip() and not result:
+        raise ValueError(f"{text[:60]!r} lists no sentinel (host:port,host:port,...)")
+    return result
 
 
 class MetricsSettings(_Settings):

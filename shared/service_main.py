@@ -55,7 +55,7 @@ def run(name: str, doc: str, argv: list[str] | None, *, serve: Callable[[argpars
 
 
 def check_redis(redis_settings: config.RedisSettings) -> None:
-    client = bus.connect(redis_settings.REDIS_URL)
+    client = bus.connect(redis_settings)
     try:
         client.ping()
     finally:

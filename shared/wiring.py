@@ -20,7 +20,7 @@ def connected(broker_settings: config.BrokerSettings | None = None,
     broker_settings = broker_settings or config.load(config.BrokerSettings)
     redis_settings = redis_settings or config.load(config.RedisSettings)
     keys = bus.Keys(redis_settings.FL_NAMESPACE)
-    client = bus.connect(redis_settings.REDIS_URL)
+    client = bus.connect(redis_settings)
     try:
         from shared.broker import make_executor
 

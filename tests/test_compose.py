@@ -226,6 +226,7 @@ SECRETS_BY_CONTAINER = {
     "FL_SIM_API_KEY": {"sim"},
     "FL_SIM_SECRET_KEY": {"sim"},
     "FL_NOTIFY_URLS": {"notifier"},
+    "FL_REDIS_SENTINEL_PASSWORD": PILLARS,
 }
 
 

@@ -31,8 +31,8 @@ def serve(_args: argparse.Namespace) -> int:
 
     keys = bus.Keys(redis_settings.FL_NAMESPACE)
     executor = make_executor(broker_settings)
-    client = bus.connect(redis_settings.REDIS_URL)
-    stream_client = bus.connect(redis_settings.REDIS_URL, blocking=True)
+    client = bus.connect(redis_settings)
+    stream_client = bus.connect(redis_settings, blocking=True)
     manager = Manager(executor, client, stream_client, keys, ExitRules.from_settings(exit_settings), manager_settings,
                       ForeignPolicy(exit_settings.FL_FOREIGN_POSITIONS))
     # The line-state collector lives here only, so a sum over services never counts the line twice.

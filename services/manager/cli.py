@@ -60,7 +60,7 @@ def run_watch(args: argparse.Namespace) -> int:
 
     redis_settings = config.load(config.RedisSettings)
     keys = bus.Keys(redis_settings.FL_NAMESPACE)
-    client = bus.connect(redis_settings.REDIS_URL, blocking=True)
+    client = bus.connect(redis_settings, blocking=True)
     print(f"watching {keys.notifications} (Ctrl-C to stop)", file=sys.stderr, flush=True)
     try:
         watch(client, keys, lambda line: print(line, flush=True), limit=args.count, raw=args.raw)

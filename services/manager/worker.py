@@ -39,7 +39,7 @@ def serve(args: argparse.Namespace) -> None:
     _, redis_settings, _ = _load()
     from shared.queues import run_worker
 
-    client = bus.connect_rq(redis_settings.REDIS_URL)
+    client = bus.connect_rq(redis_settings)
     try:
         run_worker(client, bus.Keys(redis_settings.FL_NAMESPACE), SERVICE, burst=args.burst)
     finally:

@@ -48,7 +48,7 @@ def serve(_args: argparse.Namespace) -> int:
         return 0
     from services.notifier.daemon import Notifier
 
-    client = bus.connect(redis_settings.REDIS_URL, blocking=True)
+    client = bus.connect(redis_settings, blocking=True)
     try:
         Notifier(client, bus.Keys(redis_settings.FL_NAMESPACE), settings).run(stop)
     finally:

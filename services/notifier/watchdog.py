@@ -102,8 +102,7 @@ class Watchdog:
 
             from shared import queues
 
-            connection = redis.Redis(connection_pool=redis.ConnectionPool(**{
-                **self.client.connection_pool.connection_kwargs, "decode_responses": False}))
+            connection = bus.twin(self.client, decode_responses=False)
             try:
                 job = Job.fetch(job_id, connection=connection, serializer=queues.SERIALIZER)
                 result = job.latest_result()

@@ -48,7 +48,7 @@ def _redis():
     from shared import bus, config
 
     settings = config.load(config.RedisSettings)
-    return settings, bus.Keys(settings.FL_NAMESPACE), bus.connect(settings.REDIS_URL)
+    return settings, bus.Keys(settings.FL_NAMESPACE), bus.connect(settings)
 
 
 def _redis_error(exc: Exception):
@@ -71,8 +71,8 @@ def run_status(args: argparse.Namespace) -> int:
     redis_settings = config.load(config.RedisSettings)
     keys = bus.Keys(redis_settings.FL_NAMESPACE)
     report = st.Status(keys.ns, datetime.now(UTC))
-    client = bus.connect(redis_settings.REDIS_URL)
-    rq_client = bus.connect_rq(redis_settings.REDIS_URL)
+    client = bus.connect(redis_settings)
+    rq_client = bus.connect_rq(redis_settings)
     try:
         st.read_redis(report, client, rq_client, keys)
     except redis.RedisError as exc:

@@ -46,14 +46,14 @@ def rank_signals(
     redis_key = None
     if redis_settings is not None:
         keys = bus.Keys(redis_settings.FL_NAMESPACE)
-        client = bus.connect(redis_settings.REDIS_URL)
+        client = bus.connect(redis_settings)
         try:
             redis_key = signals.save_signals_to_redis(client, keys, day, result.kept,
                                                       hmac_key=settings.FL_SIGNALS_HMAC_KEY)
             bus.publish(client, keys, "signals_ranked", day=day.isoformat(), kept=len(result.kept),
                         rejected=len(result.rejected), tickers=[s.ticker for s in result.kept])
         except redis.RedisError as exc:
-            raise FactoryLineError(f"Redis at {_where(redis_settings.REDIS_URL)}: {exc}") from None
+            raise FactoryLineError(f"Redis at {_where(redis_settings)}: {exc}") from None
         finally:
             client.close()
 
@@ -88,7 +88,9 @@ def _moment(now: str | None) -> datetime:
     return moment
 
 
-def _where(url: str) -> str:
-    """host:port of a Redis URL, never its password."""
-    parsed = urlparse(url)
+def _where(redis_settings: config.RedisSettings) -> str:
+    """host:port of REDIS_URL (or the primary and its sentinels), never a password."""
+    if redis_settings.FL_REDIS_SENTINELS:
+        return redis_settings.where
+    parsed = urlparse(redis_settings.REDIS_URL)
     return f"{parsed.hostname}:{parsed.port or 6379}" if parsed.hostname else parsed.scheme + "://..."

@@ -21,7 +21,7 @@ def serve(_args: argparse.Namespace) -> None:
     redis_settings = config.load(config.RedisSettings)
     from shared.queues import run_worker
 
-    run_worker(bus.connect_rq(redis_settings.REDIS_URL), bus.Keys(redis_settings.FL_NAMESPACE), "reporter")
+    run_worker(bus.connect_rq(redis_settings), bus.Keys(redis_settings.FL_NAMESPACE), "reporter")
 
 
 def check(_args: argparse.Namespace) -> str:

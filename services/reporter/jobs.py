@@ -75,7 +75,7 @@ def run_from_settings(out_dir: str | None = None, since: date | None = None) -> 
     from shared.broker import make_executor
 
     executor = make_executor(broker_settings)
-    client = bus.connect(redis_settings.REDIS_URL)
+    client = bus.connect(redis_settings)
     try:
         keys = bus.Keys(redis_settings.FL_NAMESPACE)
         if since is not None:

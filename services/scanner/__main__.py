@@ -26,7 +26,7 @@ def serve(_args: argparse.Namespace) -> None:
     _, _, redis_settings = _load()
     from shared.queues import run_worker
 
-    run_worker(bus.connect_rq(redis_settings.REDIS_URL), bus.Keys(redis_settings.FL_NAMESPACE), "scanner")
+    run_worker(bus.connect_rq(redis_settings), bus.Keys(redis_settings.FL_NAMESPACE), "scanner")
 
 
 def check(_args: argparse.Namespace) -> str:

@@ -63,7 +63,7 @@ def read_live_trades(redis_settings: config.RedisSettings) -> dict[str, list[Liv
     close (`ledger.read_closes`): a stop-out filled as an OCO leg and a fractional day stop is one live trade."""
     from shared import ledger
 
-    client = bus.connect(redis_settings.REDIS_URL)
+    client = bus.connect(redis_settings)
     try:
         trades = ledger.read_closes(client, bus.Keys(redis_settings.FL_NAMESPACE))
     except redis.RedisError as exc:

@@ -41,7 +41,7 @@ def serve(args: argparse.Namespace) -> None:
 
     executor = make_executor(broker_settings)
     try:
-        scheduler = Scheduler(bus.connect_rq(redis_settings.REDIS_URL), bus.Keys(redis_settings.FL_NAMESPACE),
+        scheduler = Scheduler(bus.connect_rq(redis_settings), bus.Keys(redis_settings.FL_NAMESPACE),
                               executor, plan)
         if args.once:
             result = scheduler.tick()

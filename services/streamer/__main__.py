@@ -28,7 +28,7 @@ def serve(_args: argparse.Namespace) -> int:
     from .daemon import Streamer
 
     executor = make_executor(broker_settings)
-    client = bus.connect(redis_settings.REDIS_URL)
+    client = bus.connect(redis_settings)
     streamer = Streamer(executor, client, bus.Keys(redis_settings.FL_NAMESPACE), streamer_settings)
     metrics.start("streamer", collectors=[metrics.StreamerCollector(streamer)])
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -46,7 +46,7 @@ def check(_args: argparse.Namespace) -> str:
     redis_settings = config.load(config.RedisSettings)
     config.load(StreamerSettings)
     keys = bus.Keys(redis_settings.FL_NAMESPACE)
-    client = bus.connect(redis_settings.REDIS_URL)
+    client = bus.connect(redis_settings)
     try:
         client.ping()
         leader = client.get(keys.streamer_leader)

@@ -19,7 +19,7 @@ def serve(_args: argparse.Namespace) -> None:
     redis_settings = config.load(config.RedisSettings)
     from shared.queues import run_worker
 
-    run_worker(bus.connect_rq(redis_settings.REDIS_URL), bus.Keys(redis_settings.FL_NAMESPACE), "trader")
+    run_worker(bus.connect_rq(redis_settings), bus.Keys(redis_settings.FL_NAMESPACE), "trader")
 
 
 def check(_args: argparse.Namespace) -> str:
@@ -29,7 +29,7 @@ def check(_args: argparse.Namespace) -> str:
     broker_settings = config.load(config.BrokerSettings)
     keys = bus.Keys(redis_settings.FL_NAMESPACE)
     service_main.check_redis(redis_settings)
-    client = bus.connect(redis_settings.REDIS_URL)
+    client = bus.connect(redis_settings)
     try:
         halted = bool(client.exists(keys.halt))
     finally:

@@ -93,6 +93,7 @@ from shared.models import (
     Account,
     Asset,
     Bar,
+    BarRow,
     LatestPrice,
     MarketClock,
     Order,
@@ -365,6 +366,45 @@ def bar_from_alpaca(bar: Any) -> Bar:
     )
 
 
+def bar_rows_from_alpaca_json(raw: Any) -> dict[str, list[BarRow]]:
+    """`BarRow`s from the bars JSON alpaca-py hands over with `raw_data=True` ({symbol: [{"t", "o", "h",
+    "l", "c", "v", ...}]}, all pages merged): equal to `bar_from_alpaca` of alpaca-py's model, field by
+    field. Like that model, a price or volume is read as a float first (so 101 and 101.0 both give
+    Decimal("101.0")), and a time without an offset is UTC. A missing field, a value that is not a number
+    or not a time, NaN or infinity raises (the caller's guard makes it `BrokerUnavailable`). Equal
+    prices and times of one answer share one Decimal / datetime (most repeat across symbols and days)."""
+    numbers: dict[Any, Decimal] = {}
+    times: dict[Any, datetime] = {}
+
+    def number(value: Any) -> Decimal:
+        if value.__class__ is bool:
+            raise TypeError("a boolean is not a price")
+        result = to_decimal(float(value))
+        if result > 0:  # -0.0 == 0.0: only positive values are shared, so a sign is never borrowed
+            numbers[value] = result
+        return result
+
+    def moment(value: Any) -> datetime:
+        result = _aware(datetime.fromisoformat(value))
+        times[value] = result
+        return result
+
+    rows: dict[str, list[BarRow]] = {}
+    for symbol, bars in raw.items():
+        series = rows[symbol] = []
+        for bar in bars:
+            t, o, h, low, c, v = bar["t"], bar["o"], bar["h"], bar["l"], bar["c"], bar["v"]
+            series.append(BarRow(
+                times[t] if t in times else moment(t),
+                numbers[o] if o in numbers else number(o),
+                numbers[h] if h in numbers else number(h),
+                numbers[low] if low in numbers else number(low),
+                numbers[c] if c in numbers else number(c),
+                numbers[v] if v in numbers else number(v),
+            ))
+    return rows
+
+
 #: The corporate-action groups that are splits, as alpaca-py's CorporateActionsSet keys them.
 _SPLIT_GROUPS = ("forward_splits", "reverse_splits")
 
@@ -572,15 +612,20 @@ class AlpacaExecutor(OrderExecutor):
         self._trading = TradingClient(key, secret, paper=paper, url_override=endpoint)
         self._submitter = TradingClient(key, secret, paper=paper, url_override=endpoint)
         self._data = StockHistoricalDataClient(key, secret, url_override=settings.data_endpoint)
+        # The same bars endpoint with alpaca-py's documented `raw_data=True`: its own paging (next_page_token)
+        # and retries, the JSON handed over as dicts instead of one model per bar (`get_bar_rows`).
+        self._raw_data = StockHistoricalDataClient(key, secret, raw_data=True, url_override=settings.data_endpoint)
         # Corporate actions are served by the data API too (/v1/corporate-actions), same host.
         self._corporate = CorporateActionsClient(key, secret, url_override=settings.data_endpoint)
         _set_retries(self._trading, read_retries, read_retry_wait)
         _set_retries(self._data, read_retries, read_retry_wait)
+        _set_retries(self._raw_data, read_retries, read_retry_wait)
         _set_retries(self._corporate, read_retries, read_retry_wait)
         _set_retries(self._submitter, 0, 0)
         self._feed = DataFeed(settings.ALPACA_DATA_FEED)
         self._answers = threading.local()
-        for client in (self._trading, self._submitter, self._data, self._corporate):
+        self._clients = (self._trading, self._submitter, self._data, self._raw_data, self._corporate)
+        for client in self._clients:
             _install_guard(client, self._timeout, self._answers)
         _record_server_time(self._trading, self._answers)
 
@@ -756,9 +801,32 @@ class AlpacaExecutor(OrderExecutor):
     def get_bars(
         self, symbols: Iterable[str], timeframe: Timeframe, start: datetime, end: datetime
     ) -> dict[str, list[Bar]]:
+        return self._read_bars(
+            self._data, symbols, timeframe, start, end,
+            convert=lambda barset: {
+                symbol: [bar_from_alpaca(b) for b in symbol_bars] for symbol, symbol_bars in barset.data.items()
+            },
+        )
+
+    def get_bar_rows(
+        self, symbols: Iterable[str], timeframe: Timeframe, start: datetime, end: datetime
+    ) -> dict[str, list[BarRow]]:
+        return self._read_bars(self._raw_data, symbols, timeframe, start, end, convert=bar_rows_from_alpaca_json)
+
+    def _read_bars(
+        self,
+        client: StockHistoricalDataClient,
+        symbols: Iterable[str],
+        timeframe: Timeframe,
+        start: datetime,
+        end: datetime,
+        convert: Callable[[Any], dict[str, list[T]]],
+    ) -> dict[str, list[T]]:
+        """One bars read for `get_bars` (alpaca-py's models) and `get_bar_rows` (its raw JSON): the
+        same request per chunk of symbols, pages, feed, retries and error mapping; oldest first."""
         wanted = _unique(symbols)
         frame = TimeFrame.Minute if Timeframe(timeframe) is Timeframe.MINUTE else TimeFrame.Day
-        bars: dict[str, list[Bar]] = {symbol: [] for symbol in wanted}
+        bars: dict[str, list[T]] = {symbol: [] for symbol in wanted}
         for chunk in _chunks(wanted, SYMBOLS_PER_REQUEST):
             request = self._request(
                 "get bars",
@@ -768,18 +836,12 @@ class AlpacaExecutor(OrderExecutor):
             )
             # alpaca-py follows next_page_token itself until the last page.
             chunk_bars = self._call(
-                f"get bars ({len(chunk)} symbols)",
-                self._data.get_stock_bars,
-                request,
-                convert=lambda barset: {
-                    symbol: [bar_from_alpaca(b) for b in symbol_bars]
-                    for symbol, symbol_bars in barset.data.items()
-                },
+                f"get bars ({len(chunk)} symbols)", client.get_stock_bars, request, convert=convert
             )
             for symbol, symbol_bars in chunk_bars.items():
                 bars.setdefault(symbol, []).extend(symbol_bars)
         for symbol_bars in bars.values():
-            symbol_bars.sort(key=lambda bar: bar.t)
+            symbol_bars.sort(key=_bar_time)
         return bars
 
     def get_splits(self, symbols: Iterable[str], start: date, end: date) -> list[Split]:
@@ -988,8 +1050,12 @@ class AlpacaExecutor(OrderExecutor):
         return AlpacaTradeUpdateStream(self._settings)
 
     def close(self) -> None:
-        for client in (self._trading, self._submitter, self._data, self._corporate):
+        for client in self._clients:
             client._session.close()
+
+
+def _bar_time(bar: Bar | BarRow) -> datetime:
+    return bar.t
 
 
 def _changed_since(order: alpaca_models.Order, since: datetime) -> bool:

@@ -21,6 +21,7 @@ backtest of the strategy the scanner reports for it. See `BlackSheepRule`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time
@@ -82,7 +83,14 @@ def session_times(bar: AnyBar) -> tuple[datetime, datetime]:
     Daily bars are stamped at midnight New York (Alpaca's convention). Early closes are taken as 16:00:
     only the time stop reads these times, and it counts whole days.
     """
-    day = bar.t.astimezone(NEW_YORK).date()
+    return _session_times_at(bar.t)
+
+
+@functools.lru_cache(maxsize=4096)
+def _session_times_at(t: datetime) -> tuple[datetime, datetime]:
+    # Cached by the bar's time: a scan meets the same ~500 sessions in every ticker and strategy. Equal
+    # aware times are the same instant, so they are the same New York day.
+    day = t.astimezone(NEW_YORK).date()
     return datetime.combine(day, SESSION_OPEN, NEW_YORK), datetime.combine(day, SESSION_CLOSE, NEW_YORK)
 
 

@@ -368,18 +368,22 @@ def bar_from_alpaca(bar: Any) -> Bar:
 
 def bar_rows_from_alpaca_json(raw: Any) -> dict[str, list[BarRow]]:
     """`BarRow`s from the bars JSON alpaca-py hands over with `raw_data=True` ({symbol: [{"t", "o", "h",
-    "l", "c", "v", ...}]}, all pages merged): equal to `bar_from_alpaca` of alpaca-py's model, field by
-    field. Like that model, a price or volume is read as a float first (so 101 and 101.0 both give
+    "l", "c", "v", ...}]}, all pages merged): equal to `bar_from_alpaca` of alpaca-py's model, digit for
+    digit. Like that model, a price or volume is read as a float first (so 101 and 101.0 both give
     Decimal("101.0")), and a time without an offset is UTC. A missing field, a value that is not a number
-    or not a time, NaN or infinity raises (the caller's guard makes it `BrokerUnavailable`). Equal
-    prices and times of one answer share one Decimal / datetime (most repeat across symbols and days)."""
+    (a boolean, null, text that is not one) or not an ISO 8601 time, NaN or infinity raises (the caller's
+    guard makes it `BrokerUnavailable`). Equal prices and times of one answer share one Decimal /
+    datetime: most prices and every session's time repeat across symbols and days."""
     numbers: dict[Any, Decimal] = {}
     times: dict[Any, datetime] = {}
 
     def number(value: Any) -> Decimal:
-        if value.__class__ is bool:
-            raise TypeError("a boolean is not a price")
-        result = to_decimal(float(value))
+        kind = value.__class__
+        if kind is not float and kind is not int and kind is not str:
+            raise TypeError(f"not a number: {kind.__name__}")
+        result = Decimal(repr(float(value)))  # what to_decimal makes of the model's float
+        if not result.is_finite():
+            raise ValueError(f"not a finite number: {value!r}")
         if result > 0:  # -0.0 == 0.0: only positive values are shared, so a sign is never borrowed
             numbers[value] = result
         return result
@@ -389,19 +393,17 @@ def bar_rows_from_alpaca_json(raw: Any) -> dict[str, list[BarRow]]:
         times[value] = result
         return result
 
+    known, known_time, row = numbers.get, times.get, tuple.__new__
     rows: dict[str, list[BarRow]] = {}
     for symbol, bars in raw.items():
-        series = rows[symbol] = []
+        series: list[BarRow] = []
+        append = series.append
         for bar in bars:
             t, o, h, low, c, v = bar["t"], bar["o"], bar["h"], bar["l"], bar["c"], bar["v"]
-            series.append(BarRow(
-                times[t] if t in times else moment(t),
-                numbers[o] if o in numbers else number(o),
-                numbers[h] if h in numbers else number(h),
-                numbers[low] if low in numbers else number(low),
-                numbers[c] if c in numbers else number(c),
-                numbers[v] if v in numbers else number(v),
-            ))
+            # A cached Decimal is positive, so `or` falls through only on a miss.
+            append(row(BarRow, (known_time(t) or moment(t), known(o) or number(o), known(h) or number(h),
+                                known(low) or number(low), known(c) or number(c), known(v) or number(v))))
+        rows[symbol] = series
     return rows
 
 

@@ -117,7 +117,7 @@ def main() -> int:
               f"cpu {floors[True][1]:5.2f} s")
         print(f"       the same, alpaca-py models (no raw_data)                 {floors[False][0]:6.2f} s  "
               f"cpu {floors[False][1]:5.2f} s  ratio to floor {floors[False][0] / floor:4.2f}")
-        results = {}
+        results, cpus = {}, {}
         paths = [False] if args.no_models else [False, True]
         for models in paths:
             for workers in sorted({1, args.workers}):
@@ -130,6 +130,7 @@ def main() -> int:
                 wall = statistics.median(r[0] for r in runs)
                 cpu = statistics.median(r[1] for r in runs)
                 results[models, workers] = wall
+                cpus[models, workers] = cpu
                 label = "models" if models else "rows  "
                 print(f"scan, bars as {label}, {workers} worker{'s' if workers > 1 else ' '}                 "
                       f"{wall:6.2f} s  cpu {cpu:5.2f} s  ratio to floor {wall / floor:4.2f}  "
@@ -142,6 +143,9 @@ def main() -> int:
         if not args.no_models:
             before = min(wall for (models, _), wall in results.items() if models)
             print(f"best whole scan (models, as before) {before:.2f} s: rows take {best / before:.2f}x its time")
+            for workers in sorted({1, args.workers}):
+                print(f"cpu, {workers} worker{'s' if workers > 1 else ''}: rows {cpus[False, workers]:.2f} s, models "
+                      f"{cpus[True, workers]:.2f} s: rows take {cpus[False, workers] / cpus[True, workers]:.2f}x")
     finally:
         handle.stop()
     return 0

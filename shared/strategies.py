@@ -76,10 +76,11 @@ def momentum(
     """True where the close is `min_gain` above the close `lookback` sessions ago, above the previous
     close, and in the upper half of the day's range."""
     fired = [False] * len(bars)
+    factor = 1 + min_gain
     for i in range(lookback, len(bars)):
         bar, before = bars[i], bars[i - lookback]
         fired[i] = (
-            bar.c >= before.c * (1 + min_gain)
+            bar.c >= before.c * factor
             and bar.c > bars[i - 1].c
             and bar.c * TWO >= bar.h + bar.l
         )

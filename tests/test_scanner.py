@@ -175,7 +175,7 @@ def test_a_broken_series_is_reported_with_its_bad_bar_and_its_stale_entry_log_re
     executor.close()
     assert errors == {}
     bad = bars["DOWN"][100]
-    bars["DOWN"][100] = bad.model_copy(update={"h": bad.l - D("1")})  # high below low
+    bars["DOWN"][100] = bad._replace(h=bad.l - D("1"))  # high below low (the scan reads BarRows)
     bars["FAKE"] = []
     (tmp_path / "IN_TRADE_live_qs_DOWN.log").write_text("yesterday's entry\n")
     summary = scanner.write_reports(["UPUP", "FAKE", "DOWN"], bars, {}, tmp_path, **report_args())

@@ -21,6 +21,7 @@ backtest of the strategy the scanner reports for it. See `BlackSheepRule`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, time
@@ -28,7 +29,7 @@ from decimal import Decimal
 
 from shared.exits import ExitReason, ExitRules, PositionState, bar_exit
 from shared.market.calendar import NEW_YORK
-from shared.models import Bar
+from shared.models import AnyBar
 from shared.money import ONE, ZERO
 from shared.signals import Verdict
 from shared.strategies import Strategy
@@ -76,18 +77,25 @@ class BacktestResult:
         return len(self.trades)
 
 
-def session_times(bar: Bar) -> tuple[datetime, datetime]:
+def session_times(bar: AnyBar) -> tuple[datetime, datetime]:
     """(open, close) of the session a daily bar stands for, New York time.
 
     Daily bars are stamped at midnight New York (Alpaca's convention). Early closes are taken as 16:00:
     only the time stop reads these times, and it counts whole days.
     """
-    day = bar.t.astimezone(NEW_YORK).date()
+    return _session_times_at(bar.t)
+
+
+@functools.lru_cache(maxsize=4096)
+def _session_times_at(t: datetime) -> tuple[datetime, datetime]:
+    # Cached by the bar's time: a scan meets the same ~500 sessions in every ticker and strategy. Equal
+    # aware times are the same instant, so they are the same New York day.
+    day = t.astimezone(NEW_YORK).date()
     return datetime.combine(day, SESSION_OPEN, NEW_YORK), datetime.combine(day, SESSION_CLOSE, NEW_YORK)
 
 
 def simulate(
-    ticker: str, bars: Sequence[Bar], fired: Sequence[bool], rules: ExitRules
+    ticker: str, bars: Sequence[AnyBar], fired: Sequence[bool], rules: ExitRules
 ) -> tuple[list[BacktestTrade], PositionState | None]:
     """Walk the bars: enter at the open after each signal while flat, exit with `bar_exit`.
 
@@ -136,7 +144,7 @@ def edge(trades: Sequence[BacktestTrade], min_trades: int) -> tuple[Decimal, Dec
             avg_return.quantize(_RETURN_PLACES), verdict)
 
 
-def backtest(ticker: str, bars: Sequence[Bar], strategy: Strategy, rules: ExitRules, min_trades: int) -> BacktestResult:
+def backtest(ticker: str, bars: Sequence[AnyBar], strategy: Strategy, rules: ExitRules, min_trades: int) -> BacktestResult:
     """The strategy over the ticker's whole history, judged."""
     fired = strategy.rule(bars)
     trades, open_position = simulate(ticker, bars, fired, rules)

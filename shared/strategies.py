@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 
-from shared.models import Bar
+from shared.models import AnyBar
 
 BREAKOUT_LOOKBACK = 20
 PULLBACK_TREND_WINDOW = 100
@@ -35,7 +35,7 @@ MOMENTUM_MIN_GAIN = Decimal("0.10")
 TWO = Decimal(2)
 
 
-def breakout(bars: Sequence[Bar], lookback: int = BREAKOUT_LOOKBACK) -> list[bool]:
+def breakout(bars: Sequence[AnyBar], lookback: int = BREAKOUT_LOOKBACK) -> list[bool]:
     """True where the close beats the highest high of the previous `lookback` sessions."""
     fired = [False] * len(bars)
     # Monotonic deque of indexes whose highs decrease: the front is the window's highest high.
@@ -52,7 +52,7 @@ def breakout(bars: Sequence[Bar], lookback: int = BREAKOUT_LOOKBACK) -> list[boo
 
 
 def pullback(
-    bars: Sequence[Bar], trend_window: int = PULLBACK_TREND_WINDOW, down_closes: int = PULLBACK_DOWN_CLOSES
+    bars: Sequence[AnyBar], trend_window: int = PULLBACK_TREND_WINDOW, down_closes: int = PULLBACK_DOWN_CLOSES
 ) -> list[bool]:
     """True where the close is above its `trend_window`-session average and is the `down_closes`-th
     lower close in a row."""
@@ -71,15 +71,16 @@ def pullback(
 
 
 def momentum(
-    bars: Sequence[Bar], lookback: int = MOMENTUM_LOOKBACK, min_gain: Decimal = MOMENTUM_MIN_GAIN
+    bars: Sequence[AnyBar], lookback: int = MOMENTUM_LOOKBACK, min_gain: Decimal = MOMENTUM_MIN_GAIN
 ) -> list[bool]:
     """True where the close is `min_gain` above the close `lookback` sessions ago, above the previous
     close, and in the upper half of the day's range."""
     fired = [False] * len(bars)
+    factor = 1 + min_gain
     for i in range(lookback, len(bars)):
         bar, before = bars[i], bars[i - lookback]
         fired[i] = (
-            bar.c >= before.c * (1 + min_gain)
+            bar.c >= before.c * factor
             and bar.c > bars[i - 1].c
             and bar.c * TWO >= bar.h + bar.l
         )
@@ -91,7 +92,7 @@ class Strategy:
     """A named rule. `name` is what the scanner's log prints as `strategy:`."""
 
     name: str
-    rule: Callable[[Sequence[Bar]], list[bool]]
+    rule: Callable[[Sequence[AnyBar]], list[bool]]
     #: Sessions of history before the rule can fire at all.
     warmup: int
     description: str

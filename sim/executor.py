@@ -29,6 +29,7 @@ from shared.models import (
     Account,
     Asset,
     Bar,
+    BarRow,
     LatestPrice,
     MarketClock,
     Order,
@@ -195,6 +196,15 @@ class SimulatedExecutor(OrderExecutor):
                 for b in self.engine.bars(symbol, frame, start, end)
             ]
         return result
+
+    def get_bar_rows(
+        self, symbols: Iterable[str], timeframe: Timeframe, start: datetime, end: datetime
+    ) -> dict[str, list[BarRow]]:
+        # What `get_bars` returns (`to_price` of the engine's ticks), as rows instead of models.
+        return {
+            symbol: [BarRow(b.t, b.o, b.h, b.l, b.c, b.v) for b in bars]
+            for symbol, bars in self.get_bars(symbols, timeframe, start, end).items()
+        }
 
     def get_splits(self, symbols: Iterable[str], start: date, end: date) -> list[Split]:
         wanted = [s.strip().upper() for s in symbols if s and s.strip()]

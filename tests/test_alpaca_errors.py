@@ -38,7 +38,7 @@ from shared.errors import (
     RateLimited,
     WashTrade,
 )
-from shared.models import Timeframe
+from shared.models import BarRow, Timeframe
 
 API_KEY = "PKTESTKEY0123456789"
 SECRET_KEY = "SecretValue-abcdefghijklmnopqrstuvwxyz"
@@ -457,6 +457,9 @@ BROKER_CALLS = {
     "bars": lambda ex: ex.get_bars(
         ["AAPL"], Timeframe.DAY, datetime(2024, 3, 1, tzinfo=UTC), datetime(2024, 3, 4, tzinfo=UTC)
     ),
+    "bar rows": lambda ex: ex.get_bar_rows(
+        ["AAPL"], Timeframe.DAY, datetime(2024, 3, 1, tzinfo=UTC), datetime(2024, 3, 4, tzinfo=UTC)
+    ),
     "splits": lambda ex: ex.get_splits(["AAPL"], date(2024, 3, 1), date(2024, 3, 4)),
     "submit buy qty": lambda ex: ex.buy_qty("AAPL", Decimal("1"), "fl-h-1"),
     "submit buy notional": lambda ex: ex.buy_notional("AAPL", Decimal("50"), "fl-h-2"),
@@ -557,17 +560,19 @@ def test_a_redirect_echoing_the_keys_never_shows_them(clean_env, fake_alpaca):
     assert "elsewhere.invalid" in text and API_KEY not in text and SECRET_KEY not in text
 
 
-def test_a_bars_listing_that_repeats_its_page_token_stops_instead_of_looping(clean_env, fake_alpaca):
+@pytest.mark.parametrize("read", ["bars", "bar rows"])
+def test_a_bars_listing_that_repeats_its_page_token_stops_instead_of_looping(clean_env, fake_alpaca, read):
     fake_alpaca.always = (200, '{"bars": {"AAPL": []}, "next_page_token": "same-again"}', 0.0)
     executor = make_executor(fake_alpaca.url)
 
     with pytest.raises(BrokerUnavailable, match="same page token twice"):
-        BROKER_CALLS["bars"](executor)
+        BROKER_CALLS[read](executor)
 
     assert len(fake_alpaca.calls) == 2
 
 
-def test_a_bars_listing_that_pages_forever_stops(clean_env, fake_alpaca, monkeypatch):
+@pytest.mark.parametrize("read", ["bars", "bar rows"])
+def test_a_bars_listing_that_pages_forever_stops(clean_env, fake_alpaca, monkeypatch, read):
     import shared.broker.alpaca as adapter
 
     monkeypatch.setattr(adapter, "MAX_REQUESTS_PER_CALL", 5)
@@ -584,7 +589,7 @@ def test_a_bars_listing_that_pages_forever_stops(clean_env, fake_alpaca, monkeyp
     executor = make_executor(fake_alpaca.url)
 
     with pytest.raises(BrokerUnavailable, match="kept paging past 5 pages"):
-        BROKER_CALLS["bars"](executor)
+        BROKER_CALLS[read](executor)
 
     assert len(fake_alpaca.calls) == 5
 
@@ -596,3 +601,48 @@ def test_a_usable_answer_after_an_unusable_one_is_read_normally(clean_env, fake_
     with pytest.raises(BrokerUnavailable):
         executor.get_account()
     assert executor.get_account().cash == Decimal("1000.5")
+
+
+def _bar(day: str, o, h, low, c, v) -> dict:
+    return {"t": f"{day}T05:00:00Z", "o": o, "h": h, "l": low, "c": c, "v": v, "n": 12, "vw": 101.2}
+
+
+#: Two pages of daily bars; integer prices and volumes, as a broker may send them.
+BARS_PAGES = [
+    json.dumps({"bars": {"AAPL": [_bar("2024-03-01", 101, 102.5, 100.25, 101.5, 1200)]}, "next_page_token": "p2"}),
+    json.dumps({"bars": {"AAPL": [_bar("2024-03-04", 101.5, 103, 101, 102.99, 900)],
+                         "MSFT": [_bar("2024-03-01", 400, 401.01, 399.1, 400.5, 50000.0)]},
+                "next_page_token": None}),
+]
+
+
+def test_bar_rows_are_read_with_the_requests_retries_and_pages_of_the_bars_read(clean_env, fake_alpaca):
+    script = [(429, RATE_LIMITED, 0.0), (200, BARS_PAGES[0], 0.0), (200, BARS_PAGES[1], 0.0)]
+    executor = make_executor(fake_alpaca.url)
+    args = (["aapl", "MSFT", "KO"], Timeframe.DAY, datetime(2024, 3, 1, tzinfo=UTC), datetime(2024, 3, 4, tzinfo=UTC))
+
+    fake_alpaca.script = list(script)
+    bars = executor.get_bars(*args)
+    model_calls = list(fake_alpaca.calls)
+    fake_alpaca.calls.clear()
+    fake_alpaca.script = list(script)
+    rows = executor.get_bar_rows(*args)
+
+    assert fake_alpaca.calls == model_calls  # the same query (symbols, feed, limit), retry and page token
+    assert len(model_calls) == 3 and "feed=iex" in model_calls[0][1] and "page_token=p2" in model_calls[2][1]
+    assert list(rows) == list(bars) == ["AAPL", "MSFT", "KO"] and rows["KO"] == []
+    assert {s: [tuple(str(v) for v in row) for row in series] for s, series in rows.items()} == {
+        s: [tuple(str(getattr(b, f)) for f in BarRow._fields) for b in series] for s, series in bars.items()}
+    assert str(rows["AAPL"][0].o) == "101.0" and rows["AAPL"][1].t == datetime(2024, 3, 4, 5, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("bad", [
+    {"o": None}, {"h": "high"}, {"c": True}, {"l": float("nan")}, {"t": 1709528400}, {"t": "yesterday"},
+])
+def test_a_bar_row_the_adapter_cannot_read_is_one_line_of_broker_unavailable(clean_env, fake_alpaca, bad):
+    bar = {**_bar("2024-03-01", 101, 102, 100, 101.5, 1200), **bad}
+    fake_alpaca.always = (200, json.dumps({"bars": {"AAPL": [bar]}, "next_page_token": None}), 0.0)
+    executor = make_executor(fake_alpaca.url)
+
+    with pytest.raises(BrokerUnavailable, match="^get bars \\(1 symbols\\): the broker's answer has an unexpected"):
+        BROKER_CALLS["bar rows"](executor)

@@ -39,6 +39,7 @@ from shared.errors import (
 )
 from shared.market.calendar import NEW_YORK, nyse
 from shared.models import (
+    BarRow,
     Order,
     OrderClass,
     OrderStatus,
@@ -501,6 +502,27 @@ def test_daily_bars_are_one_per_session_oldest_first(broker):
 
     sessions = nyse().sessions(start.date(), end.date())
     assert [b.t.astimezone(NEW_YORK).date() for b in bars] == [s.date for s in sessions]
+
+
+@pytest.mark.parametrize(("timeframe", "start", "end"), [
+    # 2 symbols x 14 sessions x 390 minutes: more than one 10,000-bar page over HTTP.
+    (Timeframe.MINUTE, datetime(2024, 2, 12, 9, 30, tzinfo=NEW_YORK), datetime(2024, 3, 1, 16, 0, tzinfo=NEW_YORK)),
+    (Timeframe.DAY, datetime(2022, 3, 1, 0, 0, tzinfo=NEW_YORK), datetime(2024, 3, 1, 16, 0, tzinfo=NEW_YORK)),
+])
+def test_bar_rows_are_the_bars_with_the_same_digits_as_light_rows(broker, timeframe, start, end):
+    symbols = [FRACTIONABLE, "msft", "KO"]
+
+    rows = broker.executor.get_bar_rows(symbols, timeframe, start, end)
+
+    models = broker.executor.get_bars(symbols, timeframe, start, end)
+    assert list(rows) == list(models) == [FRACTIONABLE, "MSFT", "KO"]
+    for symbol, series in rows.items():
+        assert len(series) == len(models[symbol]) > 400
+        assert all(type(row) is BarRow for row in series)
+        assert [tuple(str(value) for value in row) for row in series] == [
+            tuple(str(getattr(bar, name)) for name in BarRow._fields) for bar in models[symbol]]
+        assert all(a.t < b.t for a, b in zip(series, series[1:], strict=False))
+        assert all(isinstance(row.c, Decimal) and row.t.tzinfo is not None for row in series)
 
 
 # -- corporate actions and halts -------------------------------------------------------------------

@@ -27,7 +27,7 @@ from shared.broker.contract import OrderExecutor
 from shared.errors import BrokerError, BrokerUnavailable, FactoryLineError, InputError
 from shared.exits import ExitRules
 from shared.market.calendar import NEW_YORK
-from shared.models import Bar, Timeframe
+from shared.models import AnyBar, BarRow, Timeframe
 from shared.signals import TICKER_PATTERN, ScanState, Verdict
 from shared.strategies import STRATEGIES, Strategy
 
@@ -108,17 +108,17 @@ def broker_universe(settings) -> list[str]:
 
 def fetch_daily_bars(
     executor: OrderExecutor, tickers: Sequence[str], start: datetime, end: datetime, batch_size: int
-) -> tuple[dict[str, list[Bar]], dict[str, str]]:
-    """({ticker: bars}, {ticker: error}). Batches of `batch_size`; a batch the broker refuses is asked
+) -> tuple[dict[str, list[BarRow]], dict[str, str]]:
+    """({ticker: bars}, {ticker: error}), the bars as light rows (`get_bar_rows`: no model per bar). Batches of `batch_size`; a batch the broker refuses is asked
     again ticker by ticker, so one bad ticker costs only itself. A batch the broker does not answer
     (`BrokerUnavailable`: a timeout, a 5xx, an unusable answer) is not asked again ticker by ticker:
     that would cost one timeout per ticker; its tickers are errors."""
-    bars: dict[str, list[Bar]] = {}
+    bars: dict[str, list[BarRow]] = {}
     errors: dict[str, str] = {}
     for i in range(0, len(tickers), batch_size):
         batch = list(tickers[i:i + batch_size])
         try:
-            bars.update(executor.get_bars(batch, Timeframe.DAY, start, end))
+            bars.update(executor.get_bar_rows(batch, Timeframe.DAY, start, end))
         except BrokerError as exc:
             if len(batch) == 1 or isinstance(exc, BrokerUnavailable):
                 errors.update((ticker, f"bars request failed: {exc}") for ticker in batch)
@@ -126,13 +126,13 @@ def fetch_daily_bars(
             logs.event(log, "bars_batch_failed", level=logging.WARNING, tickers=len(batch), error=str(exc))
             for ticker in batch:
                 try:
-                    bars.update(executor.get_bars([ticker], Timeframe.DAY, start, end))
+                    bars.update(executor.get_bar_rows([ticker], Timeframe.DAY, start, end))
                 except BrokerError as single:
                     errors[ticker] = f"bars request failed: {single}"
     return bars, errors
 
 
-def completed_sessions(bars: Sequence[Bar], now: datetime, market_open: bool) -> list[Bar]:
+def completed_sessions(bars: Sequence[AnyBar], now: datetime, market_open: bool) -> list[AnyBar]:
     """Drop today's bar while the session is still running: it is not a daily bar yet."""
     if not market_open or not bars:
         return list(bars)
@@ -141,7 +141,7 @@ def completed_sessions(bars: Sequence[Bar], now: datetime, market_open: bool) ->
     return list(bars[:-1]) if bars[-1].t.astimezone(NEW_YORK).date() == today else list(bars)
 
 
-def check_series(bars: Sequence[Bar]) -> None:
+def check_series(bars: Sequence[AnyBar]) -> None:
     """InputError when the series cannot be backtested: no bars, a bar that is not a bar, time going back."""
     if not bars:
         raise InputError("no daily bars")
@@ -155,14 +155,14 @@ def check_series(bars: Sequence[Bar]) -> None:
         previous = bar.t
 
 
-def _day(bar: Bar) -> str:
+def _day(bar: AnyBar) -> str:
     return bar.t.astimezone(NEW_YORK).date().isoformat()
 
 
 # -- the decision, pure --------------------------------------------------------------------------
 
 
-def state_of(result: BacktestResult, last_bar: Bar) -> ScanState:
+def state_of(result: BacktestResult, last_bar: AnyBar) -> ScanState:
     """IN_TRADE: the rule fired on the latest bar while flat (buy at the next open). WATCHING: a position
     from an earlier signal is still open. EXITED: the latest bar closed a position. Else NO_SIGNAL."""
     if result.open_position is not None:
@@ -177,7 +177,7 @@ def state_of(result: BacktestResult, last_bar: Bar) -> ScanState:
 
 def report_for_ticker(
     ticker: str,
-    bars: Sequence[Bar],
+    bars: Sequence[AnyBar],
     rules: ExitRules,
     min_trades: int,
     live_trades: Sequence[LiveTrade],
@@ -320,7 +320,7 @@ def _merge(parts: Sequence[ScanSummary], scanned_at: datetime, folder: Path) -> 
 
 def write_reports(
     tickers: Iterable[str],
-    bars_by_ticker: Mapping[str, Sequence[Bar]],
+    bars_by_ticker: Mapping[str, Sequence[AnyBar]],
     fetch_errors: Mapping[str, str],
     folder: Path,
     *,

@@ -93,6 +93,7 @@ from shared.models import (
     Account,
     Asset,
     Bar,
+    BarRow,
     LatestPrice,
     MarketClock,
     Order,
@@ -365,6 +366,47 @@ def bar_from_alpaca(bar: Any) -> Bar:
         c=to_decimal(bar.close),
         v=to_decimal(bar.volume),
     )
+
+
+def bar_rows_from_alpaca_json(raw: Any) -> dict[str, list[BarRow]]:
+    """`BarRow`s from the bars JSON alpaca-py hands over with `raw_data=True` ({symbol: [{"t", "o", "h",
+    "l", "c", "v", ...}]}, all pages merged): equal to `bar_from_alpaca` of alpaca-py's model, digit for
+    digit. Like that model, a price or volume is read as a float first (so 101 and 101.0 both give
+    Decimal("101.0")), and a time without an offset is UTC. A missing field, a value that is not a number
+    (a boolean, null, text that is not one) or not an ISO 8601 time, NaN or infinity raises (the caller's
+    guard makes it `BrokerUnavailable`). Equal prices and times of one answer share one Decimal /
+    datetime: most prices and every session's time repeat across symbols and days."""
+    numbers: dict[Any, Decimal] = {}
+    times: dict[Any, datetime] = {}
+
+    def number(value: Any) -> Decimal:
+        kind = value.__class__
+        if kind is not float and kind is not int and kind is not str:
+            raise TypeError(f"not a number: {kind.__name__}")
+        result = Decimal(repr(float(value)))  # what to_decimal makes of the model's float
+        if not result.is_finite():
+            raise ValueError(f"not a finite number: {value!r}")
+        if result > 0:  # -0.0 == 0.0: only positive values are shared, so a sign is never borrowed
+            numbers[value] = result
+        return result
+
+    def moment(value: Any) -> datetime:
+        result = _aware(datetime.fromisoformat(value))
+        times[value] = result
+        return result
+
+    known, known_time, row = numbers.get, times.get, tuple.__new__
+    rows: dict[str, list[BarRow]] = {}
+    for symbol, bars in raw.items():
+        series: list[BarRow] = []
+        append = series.append
+        for bar in bars:
+            t, o, h, low, c, v = bar["t"], bar["o"], bar["h"], bar["l"], bar["c"], bar["v"]
+            # A cached Decimal is positive, so `or` falls through only on a miss.
+            append(row(BarRow, (known_time(t) or moment(t), known(o) or number(o), known(h) or number(h),
+                                known(low) or number(low), known(c) or number(c), known(v) or number(v))))
+        rows[symbol] = series
+    return rows
 
 
 #: The corporate-action groups that are splits, as alpaca-py's CorporateActionsSet keys them.
@@ -641,17 +683,22 @@ class AlpacaExecutor(OrderExecutor):
         self._trading = TradingClient(key, secret, paper=paper, url_override=endpoint)
         self._submitter = TradingClient(key, secret, paper=paper, url_override=endpoint)
         self._data = StockHistoricalDataClient(key, secret, url_override=settings.data_endpoint)
+        # The same bars endpoint with alpaca-py's documented `raw_data=True`: its own paging (next_page_token)
+        # and retries, the JSON handed over as dicts instead of one model per bar (`get_bar_rows`).
+        self._raw_data = StockHistoricalDataClient(key, secret, raw_data=True, url_override=settings.data_endpoint)
         # Corporate actions are served by the data API too (/v1/corporate-actions), same host.
         self._corporate = CorporateActionsClient(key, secret, url_override=settings.data_endpoint)
         _set_retries(self._trading, read_retries, read_retry_wait)
         _set_retries(self._data, read_retries, read_retry_wait)
+        _set_retries(self._raw_data, read_retries, read_retry_wait)
         _set_retries(self._corporate, read_retries, read_retry_wait)
         _set_retries(self._submitter, 0, 0)
         for client in (self._trading, self._submitter):
             _size_connection_pool(client, HTTP_POOL_SIZE)
         self._feed = DataFeed(settings.ALPACA_DATA_FEED)
         self._answers = threading.local()
-        for client in (self._trading, self._submitter, self._data, self._corporate):
+        self._clients = (self._trading, self._submitter, self._data, self._raw_data, self._corporate)
+        for client in self._clients:
             _install_guard(client, self._timeout, self._answers)
         _record_server_time(self._trading, self._answers)
 
@@ -827,9 +874,32 @@ class AlpacaExecutor(OrderExecutor):
     def get_bars(
         self, symbols: Iterable[str], timeframe: Timeframe, start: datetime, end: datetime
     ) -> dict[str, list[Bar]]:
+        return self._read_bars(
+            self._data, symbols, timeframe, start, end,
+            convert=lambda barset: {
+                symbol: [bar_from_alpaca(b) for b in symbol_bars] for symbol, symbol_bars in barset.data.items()
+            },
+        )
+
+    def get_bar_rows(
+        self, symbols: Iterable[str], timeframe: Timeframe, start: datetime, end: datetime
+    ) -> dict[str, list[BarRow]]:
+        return self._read_bars(self._raw_data, symbols, timeframe, start, end, convert=bar_rows_from_alpaca_json)
+
+    def _read_bars(
+        self,
+        client: StockHistoricalDataClient,
+        symbols: Iterable[str],
+        timeframe: Timeframe,
+        start: datetime,
+        end: datetime,
+        convert: Callable[[Any], dict[str, list[T]]],
+    ) -> dict[str, list[T]]:
+        """One bars read for `get_bars` (alpaca-py's models) and `get_bar_rows` (its raw JSON): the
+        same request per chunk of symbols, pages, feed, retries and error mapping; oldest first."""
         wanted = _unique(symbols)
         frame = TimeFrame.Minute if Timeframe(timeframe) is Timeframe.MINUTE else TimeFrame.Day
-        bars: dict[str, list[Bar]] = {symbol: [] for symbol in wanted}
+        bars: dict[str, list[T]] = {symbol: [] for symbol in wanted}
         for chunk in _chunks(wanted, SYMBOLS_PER_REQUEST):
             request = self._request(
                 "get bars",
@@ -839,18 +909,12 @@ class AlpacaExecutor(OrderExecutor):
             )
             # alpaca-py follows next_page_token itself until the last page.
             chunk_bars = self._call(
-                f"get bars ({len(chunk)} symbols)",
-                self._data.get_stock_bars,
-                request,
-                convert=lambda barset: {
-                    symbol: [bar_from_alpaca(b) for b in symbol_bars]
-                    for symbol, symbol_bars in barset.data.items()
-                },
+                f"get bars ({len(chunk)} symbols)", client.get_stock_bars, request, convert=convert
             )
             for symbol, symbol_bars in chunk_bars.items():
                 bars.setdefault(symbol, []).extend(symbol_bars)
         for symbol_bars in bars.values():
-            symbol_bars.sort(key=lambda bar: bar.t)
+            symbol_bars.sort(key=_bar_time)
         return bars
 
     def get_splits(self, symbols: Iterable[str], start: date, end: date) -> list[Split]:
@@ -1059,8 +1123,12 @@ class AlpacaExecutor(OrderExecutor):
         return AlpacaTradeUpdateStream(self._settings)
 
     def close(self) -> None:
-        for client in (self._trading, self._submitter, self._data, self._corporate):
+        for client in self._clients:
             client._session.close()
+
+
+def _bar_time(bar: Bar | BarRow) -> datetime:
+    return bar.t
 
 
 def _changed_since(order: alpaca_models.Order, since: datetime) -> bool:

@@ -26,6 +26,7 @@ from shared.models import (
     Account,
     Asset,
     Bar,
+    BarRow,
     LatestPrice,
     MarketClock,
     Order,
@@ -123,6 +124,14 @@ class OrderExecutor(abc.ABC):
         self, symbols: Iterable[str], timeframe: Timeframe, start: datetime, end: datetime
     ) -> dict[str, list[Bar]]:
         """Bars in [start, end], oldest first, all pages fetched; batched across symbols."""
+
+    @abc.abstractmethod
+    def get_bar_rows(
+        self, symbols: Iterable[str], timeframe: Timeframe, start: datetime, end: datetime
+    ) -> dict[str, list[BarRow]]:
+        """The same bars as `get_bars` (same request, pages, feed, retries and errors; equal prices and
+        times), as light `BarRow`s instead of validated `Bar` models: for reads of many bars, where
+        building a model per bar is the cost (the scanner)."""
 
     @abc.abstractmethod
     def get_splits(self, symbols: Iterable[str], start: date, end: date) -> list[Split]:

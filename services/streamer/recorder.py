@@ -135,7 +135,7 @@ class Recorder:
         recorded_at = datetime.now(UTC).isoformat()
         pipe = self.client.pipeline(transaction=False)
         for update in updates:
-            # The encoding round-trips exactly (tests/test_trade_events.py); the manager validates on read.
+            # The encoding round-trips exactly (tests/unit/test_trade_events.py); the manager validates on read.
             args: list[str] = [str(self.seen_ttl), str(self.maxlen), update.event_id,
                                update.timestamp.isoformat(), recorded_at]
             for name, value in encode_entry(update).items():

@@ -41,7 +41,7 @@ from shared.bus import Keys
 from shared.models import OrderClass, Side
 
 D = Decimal
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PRE_OPEN = datetime(2024, 3, 4, 9, 0, tzinfo=NEW_YORK)  # Monday, before the session
 OPEN = datetime(2024, 3, 4, 9, 30, 5, tzinfo=NEW_YORK)
 SYMBOLS = ("AAPL", "MSFT", "NVDA", "AMZN", "GOOGL", "META", "TSLA", "AMD", "NFLX", "INTC")

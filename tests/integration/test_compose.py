@@ -199,7 +199,7 @@ def test_every_healthcheck_passes_against_a_real_redis_and_a_simulator_process(s
     for name, service in our_services(compose()).items():
         test = service["healthcheck"]["test"][1:]
         if name == "rq-dashboard":
-            continue  # needs a running dashboard: tests/test_dashboard_browser.py runs this check
+            continue  # needs a running dashboard: tests/integration/test_dashboard_browser.py runs this check
         argv = [sys.executable if part == "python" else part for part in test]
         argv = [str(ROOT / part) if part.startswith("docker/") else part for part in argv]
         argv = [part.replace("http://127.0.0.1:8080", sim_process.base_url) for part in argv]

@@ -91,7 +91,7 @@ def _bare_env(tmp_path):
     import os
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ALPACA_", "FL_", "REDIS_URL"))}
-    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[2])
     return env
 
 
@@ -130,7 +130,7 @@ def _settings_groups():
 
 
 def test_a_copied_env_example_loads_every_group_once_the_keys_are_filled_in(clean_env, tmp_path):
-    example = (Path(__file__).resolve().parents[1] / ".env.example").read_text()
+    example = (Path(__file__).resolve().parents[2] / ".env.example").read_text()
     (tmp_path / ".env").write_text(example)
     with pytest.raises(ConfigError, match=r"^ALPACA_API_KEY, ALPACA_SECRET_KEY: are not set"):
         load(BrokerSettings)
@@ -143,7 +143,7 @@ def test_a_copied_env_example_loads_every_group_once_the_keys_are_filled_in(clea
 def test_every_setting_is_documented_in_env_example():
     documented = {
         line.split("=", 1)[0].strip()
-        for line in (Path(__file__).resolve().parents[1] / ".env.example").read_text().splitlines()
+        for line in (Path(__file__).resolve().parents[2] / ".env.example").read_text().splitlines()
         if "=" in line and not line.lstrip().startswith("#")
     }
     fields = {name for cls in _settings_groups() for name in cls.model_fields}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from services.demo import audit
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _env() -> dict[str, str]:

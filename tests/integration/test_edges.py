@@ -32,7 +32,7 @@ from shared.ownership import ForeignPolicy
 from shared.protection import Trigger, Verdict
 
 D = Decimal
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ from shared.protection import Trigger
 from shared.trade_events import encode_entry
 
 D = Decimal
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 11, 24, 14, 35, tzinfo=UTC)
 
 

@@ -20,7 +20,7 @@ from shared.queues import enqueue, run_worker
 from shared.ranking import rank
 from shared.signals import RejectReason, Signal, load_signals_from_redis, read_signals_csv
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 FACTORYLINE = REPO / ".venv" / "bin" / "factoryline"
 NOW = datetime(2026, 11, 24, 11, 0, tzinfo=UTC)  # 06:00 New York
 

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _readme_commands() -> list[str]:
@@ -41,7 +41,7 @@ def test_readme_commands_work_from_a_clean_copy_in_a_fresh_virtual_environment(t
     assert (copy / ".venv" / "bin" / "factoryline").exists()
     assert "every invariant held" in demo.stdout
 
-    tests = subprocess.run(["./scripts/test", "tests/test_money.py", "-q", "-p", "no:cacheprovider"], cwd=copy,
+    tests = subprocess.run(["./scripts/test", "tests/unit/test_money.py", "-q", "-p", "no:cacheprovider"], cwd=copy,
                            env=env, capture_output=True, text=True, timeout=600)
     assert tests.returncode == 0, tests.stdout[-2000:] + tests.stderr[-2000:]
     assert re.search(r"\d+ passed", tests.stdout)

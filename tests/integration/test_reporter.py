@@ -50,7 +50,7 @@ from shared.models import (
 from shared.protection import Trigger
 
 D = Decimal
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RULES = ExitRules(stop_loss=D("0.05"), take_profit=D("0.20"), breakeven_arm=D("0.015"), trailing_arm=D("0.02"),
                   trailing_giveback=D("0.5"), time_stop=timedelta(days=7))
 #: Tuesday 16:05 New York (21:05 UTC): the report's moment in the builder tests.

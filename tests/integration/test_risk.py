@@ -27,7 +27,7 @@ from shared.exits import ExitReason
 from shared.protection import Trigger
 
 D = Decimal
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from shared.market.calendar import NEW_YORK
 from shared.models import Order, OrderStatus, TradeEventType, TradeUpdate
 from shared.trade_events import decode_entry
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 NOW = datetime(2026, 11, 24, 14, 35, tzinfo=UTC)
 
 

@@ -1,6 +1,6 @@
 """The tearsheet as a person sees it: rendered by headless Chromium with the network blocked.
 
-The page is the hand-computed case of tests/test_tearsheet.py with a benchmark. Chromium resolves no
+The page is the hand-computed case of tests/integration/test_tearsheet.py with a benchmark. Chromium resolves no
 host and goes through a dead proxy, so anything the page tried to load from the internet would be
 missing: plotly must draw from the embedded plotly.js. The screenshot is kept at
 `reports/test-artifacts/tearsheet.png` (gitignored) and listed after the run.

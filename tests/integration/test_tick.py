@@ -27,7 +27,7 @@ from shared.broker.alpaca import AlpacaExecutor
 from shared.protection import Trigger
 
 D = Decimal
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class CountingExecutor(AlpacaExecutor):

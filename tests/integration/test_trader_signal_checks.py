@@ -8,7 +8,7 @@
   through a size cap, and may start with a UTF-8 byte-order mark.
 
 The trader runs its real job (`trade_signals`) over alpaca-py against the simulated market's server and
-the real Redis, as in tests/test_trader.py (the simulator's now: Monday 2024-03-04 10:00 New York).
+the real Redis, as in tests/integration/test_trader.py (the simulator's now: Monday 2024-03-04 10:00 New York).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The examples here run the `signals` sizing (the seed's rule: usable cash split across the day's
 signals) with the entry checks neutral, and pin that it behaves exactly as it always did; the
-`slots` sizing, the cap and the entry checks are in tests/test_sizing_slots.py."""
+`slots` sizing, the cap and the entry checks are in tests/unit/test_sizing_slots.py."""
 
 from __future__ import annotations
 

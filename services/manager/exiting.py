@@ -194,16 +194,14 @@ def sell_out(ctx: ManagerContext, state: PositionState | None, reason: ExitReaso
     return result
 
 
-def halted_key(keys: Keys, symbol: str) -> str:
-    return f"{keys.ns}:manager:halted:{symbol}"
 
 
 def mark_halted(ctx: ManagerContext, symbol: str) -> None:
-    ctx.client.set(halted_key(ctx.keys, symbol), "1", ex=HALTED_SECONDS)
+    ctx.client.set(ctx.keys.manager_halted(symbol), "1", ex=HALTED_SECONDS)
 
 
 def marked_halted(ctx: ManagerContext, symbol: str) -> bool:
-    return bool(ctx.client.exists(halted_key(ctx.keys, symbol)))
+    return bool(ctx.client.exists(ctx.keys.manager_halted(symbol)))
 
 
 def _trade(ctx: ManagerContext, symbol: str, state: PositionState | None, entry_price: Decimal, order: Order,

@@ -92,8 +92,6 @@ class SymbolBusy(FactoryLineError):
     """Another process held the symbol's lock for longer than we were willing to wait."""
 
 
-def lock_key(keys: Keys, symbol: str) -> str:
-    return f"{keys.ns}:lock:symbol:{symbol}"
 
 
 def try_acquire(client: redis.Redis, keys: Keys, symbol: str, ttl_ms: int = LOCK_TTL_MS, *,
@@ -101,7 +99,7 @@ def try_acquire(client: redis.Redis, keys: Keys, symbol: str, ttl_ms: int = LOCK
     """The lock's token when we got it, else None (someone else holds it). With `keep_alive` the
     process keeps extending it until `release`."""
     token = secrets.token_hex(12)
-    key = lock_key(keys, symbol)
+    key = keys.symbol_lock(symbol)
     if not client.set(key, token, nx=True, px=ttl_ms):
         return None
     if keep_alive:
@@ -111,7 +109,7 @@ def try_acquire(client: redis.Redis, keys: Keys, symbol: str, ttl_ms: int = LOCK
 
 def release(client: redis.Redis, keys: Keys, symbol: str, token: str) -> bool:
     """Delete the lock only if it is still ours (it may have expired and been taken by another)."""
-    key = lock_key(keys, symbol)
+    key = keys.symbol_lock(symbol)
     _KEEPER.drop(client, key)
     return bool(client.eval(_RELEASE, 1, key, token))
 
@@ -122,10 +120,10 @@ def try_acquire_many(client: redis.Redis, keys: Keys, symbols: list[str], ttl_ms
     tokens = {symbol: secrets.token_hex(12) for symbol in symbols}
     pipe = client.pipeline(transaction=False)
     for symbol, token in tokens.items():
-        pipe.set(lock_key(keys, symbol), token, nx=True, px=ttl_ms)
+        pipe.set(keys.symbol_lock(symbol), token, nx=True, px=ttl_ms)
     got = {symbol: token for (symbol, token), ok in zip(tokens.items(), pipe.execute(), strict=True) if ok}
     for symbol, token in got.items():
-        _KEEPER.hold(client, lock_key(keys, symbol), token, ttl_ms)
+        _KEEPER.hold(client, keys.symbol_lock(symbol), token, ttl_ms)
     return got
 
 
@@ -135,8 +133,8 @@ def release_many(client: redis.Redis, keys: Keys, tokens: dict[str, str]) -> lis
         return []
     pipe = client.pipeline(transaction=False)
     for symbol, token in tokens.items():
-        _KEEPER.drop(client, lock_key(keys, symbol))
-        pipe.eval(_RELEASE, 1, lock_key(keys, symbol), token)
+        _KEEPER.drop(client, keys.symbol_lock(symbol))
+        pipe.eval(_RELEASE, 1, keys.symbol_lock(symbol), token)
     return [symbol for symbol, released in zip(tokens, pipe.execute(), strict=True) if not released]
 
 

@@ -593,16 +593,14 @@ def _fix(ctx: ManagerContext, symbol: str, trigger: Trigger, action: str, messag
                 message=message, at=_now().isoformat(), **fields)
 
 
-def _refused_key(ctx: ManagerContext, symbol: str) -> str:
-    return f"{ctx.keys.ns}:manager:refused:{symbol}"
 
 
 def _remember_refusal(ctx: ManagerContext, symbol: str, what: str) -> None:
-    ctx.client.set(_refused_key(ctx, symbol), what, ex=REFUSED_RETRY_SECONDS)
+    ctx.client.set(ctx.keys.manager_refused(symbol), what, ex=REFUSED_RETRY_SECONDS)
 
 
 def _refused(ctx: ManagerContext, symbol: str, what: str) -> bool:
-    stored = ctx.client.get(_refused_key(ctx, symbol))
+    stored = ctx.client.get(ctx.keys.manager_refused(symbol))
     return stored is not None and (stored == what or stored.startswith(what))
 
 

@@ -120,8 +120,6 @@ class TickReport:
         }
 
 
-def last_tick_key(keys: bus.Keys) -> str:
-    return f"{keys.ns}:manager:last_tick"
 
 
 # -- the RQ job ---------------------------------------------------------------------------------------
@@ -158,7 +156,7 @@ def run_tick(ctx: ManagerContext, *, portfolio_path: Path | None = None) -> Tick
         if limits.tripped and ctx.risk.FL_FLATTEN_ON_LIMIT:
             report.exits = _flatten_for_limit(ctx, positions, limits, now)
         logs.event(log, "tick_skipped", level=logging.WARNING, reason="halt flag set", exits=len(report.exits))
-        client.set(last_tick_key(keys), json.dumps(report.as_dict()))
+        client.set(keys.manager_last_tick, json.dumps(report.as_dict()))
         return report
     report = TickReport(TickStatus.DONE, at=now, limits=[r.describe() for r in limits.readings])
     report.positions = len(positions)
@@ -221,7 +219,7 @@ def run_tick(ctx: ManagerContext, *, portfolio_path: Path | None = None) -> Tick
                 for s, state in report.states.items() if s not in closed]
         report.portfolio_csv = str(portfolio.write(Path(portfolio_path), rows, now, rules))
     report.seconds = time.perf_counter() - started
-    client.set(last_tick_key(keys), json.dumps(report.as_dict()))
+    client.set(keys.manager_last_tick, json.dumps(report.as_dict()))
     logs.event(log, "tick_done", positions=report.positions, exits=len(report.exits), rebuilt=len(report.rebuilt),
                unpriced=len(report.unpriced), seconds=round(report.seconds, 3))
     return report

@@ -21,7 +21,7 @@ from services.manager import reconcile as rec
 from services.manager import tick
 from services.manager.exiting import ExitOutcome
 from services.trader.jobs import enter_signals, trade_signals
-from shared import ledger, risk, signals
+from shared import ledger, signals
 from shared.config import RiskSettings, TraderSettings
 from shared.exits import ExitReason
 from shared.protection import Trigger
@@ -138,7 +138,7 @@ def test_with_flatten_on_limit_the_tick_sells_the_line_positions_through_the_saf
 
 
 def test_drawdown_from_the_recorded_peak_trips_and_resume_rearms_the_limits(desk, namespace, tmp_path):
-    desk.client.set(risk.peak_key(desk.keys), "250000")  # the line once stood at $250,000
+    desk.client.set(desk.keys.risk_equity_peak, "250000")  # the line once stood at $250,000
     report = tick.run_tick(desk.ctx())
     assert report.status is tick.TickStatus.HALTED  # 200,000 is 20% below: over the 15% limit
     assert any("drawdown 20.00% of 15%" in line and "TRIPPED" in line for line in report.limits)

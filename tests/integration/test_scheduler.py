@@ -14,7 +14,7 @@ from conftest import redis_url
 from rq import Queue
 from simhelpers import NEW_YORK, ROOT, start_sim
 
-from services.scheduler.runner import Scheduler, health_key
+from services.scheduler.runner import Scheduler
 from services.scheduler.schedule import MANAGE, TRADE, day_entries, decide
 from services.scheduler.settings import SchedulerSettings
 from shared.bus import Keys, connect_rq
@@ -150,9 +150,9 @@ def test_nothing_is_enqueued_on_a_holiday_or_a_weekend(redis_client, keys, marke
 
 def test_each_tick_records_the_next_run_for_operators(redis_client, keys, market):
     scheduler(redis_client, keys, market).tick(ny(2024, 3, 5, 6, 1))
-    health = redis_client.hgetall(health_key(keys))
+    health = redis_client.hgetall(keys.scheduler_health)
     assert health["next_run"] == ny(2024, 3, 5, 9, 30).isoformat()
-    assert 0 < redis_client.ttl(health_key(keys)) <= 600
+    assert 0 < redis_client.ttl(keys.scheduler_health) <= 600
 
 
 # -- the command -------------------------------------------------------------------------------------
@@ -254,4 +254,4 @@ def test_a_look_leaves_the_brokers_sessions_in_redis_for_the_managers_tick(redis
     assert sessions.session_on(not_asked, redis_client, keys, date(2024, 3, 3)) is None  # Sunday: closed
     assert sessions.in_session(not_asked, redis_client, keys, ny(2024, 3, 4, 15, 59))
     assert not sessions.in_session(not_asked, redis_client, keys, ny(2024, 3, 4, 16, 0))
-    assert 0 < redis_client.ttl(sessions.session_key(keys, date(2024, 3, 4))) <= sessions.TTL_SECONDS
+    assert 0 < redis_client.ttl(keys.market_session(date(2024, 3, 4))) <= sessions.TTL_SECONDS

@@ -182,7 +182,7 @@ def test_recheck_is_the_rankers_rules_in_the_lists_order():
 def test_a_list_signed_with_the_key_is_bought(trader, clean_env, redis_client, keys):  # noqa: F811
     clean_env.setenv("FL_SIGNALS_HMAC_KEY", KEY)
     signals.save_signals_to_redis(redis_client, keys, DAY, good(FIVE), hmac_key=KEY)
-    assert redis_client.get(signals.signature_key(keys, DAY)).startswith("hmac-sha256:")
+    assert redis_client.get(keys.signals_signature(DAY)).startswith("hmac-sha256:")
     summary = trade_signals()
     assert summary["counts"] == {"submitted": 5}
 
@@ -228,7 +228,7 @@ def test_a_list_signed_with_another_key_or_for_another_day_is_refused(trader, cl
     friday = DAY - timedelta(days=3)
     signals.save_signals_to_redis(redis_client, keys, friday, ranked, hmac_key=KEY)
     redis_client.set(keys.signals(DAY), redis_client.get(keys.signals(friday)))
-    redis_client.set(signals.signature_key(keys, DAY), redis_client.get(signals.signature_key(keys, friday)))
+    redis_client.set(keys.signals_signature(DAY), redis_client.get(keys.signals_signature(friday)))
     assert trade_signals()["status"] == "signals_refused"
     assert buy_orders(trader) == []
 
@@ -241,7 +241,7 @@ def test_without_the_key_a_signature_is_neither_needed_nor_checked(trader, redis
 def test_ranking_without_the_key_removes_an_old_signature(redis_client, keys):
     signals.save_signals_to_redis(redis_client, keys, DAY, [signal("AAPL")], hmac_key=KEY)
     signals.save_signals_to_redis(redis_client, keys, DAY, [signal("AAPL")])
-    assert redis_client.get(signals.signature_key(keys, DAY)) is None
+    assert redis_client.get(keys.signals_signature(DAY)) is None
 
 
 def scanner_log(ticker: str, price: Decimal, scanned_at: str) -> str:

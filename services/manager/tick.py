@@ -8,7 +8,7 @@ Decides: `shared.exits.evaluate` raises the high-water mark with the highest pri
 last tick (so a spike between ticks counts), arms break-even and trailing, and says whether a soft
 exit fires (trailing, break-even, time stop).
 Writes: the advanced states (compare-and-set: a fill processed meanwhile wins), the exits
-(`services.manager.exiting`), and portfolio.csv.
+(`shared.positions.exiting`), and portfolio.csv.
 
 Broker requests per tick when no exit fires and no state is lost: 4 (positions, the account for the
 risk limits, prices, bars) up to 200 positions. Past that the adapter splits prices and bars into one
@@ -33,8 +33,7 @@ from pathlib import Path
 
 import redis
 
-from services.manager import exiting, hwm, portfolio
-from services.manager.context import ManagerContext, context_from_environment
+from services.manager import portfolio
 from shared import bus, config, logs, risk
 from shared.broker.contract import OrderExecutor
 from shared.exits import ExitDecision, ExitReason, ExitRules, PositionState, evaluate, soft_exit
@@ -43,6 +42,8 @@ from shared.market.calendar import NEW_YORK
 from shared.models import Position, Timeframe
 from shared.money import ZERO
 from shared.ownership import ForeignPolicy
+from shared.positions import exiting, hwm
+from shared.positions.context import ManagerContext, context_from_environment
 
 log = logging.getLogger(__name__)
 

@@ -21,14 +21,14 @@ from simhelpers import NEW_YORK
 from test_exit_scenarios import ENTRY, MONDAY, RULES, Desk, assert_never_short, flat_market  # noqa: F401
 from test_ops import documented_key_patterns
 
-from services.manager import reconcile as rec
-from services.manager.exiting import ExitOutcome
 from services.ops import flatten as fl
 from shared import bus
 from shared.client_ids import entry_id
 from shared.exits import ExitReason
 from shared.models import OrderClass, OrderType
 from shared.ownership import ForeignPolicy
+from shared.positions import reconcile as rec
+from shared.positions.exiting import ExitOutcome
 from shared.protection import Trigger, Verdict
 
 D = Decimal

@@ -20,10 +20,7 @@ from pathlib import Path
 import pytest
 from simhelpers import NEW_YORK, SimHandle, start_sim
 
-from services.manager import reconcile as rec
 from services.manager import tick
-from services.manager.context import ManagerContext
-from services.manager.exiting import ExitOutcome
 from shared import ledger
 from shared import position_store as store
 from shared.broker import make_executor
@@ -32,6 +29,9 @@ from shared.client_ids import entry_id
 from shared.exits import ExitReason, ExitRules
 from shared.market.calendar import nyse
 from shared.models import OrderClass, Side
+from shared.positions import reconcile as rec
+from shared.positions.context import ManagerContext
+from shared.positions.exiting import ExitOutcome
 from shared.protection import Trigger
 
 D = Decimal
@@ -281,7 +281,7 @@ def test_refused_exit_sell_is_protected_again_at_once_and_alerted(desk, caplog):
     pubsub = desk.client.pubsub()
     pubsub.subscribe(desk.keys.notifications)
     desk.sim.control.fail_requests(1, 422, path_prefix="/v2/orders", method="POST")
-    with caplog.at_level(logging.ERROR, logger="services.manager.exiting"):
+    with caplog.at_level(logging.ERROR, logger="shared.positions.exiting"):
         (result,) = desk.tick().exits
     assert result.outcome is ExitOutcome.REFUSED
     assert desk.executor.get_position("REF").qty == D("10")

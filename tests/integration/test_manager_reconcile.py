@@ -22,7 +22,6 @@ import pytest
 from conftest import redis_url
 from simhelpers import NEW_YORK, SimHandle, start_sim
 
-from services.manager import locks
 from services.manager.consumer import ConsumerOptions, TradeUpdateConsumer
 from services.manager.daemon import Manager
 from services.manager.settings import ManagerSettings
@@ -33,6 +32,7 @@ from shared.broker.simulated import trade_update_model
 from shared.exits import ExitReason, ExitRules
 from shared.ledger import ClosedTrade
 from shared.models import OrderClass, OrderStatus, OrderType, Side
+from shared.positions import locks
 from shared.protection import Trigger
 from shared.trade_events import encode_entry
 

@@ -263,10 +263,10 @@ def documented_key_patterns() -> list:
 
 def test_every_key_a_trading_day_leaves_under_the_namespace_is_in_docs_redis_md(
         env, executor, sim, redis_client, keys, namespace, tmp_path):  # noqa: F811
-    from services.manager.context import ManagerContext
-    from services.manager.reconcile import reconcile_all
     from shared.config import ExitSettings
     from shared.exits import ExitRules
+    from shared.positions.context import ManagerContext
+    from shared.positions.reconcile import reconcile_all
     from shared.protection import Trigger
 
     hold(executor, "AAPL", "10", protect=False)

@@ -21,8 +21,6 @@ import pytest
 from conftest import redis_url
 from simhelpers import NEW_YORK, SimHandle, start_sim
 
-from services.manager.context import ManagerContext
-from services.manager.reconcile import reconcile_all
 from services.reporter import render_html, render_text
 from services.reporter.jobs import ReportFiles, write_report
 from services.reporter.report import (
@@ -47,6 +45,8 @@ from shared.models import (
     Side,
     TimeInForce,
 )
+from shared.positions.context import ManagerContext
+from shared.positions.reconcile import reconcile_all
 from shared.protection import Trigger
 
 D = Decimal

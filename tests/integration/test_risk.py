@@ -17,13 +17,13 @@ from simhelpers import sim  # noqa: F401 - the fixture behind `trader`
 from test_exit_scenarios import MONDAY, Desk, assert_never_short, flat_market  # noqa: F401
 from test_trader import DAY, buy_orders, market_prices, rank_today, signal, trader  # noqa: F401
 
-from services.manager import reconcile as rec
 from services.manager import tick
-from services.manager.exiting import ExitOutcome
 from services.trader.jobs import enter_signals, trade_signals
 from shared import ledger, signals
 from shared.config import RiskSettings, TraderSettings
 from shared.exits import ExitReason
+from shared.positions import reconcile as rec
+from shared.positions.exiting import ExitOutcome
 from shared.protection import Trigger
 
 D = Decimal

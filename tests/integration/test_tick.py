@@ -18,12 +18,13 @@ from conftest import redis_url
 from simhelpers import NEW_YORK, start_sim
 from test_exit_scenarios import ENTRY, MONDAY, RULES, Desk, flat_bars_csv
 
-from services.manager import hwm, portfolio, tick
-from services.manager import reconcile as rec
-from services.manager.context import ManagerContext
+from services.manager import portfolio, tick
 from shared import bus, queues
 from shared import position_store as store
 from shared.broker.alpaca import AlpacaExecutor
+from shared.positions import hwm
+from shared.positions import reconcile as rec
+from shared.positions.context import ManagerContext
 from shared.protection import Trigger
 
 D = Decimal

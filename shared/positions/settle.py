@@ -22,8 +22,8 @@ from shared.models import Order, OrderType, Side
 from shared.money import ZERO
 
 if TYPE_CHECKING:
-    from services.manager.context import ManagerContext
-    from services.manager.reconcile import SymbolReport
+    from shared.positions.context import ManagerContext
+    from shared.positions.reconcile import SymbolReport
 
 log = logging.getLogger(__name__)
 

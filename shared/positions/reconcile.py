@@ -24,9 +24,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
 from decimal import Decimal
 
-from services.manager import exiting, locks, settle
-from services.manager.context import ManagerContext
-from services.manager.hwm import HISTORY_LOOKBACK_EXTRA, entered_by_the_line, first_fill_times
 from shared import bus, logs, metrics
 from shared import position_store as store
 from shared.broker import procedures
@@ -46,6 +43,9 @@ from shared.market.calendar import NEW_YORK
 from shared.models import Order, OrderType, Position, Side, TradeEventType, TradeUpdate
 from shared.money import ZERO
 from shared.ownership import is_ours
+from shared.positions import exiting, locks, settle
+from shared.positions.context import ManagerContext
+from shared.positions.hwm import HISTORY_LOOKBACK_EXTRA, entered_by_the_line, first_fill_times
 from shared.protection import (
     DesiredOrder,
     PositionPlan,

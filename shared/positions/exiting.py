@@ -29,7 +29,6 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from services.manager import locks, settle
 from shared import bus, logs
 from shared.broker import procedures
 from shared.bus import Keys
@@ -41,11 +40,12 @@ from shared.market.calendar import NEW_YORK
 from shared.models import Order, Side
 from shared.money import ZERO
 from shared.ownership import is_ours
+from shared.positions import locks, settle
 from shared.protection import Trigger
 
 if TYPE_CHECKING:
-    from services.manager.context import ManagerContext
-    from services.manager.reconcile import SymbolReport
+    from shared.positions.context import ManagerContext
+    from shared.positions.reconcile import SymbolReport
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def exit_position(ctx: ManagerContext, state: PositionState, decision: ExitDecis
 def after_exit(ctx: ManagerContext, result: ExitResult) -> None:
     """Outside the lock (the reconcile takes it itself): settle the broker's own fills into the
     ledger, clear the state once flat, and re-protect whatever is still held; alert on a refusal."""
-    from services.manager import reconcile as rec
+    from shared.positions import reconcile as rec
 
     result.reconcile = rec.reconcile_symbol(ctx, result.symbol, Trigger.EXIT)
     if result.outcome is ExitOutcome.REFUSED:

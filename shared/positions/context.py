@@ -9,12 +9,12 @@ from dataclasses import dataclass, field, replace
 
 import redis
 
-from services.manager import locks
 from shared import config
 from shared.broker.contract import BrokerCapabilities, OrderExecutor
 from shared.bus import Keys
 from shared.exits import ExitRules
 from shared.ownership import ForeignPolicy
+from shared.positions import locks
 from shared.wiring import connected
 
 #: How long a market sell may take to fill before the exit takes it back and re-protects.

@@ -68,7 +68,7 @@ class Line:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("ALPACA_", "FL_", "REDIS_URL"))}
         self.env.update(sim.broker_env(), FL_NAMESPACE=keys.ns, REDIS_URL=redis_url(), PYTHONUNBUFFERED="1")
 
-    def _start(self, name: str, module: str, **env: str) -> subprocess.Popen:
+    def start(self, name: str, module: str, **env: str) -> subprocess.Popen:
         log = open(self.workdir / f"{name}.log", "a")  # noqa: SIM115 - owned by the process
         proc = subprocess.Popen([sys.executable, "-m", module, "--log-level", "INFO"], cwd=ROOT,
                                 env={**self.env, **env}, stdout=log, stderr=log)
@@ -80,12 +80,12 @@ class Line:
         return path.read_text() if path.exists() else ""
 
     def start_streamer(self) -> None:
-        self._start("streamer", "services.streamer")
+        self.start("streamer", "services.streamer")
         wait_until("the streamer to listen", lambda: self.sim.control.state()["stream_connections"] >= 1)
 
     def start_manager(self, name: str, consumer: str | None = None, **env: str) -> None:
         before = self.log(name).count("reconcile_all_done trigger=start")
-        self._start(name, "services.manager", FL_MANAGER_CONSUMER=consumer or name, **env)
+        self.start(name, "services.manager", FL_MANAGER_CONSUMER=consumer or name, **env)
         wait_until(f"{name} to start", lambda: self.log(name).count("reconcile_all_done trigger=start") > before
                    or self.processes[name].poll() is not None)
         assert self.processes[name].poll() is None, self.log(name)[-3000:]
@@ -326,7 +326,7 @@ def test_a_manager_without_redis_says_so_every_10_s_never_dies_and_says_when_it_
     try:
         # 1. No Redis at start: the first read of the stream fails; it waits, says so, and tries again.
         server.kill()
-        proc = line._start("manager", "services.manager", FL_MANAGER_CONSUMER="m1", FL_MANAGER_RECONCILE_SECONDS="2")
+        proc = line.start("manager", "services.manager", FL_MANAGER_CONSUMER="m1", FL_MANAGER_RECONCILE_SECONDS="2")
         wait_until("the first redis_unreachable", lambda: "redis_unreachable" in line.log("manager"), timeout=20)
         wait_until("it said again", lambda: line.log("manager").count("redis_unreachable") >= 2, timeout=20)
         assert proc.poll() is None, line.log("manager")[-3000:]

@@ -8,6 +8,7 @@ run the real `AlpacaExecutor` against a tiny loopback HTTP server that plays a m
 from __future__ import annotations
 
 import http.server
+import io
 import json
 import threading
 import time
@@ -48,7 +49,7 @@ def api_error(status: int, body: str, url: str = "https://paper-api.alpaca.marke
     """What alpaca-py raises for this HTTP answer (RESTClient._one_request does exactly this)."""
     response = requests.Response()
     response.status_code = status
-    response._content = body.encode()
+    response.raw = io.BytesIO(body.encode())  # requests reads .content and .text from it
     response.url = url
     response.encoding = "utf-8"
     try:

@@ -26,7 +26,7 @@ from alpaca.data.requests import CorporateActionsRequest
 from simhelpers import DEFAULT_START, start_sim
 
 from shared.broker import procedures
-from shared.broker.alpaca import AlpacaExecutor
+from shared.broker.alpaca import AlpacaExecutor, close_sdk_client, set_sdk_retries
 from shared.broker.contract import OrderExecutor
 from shared.broker.simulated import SimulatedExecutor
 from shared.errors import (
@@ -584,7 +584,7 @@ def test_no_symbols_ask_the_splits_feed_nothing(clean_env):
 def test_alpaca_py_corporate_actions_client_parses_the_simulators_feed():
     handle = start_sim()
     client = CorporateActionsClient(handle.api_key, handle.secret_key, url_override=handle.base_url)
-    client._retry = 0
+    set_sdk_retries(client, 0, 0)
     splits = [CorporateActionsType.FORWARD_SPLIT, CorporateActionsType.REVERSE_SPLIT]
     try:
         handle.control.split("AAPL", 2, 1)
@@ -603,7 +603,7 @@ def test_alpaca_py_corporate_actions_client_parses_the_simulators_feed():
             CorporateActionsRequest(symbols=["AAPL"], start=EX_DATE + DAY, end=EX_DATE + 7 * DAY)
         ).data
     finally:
-        client._session.close()
+        close_sdk_client(client)
         handle.stop()
 
     [forward] = actions["forward_splits"]

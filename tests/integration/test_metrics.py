@@ -157,7 +157,7 @@ def scrape(port: int) -> dict:
 def test_the_manager_and_the_streamer_serve_metrics_that_move_when_a_fill_is_protected(line_factory):  # noqa: F811
     line = line_factory(start=OPEN)
     manager_port, streamer_port = _free_port(), _free_port()
-    line._start("streamer", "services.streamer", FL_METRICS_PORT=str(streamer_port))
+    line.start("streamer", "services.streamer", FL_METRICS_PORT=str(streamer_port))
     wait_until("the streamer to listen", lambda: line.sim.control.state()["stream_connections"] >= 1)
     line.start_manager("manager", FL_METRICS_PORT=str(manager_port))
     assert f"metrics_serving service=manager addr=127.0.0.1 port={manager_port}" in line.log("manager")

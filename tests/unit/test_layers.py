@@ -27,7 +27,10 @@ def imported_modules(path: Path) -> list[tuple[int, str]]:
     """(line, absolute module name) of every import in the file; `from services import cli` is
     `services.cli`. Relative imports stay inside their own package and are left out."""
     found = []
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    source = path.read_text()
+    if "services" not in source:
+        return found  # nothing to find (and parsing every file is the cost of this test)
+    for node in ast.walk(ast.parse(source, filename=str(path))):
         if isinstance(node, ast.Import):
             found += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import redis_url
 from simhelpers import ROOT, sim  # noqa: F401 - the `sim` fixture
+from test_redis_keys import documented_key_patterns  # test_edges imports it from here too
 
 from shared import ledger
 from shared.broker import make_executor
@@ -250,15 +251,6 @@ def test_flatten_on_a_terminal_sells_once_flatten_is_typed(env, executor, tmp_pa
     result = run_on_terminal([*FACTORYLINE, "flatten"], env, tmp_path, "flatten\n")
     assert result.returncode == 0, result.stdout + result.stderr
     assert executor.get_position("AAPL") is None and executor.get_open_orders() == []
-
-
-def documented_key_patterns() -> list:
-    """Every `fl:...` name in docs/redis.md as a regex (`<anything>` placeholders match any text)."""
-    import re
-
-    names = re.findall(r"`(fl:[^`\s]+)`", (ROOT / "docs" / "redis.md").read_text())
-    return [re.compile("^" + re.sub(r"<[^>]+>", ".+", re.escape(n).replace(r"\<", "<").replace(r"\>", ">")) + "$")
-            for n in names]
 
 
 def test_every_key_a_trading_day_leaves_under_the_namespace_is_in_docs_redis_md(

@@ -39,13 +39,13 @@ import requests  # noqa: E402
 from simhelpers import start_sim  # noqa: E402
 
 from services.manager import tick  # noqa: E402
-from services.manager.context import ManagerContext  # noqa: E402
 from shared import bus  # noqa: E402
 from shared.broker import make_executor  # noqa: E402
 from shared.client_ids import entry_id  # noqa: E402
 from shared.exits import ExitRules  # noqa: E402
 from shared.market.calendar import NEW_YORK  # noqa: E402
 from shared.models import Timeframe  # noqa: E402
+from shared.positions.context import ManagerContext  # noqa: E402
 
 #: Thresholds no 5-minute random walk reaches: the benchmark measures ticks without exits.
 UNREACHABLE = ExitRules(stop_loss=Decimal("0.9"), take_profit=Decimal("100"), breakeven_arm=Decimal("50"),

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Make sure headless Chromium is available for tests/test_report_browser.py.
+# Make sure headless Chromium is available for tests/integration/test_report_browser.py.
 # Idempotent: when /usr/bin/chromium (or chromium on PATH) exists it only says so and exits 0.
 # When it is missing and apt-get is usable (root), installs Debian's `chromium` package.
 # Otherwise prints why it cannot and exits 1 (the browser test then skips, or fails under CI=true).

@@ -1,7 +1,9 @@
 """Redis conventions: one namespace prefix for every key, stream, channel and queue we own.
 
-`docs/redis.md` lists each key with a redis-cli command to inspect it. The prefix (FL_NAMESPACE,
-default `fl`) keeps several accounts, and the tests, apart on one Redis server.
+Every name the line uses in Redis is made here, by `Keys` (and nowhere else: a test checks that each
+name `docs/redis.md` lists is one `Keys` makes). `docs/redis.md` lists each key with a redis-cli
+command to inspect it. The prefix (FL_NAMESPACE, default `fl`) keeps several accounts, and the
+tests, apart on one Redis server.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import redis
 from redis.backoff import ConstantBackoff
@@ -32,9 +34,17 @@ SERVICES = ("ranker", "trader", "manager", "reporter", "scanner")
 class Keys:
     ns: str = "fl"
 
+    #: Consumer groups (not namespaced: each lives on a namespaced stream).
+    trade_updates_group: ClassVar[str] = "manager"
+    notifications_group: ClassVar[str] = "notifier"
+
     def signals(self, day: date) -> str:
         """JSON list of the day's ranked signals, written by the ranker, read by the trader."""
         return f"{self.ns}:signals:{day.isoformat()}"
+
+    def signals_signature(self, day: date) -> str:
+        """The day's list signature `hmac-sha256:<hex>`, written with the list when FL_SIGNALS_HMAC_KEY is set."""
+        return f"{self.signals(day)}:hmac"
 
     def entry_skips(self, day: date) -> str:
         """JSON list of the signals the trader skipped for the session `day`, with their reasons (the
@@ -66,15 +76,81 @@ class Keys:
         return f"{self.ns}:stream:notify-failed"
 
     @property
+    def notify_unprotected(self) -> str:
+        """Hash symbol -> JSON {"since", "said"}: positions the notifier has seen without protection."""
+        return f"{self.ns}:notify:unprotected"
+
+    @property
+    def notify_failed_jobs(self) -> str:
+        """Set of the failed RQ job ids the notifier already announced."""
+        return f"{self.ns}:notify:failed-jobs"
+
+    @property
+    def notify_dead_letters_cursor(self) -> str:
+        """The last dead letter the notifier announced (a stream id)."""
+        return f"{self.ns}:notify:dead-letters-cursor"
+
+    @property
+    def notify_streamer_down(self) -> str:
+        """Epoch seconds since the streamer is down, while a `streamer_disconnected` is announced."""
+        return f"{self.ns}:notify:streamer-down"
+
+    @property
     def halt(self) -> str:
         return f"{self.ns}:halt"
 
     def position_state(self, symbol: str) -> str:
         return f"{self.ns}:position:{symbol}"
 
+    def protection(self, symbol: str) -> str:
+        """JSON: the protective client order ids placed, the revision counter, the entry's client order id."""
+        return f"{self.ns}:protection:{symbol}"
+
+    def symbol_lock(self, symbol: str) -> str:
+        """The symbol's lock (reconcile, exits, flatten): the holder's token, a short PX, kept alive while held."""
+        return f"{self.ns}:lock:symbol:{symbol}"
+
+    def manager_refused(self, symbol: str) -> str:
+        """The order the broker last refused for the symbol, TTL 5 min: not sent again unchanged meanwhile."""
+        return f"{self.ns}:manager:refused:{symbol}"
+
+    def manager_halted(self, symbol: str) -> str:
+        """Set when an order of the symbol was refused as not tradable (TTL 15 min)."""
+        return f"{self.ns}:manager:halted:{symbol}"
+
+    @property
+    def manager_last_tick(self) -> str:
+        """JSON summary of the last completed manage tick."""
+        return f"{self.ns}:manager:last_tick"
+
+    @property
+    def risk_equity_peak(self) -> str:
+        """The highest equity the line has recorded (the drawdown limit's base)."""
+        return f"{self.ns}:risk:equity_peak"
+
+    @property
+    def risk_daily_ack(self) -> str:
+        """The session a person resumed in after a risk-limit halt."""
+        return f"{self.ns}:risk:daily_ack"
+
+    @property
+    def risk_last(self) -> str:
+        """JSON of the last risk check's readings (`factoryline status` shows them)."""
+        return f"{self.ns}:risk:last"
+
+    @property
+    def metrics_exits(self) -> str:
+        """Hash exit reason -> count of positions closed (trades written to the ledger) for it."""
+        return f"{self.ns}:metrics:exits"
+
     @property
     def ledger(self) -> str:
         return f"{self.ns}:ledger"
+
+    @property
+    def ledger_order_ids(self) -> str:
+        """Set of the closing order ids already in the ledger (exactly once)."""
+        return f"{self.ledger}:order-ids"
 
     @property
     def manager_notes(self) -> str:
@@ -86,6 +162,20 @@ class Keys:
     @property
     def equity_history(self) -> str:
         return f"{self.ns}:equity"
+
+    @property
+    def equity_start(self) -> str:
+        """The starting capital `{"at","equity"}`, set once (the tearsheet's curve starts there)."""
+        return f"{self.equity_history}:start"
+
+    def market_session(self, day: date) -> str:
+        """The broker's session that New York date as JSON, or `"closed"`."""
+        return f"{self.ns}:market:session:{day.isoformat()}"
+
+    @property
+    def scheduler_health(self) -> str:
+        """Hash with the scheduler's last look at the clock."""
+        return f"{self.ns}:scheduler:health"
 
     def streamer_seen(self, event_id: str) -> str:
         """Set by the streamer's record-once script: this trade update is already in the stream."""

@@ -31,18 +31,13 @@ class BrokerError(FactoryLineError):
         self.status = status
         self.code = code
 
-    #: True when the broker definitively refused: the order does not exist.
-    definitive = False
-
 
 class NotFound(BrokerError):
-    definitive = True
+    pass
 
 
 class OrderRejected(BrokerError):
     """The broker refused the request; nothing was created."""
-
-    definitive = True
 
 
 class NotFractionable(OrderRejected):

@@ -138,21 +138,19 @@ class ClosedTrade(Model):
         )
 
 
-def order_ids_key(keys: Keys) -> str:
-    return f"{keys.ledger}:order-ids"
 
 
 def append_once(client: redis.Redis, keys: Keys, trade: ClosedTrade) -> bool:
     """Append the trade unless one of its closing orders (`closing_order_ids`, all of them) is already in
     the ledger; then nothing is written. Atomic: the check, the ids and the entry go in one script.
     True when written."""
-    entry_id = client.eval(_APPEND_ONCE, 2, keys.ledger, order_ids_key(keys), trade.closing_order_id, trade.symbol,
+    entry_id = client.eval(_APPEND_ONCE, 2, keys.ledger, keys.ledger_order_ids, trade.closing_order_id, trade.symbol,
                            trade.model_dump_json(), *trade.closing_order_ids)
     return bool(entry_id)
 
 
 def is_recorded(client: redis.Redis, keys: Keys, closing_order_id: str) -> bool:
-    return bool(client.sismember(order_ids_key(keys), closing_order_id))
+    return bool(client.sismember(keys.ledger_order_ids, closing_order_id))
 
 
 def read(client: redis.Redis, keys: Keys, *, symbol: str | None = None) -> list[ClosedTrade]:

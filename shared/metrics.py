@@ -96,14 +96,11 @@ def observe_protection(fill_at: datetime, accepted_at: datetime | None = None) -
 # -- exits (kept in Redis: exits happen in forked RQ jobs too) ----------------------------------------
 
 
-def exits_key(keys: Keys) -> str:
-    """Hash exit reason -> count of positions closed (trades written to the ledger) for it."""
-    return f"{keys.ns}:metrics:exits"
 
 
 def count_exit(client, keys: Keys, reason: str) -> None:
     try:
-        client.hincrby(exits_key(keys), reason, 1)
+        client.hincrby(keys.metrics_exits, reason, 1)
     except Exception:  # noqa: BLE001 - a metric must never break an exit
         log.debug("exit not counted", exc_info=True)
 
@@ -146,7 +143,6 @@ class LineStateCollector(Collector):
         yield from families
 
     def _families(self):
-        from shared import position_store as store
         from shared import risk
 
         client, keys = self.client, self.keys
@@ -155,12 +151,12 @@ class LineStateCollector(Collector):
                          - {""})
         pipe = client.pipeline(transaction=False)
         for symbol in symbols:
-            pipe.get(store.protection_key(keys, symbol))
+            pipe.get(keys.protection(symbol))
         for service in self.services:
             pipe.llen(rq_queue_key(keys.queue(service)))
             pipe.zcard(rq_failed_key(keys.queue(service)))
-        pipe.hgetall(exits_key(keys))
-        pipe.get(f"{keys.ns}:manager:last_tick")
+        pipe.hgetall(keys.metrics_exits)
+        pipe.get(keys.manager_last_tick)
         pipe.exists(keys.halt)
         replies = pipe.execute()
         records, replies = replies[:len(symbols)], replies[len(symbols):]

@@ -35,8 +35,6 @@ class ProtectionRecord(Model):
     entry_client_order_id: str | None = None
 
 
-def protection_key(keys: Keys, symbol: str) -> str:
-    return f"{keys.ns}:protection:{symbol}"
 
 
 def load_state(client: redis.Redis, keys: Keys, symbol: str) -> PositionState | None:
@@ -52,7 +50,7 @@ def load_state(client: redis.Redis, keys: Keys, symbol: str) -> PositionState | 
 
 
 def load_record(client: redis.Redis, keys: Keys, symbol: str) -> ProtectionRecord:
-    raw = client.get(protection_key(keys, symbol))
+    raw = client.get(keys.protection(symbol))
     if raw is not None:
         try:
             return ProtectionRecord.model_validate_json(raw)
@@ -65,7 +63,7 @@ def load_many(client: redis.Redis, keys: Keys, symbols: list[str]) -> dict[str, 
     """Each symbol's protection record and whether it has a position state, in one round trip."""
     pipe = client.pipeline(transaction=False)
     for symbol in symbols:
-        pipe.get(protection_key(keys, symbol))
+        pipe.get(keys.protection(symbol))
         pipe.exists(keys.position_state(symbol))
     replies = pipe.execute()
     result = {}
@@ -92,7 +90,7 @@ def save_many(client: redis.Redis, keys: Keys,
     for state, record in items:
         if state is not None:
             pipe.set(keys.position_state(record.symbol), state.to_json())
-        pipe.set(protection_key(keys, record.symbol), record.model_dump_json())
+        pipe.set(keys.protection(record.symbol), record.model_dump_json())
     pipe.execute()
 
 
@@ -102,7 +100,7 @@ def clear(client: redis.Redis, keys: Keys, symbol: str) -> None:
     record = load_record(client, keys, symbol)
     pipe = client.pipeline(transaction=True)
     pipe.delete(keys.position_state(symbol))
-    pipe.set(protection_key(keys, symbol), ProtectionRecord(symbol=symbol, revision=record.revision).model_dump_json())
+    pipe.set(keys.protection(symbol), ProtectionRecord(symbol=symbol, revision=record.revision).model_dump_json())
     pipe.execute()
 
 
@@ -116,7 +114,7 @@ def tracked_symbols(client: redis.Redis, keys: Keys) -> Iterator[str]:
         if symbol and symbol not in seen:
             seen.add(symbol)
             yield symbol
-    prefix = protection_key(keys, "")
+    prefix = keys.protection("")
     for key in client.scan_iter(match=f"{prefix}*", count=500):
         symbol = key[len(prefix):]
         if symbol and symbol not in seen and load_record(client, keys, symbol).client_order_ids:

@@ -104,12 +104,8 @@ def _pct(part: Decimal, whole: Decimal) -> Decimal:
 # -- Redis: the recorded peak, the acknowledgment, the check -------------------------------------------
 
 
-def peak_key(keys: Keys) -> str:
-    return f"{keys.ns}:risk:equity_peak"
 
 
-def daily_ack_key(keys: Keys) -> str:
-    return f"{keys.ns}:risk:daily_ack"
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,8 +123,8 @@ def check(client, keys: Keys, equity: Decimal, last_equity: Decimal, settings: R
           session: date, at: datetime, source: str) -> RiskCheck:
     """Record the equity peak, measure both limits (kept for `status`), and on a trip set the halt
     flag (reason: the limit and its figures) and announce it once."""
-    peak = Decimal(client.eval(_RAISE_PEAK, 1, peak_key(keys), str(equity)))
-    acknowledged = client.get(daily_ack_key(keys)) == session.isoformat()
+    peak = Decimal(client.eval(_RAISE_PEAK, 1, keys.risk_equity_peak, str(equity)))
+    acknowledged = client.get(keys.risk_daily_ack) == session.isoformat()
     measured = readings(equity, last_equity, peak, settings, daily_acknowledged=acknowledged)
     tripped = [r for r in measured if r.tripped]
     halted_now = False
@@ -140,7 +136,7 @@ def check(client, keys: Keys, equity: Decimal, last_equity: Decimal, settings: R
                        reason=reason, source=source)
             bus.publish(client, keys, "risk_limit", message=reason, limits=[r.limit.value for r in tripped],
                         source=source, at=at.isoformat())
-    client.set(last_key(keys), json.dumps({
+    client.set(keys.risk_last, json.dumps({
         "at": at.isoformat(), "source": source,
         "readings": [{"limit": r.limit.value, "value_pct": str(r.value_pct), "threshold_pct": str(r.threshold_pct),
                       "tripped": r.tripped, "detail": r.detail} for r in measured],
@@ -152,19 +148,16 @@ def acknowledge(client, keys: Keys, equity: Decimal | None, session: date) -> No
     """A person resumed: the daily loss is not measured again this session, and the drawdown is
     measured from the equity now (when known)."""
     pipe = client.pipeline(transaction=True)
-    pipe.set(daily_ack_key(keys), session.isoformat(), ex=4 * 24 * 3600)
+    pipe.set(keys.risk_daily_ack, session.isoformat(), ex=4 * 24 * 3600)
     if equity is not None:
-        pipe.set(peak_key(keys), str(equity))
+        pipe.set(keys.risk_equity_peak, str(equity))
     pipe.execute()
 
 
-def last_key(keys: Keys) -> str:
-    """JSON of the last check's readings (`factoryline status` shows them)."""
-    return f"{keys.ns}:risk:last"
 
 
 def last_readings(client, keys: Keys) -> dict | None:
-    raw = client.get(last_key(keys))
+    raw = client.get(keys.risk_last)
     try:
         return json.loads(raw) if raw else None
     except ValueError:

@@ -497,23 +497,20 @@ def save_signals_to_redis(client: redis.Redis, keys: Keys, day: date, ranked: It
     "not ranked yet"). Returns the key.
 
     With `hmac_key` (FL_SIGNALS_HMAC_KEY) the list's signature is stored beside it under
-    `signature_key(keys, day)`; without, any old signature is deleted. Both in one transaction, so a
+    `keys.signals_signature(day)`; without, any old signature is deleted. Both in one transaction, so a
     reader never sees a list with the signature of another."""
     key = keys.signals(day)
     payload = json.dumps([signal.model_dump(mode="json") for signal in ranked])
     pipe = client.pipeline(transaction=True)
     pipe.set(key, payload, ex=ttl_seconds)
     if hmac_key is not None:
-        pipe.set(signature_key(keys, day), sign_list(hmac_key, day, json.loads(payload)), ex=ttl_seconds)
+        pipe.set(keys.signals_signature(day), sign_list(hmac_key, day, json.loads(payload)), ex=ttl_seconds)
     else:
-        pipe.delete(signature_key(keys, day))
+        pipe.delete(keys.signals_signature(day))
     pipe.execute()
     return key
 
 
-def signature_key(keys: Keys, day: date) -> str:
-    """Where the day's list signature lives: `<ns>:signals:<YYYY-MM-DD>:hmac`."""
-    return f"{keys.signals(day)}:hmac"
 
 
 def canonical_list(day: date, items: list) -> bytes:
@@ -600,7 +597,7 @@ def load_for_trading(
         read = list(read_signals_csv(csv_path))
     else:
         source = keys.signals(day)
-        payload, signature = client.mget(source, signature_key(keys, day))
+        payload, signature = client.mget(source, keys.signals_signature(day))
         if payload is None:
             return TradeList(None, source)
         items = _json_list(source, payload)

@@ -5,7 +5,7 @@ refusal here is the refusal alpaca-py would get over the wire, raised as the sam
 (`NotFractionable`, `NotTradable`, `InsufficientQty`, `DuplicateClientOrderId`, ...): the engine's
 rules raise them typed, where `AlpacaExecutor` reads the type from the message. Orders are built
 exactly as `AlpacaExecutor` builds them (same types, time in force and order class), so the
-contract suite (tests/test_broker_contract.py) sees one behaviour from both adapters.
+contract suite (tests/integration/test_broker_contract.py) sees one behaviour from both adapters.
 
     engine = MarketEngine.create(seed=7, start=datetime(2024, 3, 4, 10, tzinfo=NEW_YORK))
     executor = SimulatedExecutor(engine)

@@ -56,24 +56,20 @@ def pytest_report_header(config):
 _KEPT = pytest.StashKey[list]()
 
 
-#: The unit set (`./scripts/test --quick`, `pytest -m unit`): modules of pure code only, no Redis, no
-#: simulator, no process, no network; together well under 15 s. A module joins by being listed here,
-#: and only when every test in it is pure (tests/README.md says how the suite is shaped).
-UNIT_MODULES = frozenset({
-    "test_backtest.py", "test_exits.py", "test_models.py", "test_money.py", "test_protection.py",
-    "test_sizing.py", "test_sizing_slots.py", "test_strategies.py", "test_trade_events.py",
-})
+#: The suite's shape: each folder of tests/ is one set, and its tests carry that set's marker, so
+#: `pytest tests/unit` and `pytest -m unit` are the same set (tests/README.md says what goes where).
+SETS = ("unit", "integration", "faults")
 
 
 def pytest_configure(config):
     config.stash[_KEPT] = []
-    config.addinivalue_line("markers", "unit: pure code, no Redis, simulator, process or network (--quick)")
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if item.path.name in UNIT_MODULES:
-            item.add_marker(pytest.mark.unit)
+        folder = item.path.parent.name
+        if folder in SETS:
+            item.add_marker(getattr(pytest.mark, folder))
 
 
 @pytest.fixture(scope="session")

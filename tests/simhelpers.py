@@ -251,17 +251,21 @@ class SimHandle:
         """alpaca-py TradingClient at this sim; its 429/504 retries off unless asked."""
         from alpaca.trading.client import TradingClient
 
+        from shared.broker.alpaca import close_sdk_client, set_sdk_retries
+
         client = TradingClient(self.api_key, self.secret_key, url_override=self.base_url)
-        client._retry, client._retry_wait = retries, retry_wait
-        self._cleanups.append(client._session.close)
+        set_sdk_retries(client, retries, retry_wait)
+        self._cleanups.append(lambda: close_sdk_client(client))
         return client
 
     def data_client(self, *, retries: int = 0, retry_wait: float = 0.0):
         from alpaca.data.historical import StockHistoricalDataClient
 
+        from shared.broker.alpaca import close_sdk_client, set_sdk_retries
+
         client = StockHistoricalDataClient(self.api_key, self.secret_key, url_override=self.base_url)
-        client._retry, client._retry_wait = retries, retry_wait
-        self._cleanups.append(client._session.close)
+        set_sdk_retries(client, retries, retry_wait)
+        self._cleanups.append(lambda: close_sdk_client(client))
         return client
 
     def trading_stream(self):

@@ -31,9 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_reconcile(args: argparse.Namespace) -> int:
-    from services.manager import reconcile as rec
-    from services.manager.context import context_from_environment
     from shared.errors import InputError
+    from shared.positions import reconcile as rec
+    from shared.positions.context import context_from_environment
     from shared.protection import Trigger
 
     symbol = (args.symbol or "").strip().upper() or None

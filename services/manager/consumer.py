@@ -30,7 +30,7 @@ from shared.trade_events import decode_entry
 
 log = logging.getLogger(__name__)
 
-GROUP = "manager"
+GROUP = Keys.trade_updates_group
 SEEN_TTL_SECONDS = 3 * 24 * 3600
 #: Entries written longer ago than this are acknowledged without a reconcile of their own: after such
 #: a gap (first start on a long stream, a long outage) the reconcile of every position that follows

@@ -19,9 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import redis
 
-from services.manager import reconcile as rec
 from services.manager.consumer import ConsumerOptions, TradeUpdateConsumer
-from services.manager.context import ManagerContext
 from services.manager.settings import ManagerSettings
 from shared import logs
 from shared.broker.contract import OrderExecutor
@@ -29,6 +27,8 @@ from shared.bus import Keys, RedisReachability
 from shared.exits import ExitRules
 from shared.models import TradeUpdate
 from shared.ownership import ForeignPolicy
+from shared.positions import reconcile as rec
+from shared.positions.context import ManagerContext
 from shared.protection import Trigger
 
 log = logging.getLogger(__name__)

@@ -9,9 +9,9 @@ Writes: the states, the protective orders, one WARNING per split and per fix.
 
 from __future__ import annotations
 
-from services.manager import reconcile as rec
-from services.manager.context import context_from_environment
 from shared.market.calendar import NEW_YORK
+from shared.positions import reconcile as rec
+from shared.positions.context import context_from_environment
 
 
 def pre_open_check() -> dict:

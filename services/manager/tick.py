@@ -10,7 +10,7 @@ Decides: `shared.exits.evaluate` raises the high-water mark with the highest pri
 last tick (so a spike between ticks counts), arms break-even and trailing, and says whether a soft
 exit fires (trailing, break-even, time stop).
 Writes: the advanced states (compare-and-set: a fill processed meanwhile wins), the exits
-(`services.manager.exiting`), and portfolio.csv.
+(`shared.positions.exiting`), and portfolio.csv.
 
 Broker requests per tick when no exit fires and no state is lost: 3 (positions, the account for the
 risk limits, bars) up to 200 positions. Past that the adapter splits bars into one request per 200
@@ -35,8 +35,7 @@ from pathlib import Path
 
 import redis
 
-from services.manager import exiting, hwm, portfolio
-from services.manager.context import ManagerContext, context_from_environment
+from services.manager import portfolio
 from shared import bus, config, logs, risk
 from shared.broker.contract import OrderExecutor
 from shared.exits import (
@@ -53,6 +52,8 @@ from shared.market.calendar import NEW_YORK
 from shared.models import Position, Timeframe
 from shared.money import ZERO
 from shared.ownership import ForeignPolicy
+from shared.positions import exiting, hwm
+from shared.positions.context import ManagerContext, context_from_environment
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +134,6 @@ class TickReport:
         }
 
 
-def last_tick_key(keys: bus.Keys) -> str:
-    return f"{keys.ns}:manager:last_tick"
 
 
 # -- the RQ job ---------------------------------------------------------------------------------------
@@ -171,7 +170,7 @@ def run_tick(ctx: ManagerContext, *, portfolio_path: Path | None = None) -> Tick
         if limits.tripped and ctx.risk.FL_FLATTEN_ON_LIMIT:
             report.exits = _flatten_for_limit(ctx, positions, limits, now)
         logs.event(log, "tick_skipped", level=logging.WARNING, reason="halt flag set", exits=len(report.exits))
-        client.set(last_tick_key(keys), json.dumps(report.as_dict()))
+        client.set(keys.manager_last_tick, json.dumps(report.as_dict()))
         return report
     report = TickReport(TickStatus.DONE, at=now, limits=[r.describe() for r in limits.readings])
     report.positions = len(positions)
@@ -237,7 +236,7 @@ def run_tick(ctx: ManagerContext, *, portfolio_path: Path | None = None) -> Tick
                 for s, state in report.states.items() if s not in closed]
         report.portfolio_csv = str(portfolio.write(Path(portfolio_path), rows, now, rules))
     report.seconds = time.perf_counter() - started
-    client.set(last_tick_key(keys), json.dumps(report.as_dict()))
+    client.set(keys.manager_last_tick, json.dumps(report.as_dict()))
     logs.event(log, "tick_done", positions=report.positions, exits=len(report.exits), rebuilt=len(report.rebuilt),
                unpriced=len(report.unpriced), seconds=round(report.seconds, 3))
     return report

@@ -19,8 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_manage(args: argparse.Namespace) -> int:
-    from services.manager.exiting import ExitOutcome
     from services.manager.tick import tick_from_settings
+    from shared.positions.exiting import ExitOutcome
 
     report = tick_from_settings()
     if args.json:

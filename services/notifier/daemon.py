@@ -28,7 +28,7 @@ from shared.bus import Keys
 
 log = logging.getLogger(__name__)
 
-GROUP = "notifier"
+GROUP = Keys.notifications_group
 CONSUMER = "notifier"
 #: Lines of one message; a longer burst ends with "... and N more" (every event is in the log).
 MAX_LINES = 30

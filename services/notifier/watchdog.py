@@ -25,21 +25,12 @@ HEARTBEAT_STALE_SECONDS = 15.0
 _SEEDED = "(seeded)"
 
 
-def unprotected_key(keys: Keys) -> str:
-    """Hash symbol -> JSON {"since", "said"}: positions the notifier has seen without protection."""
-    return f"{keys.ns}:notify:unprotected"
 
 
-def failed_jobs_key(keys: Keys) -> str:
-    return f"{keys.ns}:notify:failed-jobs"
 
 
-def dead_letter_cursor_key(keys: Keys) -> str:
-    return f"{keys.ns}:notify:dead-letters-cursor"
 
 
-def streamer_down_key(keys: Keys) -> str:
-    return f"{keys.ns}:notify:streamer-down"
 
 
 def track(client: redis.Redis, keys: Keys, event: str, notification: dict, now: float) -> None:
@@ -48,7 +39,7 @@ def track(client: redis.Redis, keys: Keys, event: str, notification: dict, now: 
     symbol = str(notification.get("symbol") or "")
     if not symbol:
         return
-    key = unprotected_key(keys)
+    key = keys.notify_unprotected
     if event in ("entry_filled", "entry_partial_fill", "protection_failed"):
         client.hsetnx(key, symbol, json.dumps({"since": now, "said": False}))
     elif event in ("protected", "position_closed"):
@@ -75,7 +66,7 @@ class Watchdog:
 
     # -- RQ's failed registries -------------------------------------------------------------------
     def _failed_jobs(self) -> None:
-        seen_key = failed_jobs_key(self.keys)
+        seen_key = self.keys.notify_failed_jobs
         failed = {}
         for service in SERVICES:
             queue = self.keys.queue(service)
@@ -116,7 +107,7 @@ class Watchdog:
 
     # -- the manager's dead letters ---------------------------------------------------------------
     def _dead_letters(self) -> None:
-        cursor_key = dead_letter_cursor_key(self.keys)
+        cursor_key = self.keys.notify_dead_letters_cursor
         cursor = self.client.get(cursor_key)
         if cursor is None:
             newest = self.client.xrevrange(self.keys.dead_letters, count=1)
@@ -140,19 +131,19 @@ class Watchdog:
         beat = _epoch(health.get("heartbeat_at"))
         if beat is not None and now - beat > HEARTBEAT_STALE_SECONDS:
             down_since = min(down_since or beat, beat)
-        said = self.client.get(streamer_down_key(self.keys))
+        said = self.client.get(self.keys.notify_streamer_down)
         if down_since is not None and now - down_since > self.streamer_down_seconds and said is None:
-            self.client.set(streamer_down_key(self.keys), str(down_since))
+            self.client.set(self.keys.notify_streamer_down, str(down_since))
             bus.publish(self.client, self.keys, "streamer_disconnected", down_seconds=round(now - down_since),
                         role=health.get("role", "?"), since=datetime.fromtimestamp(down_since, UTC).isoformat())
         elif down_since is None and said is not None:
-            self.client.delete(streamer_down_key(self.keys))
+            self.client.delete(self.keys.notify_streamer_down)
             bus.publish(self.client, self.keys, "streamer_reconnected",
                         down_seconds=round(now - float(said)))
 
     # -- positions without protection -------------------------------------------------------------
     def _unprotected(self) -> None:
-        key = unprotected_key(self.keys)
+        key = self.keys.notify_unprotected
         now = self.clock()
         for symbol, raw in self.client.hgetall(key).items():
             try:

@@ -166,12 +166,12 @@ def _rearm_limits(client, keys) -> str:
 def run_flatten(args: argparse.Namespace, stdin=None) -> int:
     import redis
 
-    from services.manager.context import ManagerContext
     from services.ops import flatten as fl
     from services.ops.status import coverage
     from shared import config
     from shared.broker import make_executor
     from shared.ownership import is_ours
+    from shared.positions.context import ManagerContext
     from shared.texttable import table
 
     stdin = stdin if stdin is not None else sys.stdin

@@ -3,7 +3,7 @@
 For every symbol the line manages (a position it entered, a position it protects under
 FL_FOREIGN_POSITIONS=protect, or an open order of its own), under the symbol's lock (the one the
 manager's reconcile and the soft exits take, so nothing re-arms protection halfway through), the
-manager's one safe exit (`services.manager.exiting.sell_out`) runs with the reason MANUAL:
+manager's one safe exit (`shared.positions.exiting.sell_out`) runs with the reason MANUAL:
 1. an asset that does not trade (halted) keeps every order: nothing is cancelled, the outcome says so;
 2. the line's own open orders are cancelled and the shares released (the user's orders, and the
    shares they hold, are left alone);
@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
-from services.manager import exiting, locks
-from services.manager.context import ManagerContext
 from shared import logs
 from shared import position_store as store
 from shared.bus import Keys
@@ -35,6 +33,8 @@ from shared.market.calendar import NEW_YORK
 from shared.models import Order, Position
 from shared.money import ZERO
 from shared.ownership import ForeignPolicy, is_ours
+from shared.positions import exiting, locks
+from shared.positions.context import ManagerContext
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def flatten_symbol(ctx: ManagerContext, symbol: str, *, now: datetime) -> Flatte
     except locks.SymbolBusy as exc:
         return FlattenResult(symbol, "busy", detail=str(exc))
     # Outside the lock (it takes it itself): clears a flat position's state, re-protects what is still held.
-    from services.manager import reconcile as rec
+    from shared.positions import reconcile as rec
     from shared.protection import Trigger
 
     report = rec.reconcile_symbol(ctx, symbol, Trigger.EXIT)

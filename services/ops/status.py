@@ -167,9 +167,6 @@ def read_redis(status: Status, client, rq_client, keys: Keys) -> None:
     from rq import Queue, Worker
     from rq.registry import FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
-    from services.manager.consumer import GROUP
-    from services.manager.tick import last_tick_key
-    from services.scheduler.runner import health_key
 
     status.halt = client.get(keys.halt)
     seen_workers: dict[str, WorkerRow] = {}
@@ -190,14 +187,14 @@ def read_redis(status: Status, client, rq_client, keys: Keys) -> None:
                     worker.last_heartbeat, worker.get_current_job_id() or "-")
     status.workers = sorted(seen_workers.values(), key=lambda w: w.name)
     status.streamer = client.hgetall(keys.streamer_health)
-    status.scheduler = client.hgetall(health_key(keys))
-    raw_tick = client.get(last_tick_key(keys))
+    status.scheduler = client.hgetall(keys.scheduler_health)
+    raw_tick = client.get(keys.manager_last_tick)
     if raw_tick:
         try:
             status.last_tick = json.loads(raw_tick)
         except ValueError:
             status.last_tick = {"status": f"unreadable: {raw_tick[:60]}"}
-    status.stream_line = _stream_line(client, keys, GROUP)
+    status.stream_line = _stream_line(client, keys, keys.trade_updates_group)
     status.risk = risk.last_readings(client, keys)
     try:
         trader_settings = config.load(config.TraderSettings)

@@ -340,8 +340,6 @@ def equity_history(client: redis.Redis, keys: Keys, *, limit: int = MAX_CURVE_PO
 # -- the starting capital (Redis) ---------------------------------------------------------------------
 
 
-def start_key(keys: Keys) -> str:
-    return f"{keys.equity_history}:start"
 
 
 def record_start(client: redis.Redis, keys: Keys, at: datetime, equity: Decimal) -> bool:
@@ -350,11 +348,11 @@ def record_start(client: redis.Redis, keys: Keys, at: datetime, equity: Decimal)
     if client.zcard(keys.equity_history):
         return False
     member = json.dumps({"at": at.isoformat(), "equity": str(equity)})
-    return bool(client.set(start_key(keys), member, nx=True))
+    return bool(client.set(keys.equity_start, member, nx=True))
 
 
 def read_start(client: redis.Redis, keys: Keys) -> EquityPoint | None:
-    raw = client.get(start_key(keys))
+    raw = client.get(keys.equity_start)
     try:
         return EquityPoint.model_validate_json(raw) if raw else None
     except ValueError:

@@ -37,9 +37,6 @@ log = logging.getLogger(__name__)
 HEALTH_TTL_SECONDS = 600
 
 
-def health_key(keys: Keys) -> str:
-    """Hash with the scheduler's last look at the clock (`redis-cli HGETALL <ns>:scheduler:health`)."""
-    return f"{keys.ns}:scheduler:health"
 
 
 @dataclass
@@ -120,7 +117,7 @@ class Scheduler:
         return bool(self.rq_client.exists(f"rq:job:{job_id}"))
 
     def _write_health(self, now: datetime, result: TickResult) -> None:
-        key = health_key(self.keys)
+        key = self.keys.scheduler_health
         self.rq_client.hset(key, mapping={
             "host": socket.gethostname(),
             "last_look": now.isoformat(),

@@ -162,7 +162,7 @@ class Recorder:
                            str(bus.NOTIFICATIONS_MAXLEN)]
         for update in updates:
             keys.append(self.keys.streamer_seen(update.event_id))
-            # The encoding round-trips exactly (tests/test_trade_events.py); the manager validates on read.
+            # The encoding round-trips exactly (tests/unit/test_trade_events.py); the manager validates on read.
             fields = encode_entry(update)
             args += [update.event_id, update.timestamp.isoformat(), _mirror_note(update), str(len(fields))]
             for name, value in fields.items():

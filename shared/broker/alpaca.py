@@ -622,9 +622,13 @@ def _parse_http_date(value: str | None) -> datetime | None:
     return parsed if parsed.tzinfo is not None else None
 
 
-def _set_retries(client: Any, retries: int, wait: float) -> None:
-    # Private attributes: the constructors of TradingClient/StockHistoricalDataClient do not expose
-    # them, and RESTClient ignores retry_attempts=0. Read by RESTClient._request on every call.
+def set_sdk_retries(client: Any, retries: int, wait: float) -> None:
+    """How often an alpaca-py REST client (TradingClient, StockHistoricalDataClient,
+    CorporateActionsClient) repeats a request the server answered 429 or 504, and how long it waits
+    in between. The adapter switches it off for order submits; tests use it to see every answer.
+
+    Private attributes underneath: the constructors do not expose them, and RESTClient ignores
+    retry_attempts=0. RESTClient._request reads them on every call. This is the one place that knows."""
     client._retry = retries
     client._retry_wait = wait
 
@@ -635,6 +639,11 @@ def _size_connection_pool(client: Any, size: int) -> None:
     adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=size)
     for prefix in ("http://", "https://"):
         client._session.mount(prefix, adapter)
+
+
+def close_sdk_client(client: Any) -> None:
+    """Close an alpaca-py REST client's HTTP connections (alpaca-py has no close of its own)."""
+    client._session.close()
 
 
 def _chunks(items: Sequence[str], size: int) -> Iterable[list[str]]:
@@ -688,11 +697,9 @@ class AlpacaExecutor(OrderExecutor):
         self._raw_data = StockHistoricalDataClient(key, secret, raw_data=True, url_override=settings.data_endpoint)
         # Corporate actions are served by the data API too (/v1/corporate-actions), same host.
         self._corporate = CorporateActionsClient(key, secret, url_override=settings.data_endpoint)
-        _set_retries(self._trading, read_retries, read_retry_wait)
-        _set_retries(self._data, read_retries, read_retry_wait)
-        _set_retries(self._raw_data, read_retries, read_retry_wait)
-        _set_retries(self._corporate, read_retries, read_retry_wait)
-        _set_retries(self._submitter, 0, 0)
+        for client in (self._trading, self._data, self._raw_data, self._corporate):
+            set_sdk_retries(client, read_retries, read_retry_wait)
+        set_sdk_retries(self._submitter, 0, 0)
         for client in (self._trading, self._submitter):
             _size_connection_pool(client, HTTP_POOL_SIZE)
         self._feed = DataFeed(settings.ALPACA_DATA_FEED)
@@ -1124,7 +1131,7 @@ class AlpacaExecutor(OrderExecutor):
 
     def close(self) -> None:
         for client in self._clients:
-            client._session.close()
+            close_sdk_client(client)
 
 
 def _bar_time(bar: Bar | BarRow) -> datetime:

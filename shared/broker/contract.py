@@ -3,7 +3,7 @@
 Every pillar talks to the broker through this interface; adapters implement it for Alpaca
 (`shared.broker.alpaca.AlpacaExecutor`, over alpaca-py) and for the in-process simulated market
 (`sim.executor.SimulatedExecutor`). One contract test suite
-(`tests/test_broker_contract.py`) runs unchanged against both.
+(`tests/integration/test_broker_contract.py`) runs unchanged against both.
 
 Conventions every adapter keeps:
 - Money and quantities are `Decimal`; times are timezone-aware.

@@ -50,9 +50,6 @@ class NyseCalendar:
         self._check_range(day)
         return self._days.get(day)
 
-    def is_trading_day(self, day: date) -> bool:
-        return self.session(day) is not None
-
     def sessions(self, start: date, end: date) -> list[TradingDay]:
         """Sessions with start <= date <= end."""
         lo = bisect.bisect_left(self._dates, start)
@@ -75,27 +72,6 @@ class NyseCalendar:
     def is_open(self, at: datetime) -> bool:
         session = self._days.get(at.astimezone(NEW_YORK).date())
         return session is not None and session.open <= at < session.close
-
-    def current_or_next_session(self, at: datetime) -> TradingDay:
-        """The session in progress at `at`, or else the next one to open."""
-        local = at.astimezone(NEW_YORK)
-        today = self._days.get(local.date())
-        if today is not None and at < today.close:
-            return today
-        return self.next_session(local.date())
-
-    def next_open(self, at: datetime) -> datetime:
-        session = self.current_or_next_session(at)
-        if session.open > at:
-            return session.open
-        return self.next_session(session.date).open
-
-    def next_close(self, at: datetime) -> datetime:
-        return self.current_or_next_session(at).close
-
-    def trading_days_between(self, start: date, end: date) -> int:
-        """Number of sessions in (start, end]."""
-        return len(self.sessions(start + timedelta(days=1), end))
 
     def _check_range(self, day: date) -> None:
         if not self.first_date <= day <= self.last_date + timedelta(days=6):

@@ -25,8 +25,6 @@ TTL_SECONDS = 4 * 24 * 3600
 _CLOSED = "closed"
 
 
-def session_key(keys: Keys, day: date) -> str:
-    return f"{keys.ns}:market:session:{day.isoformat()}"
 
 
 def store(client: redis.Redis, keys: Keys, start: date, end: date, sessions: Iterable[TradingDay]) -> None:
@@ -38,14 +36,14 @@ def store(client: redis.Redis, keys: Keys, start: date, end: date, sessions: Ite
     while day <= end:
         session = by_date.get(day)
         value = session.model_dump_json() if session is not None else json.dumps(_CLOSED)
-        pipe.set(session_key(keys, day), value, ex=TTL_SECONDS)
+        pipe.set(keys.market_session(day), value, ex=TTL_SECONDS)
         day += timedelta(days=1)
     pipe.execute()
 
 
 def session_on(executor: OrderExecutor, client: redis.Redis, keys: Keys, day: date) -> TradingDay | None:
     """The broker's session on the New York date `day` (None: the market does not open that day)."""
-    raw = client.get(session_key(keys, day))
+    raw = client.get(keys.market_session(day))
     if raw is not None:
         value = json.loads(raw)
         return None if value == _CLOSED else TradingDay.model_validate(value)

@@ -292,7 +292,7 @@ def test_primary_killed_mid_burst_fails_over_and_every_fill_ends_protected_once(
     try:
         line.start_streamer()
         line.start_manager("manager", consumer="m1", FL_MANAGER_RECONCILE_SECONDS="2")
-        line._start("trader", "services.trader")
+        line.start("trader", "services.trader")
         prices = {s: p.price for s, p in line.executor.get_latest_prices(list(TRADED)).items()}
         signals.save_signals_to_redis(client, keys, DAY, [signal(s, n + 1, prices[s]) for n, s in enumerate(TRADED)])
         wait_until("the sentinels to know the primary, the replica and each other", sentinel_set.agree, timeout=30)

@@ -356,8 +356,9 @@ def load(settings_cls: type[S], **overrides: object) -> S:
 SETTINGS_MODULES = ("shared.config", "services.sim.cli", "services.streamer.settings", "services.manager.settings",
                     "services.reporter.settings", "services.scheduler.settings", "services.manager.portfolio",
                     "services.scanner.settings", "services.notifier.settings")
-#: FL_* names read outside the settings groups.
-OTHER_NAMES = frozenset({"FL_ENV_FILE", "FL_TEST_REDIS_URL"})
+#: FL_* names read outside the settings groups (the last three by docker-compose.yml only: host ports).
+OTHER_NAMES = frozenset({"FL_ENV_FILE", "FL_TEST_REDIS_URL", "FL_REDIS_PORT", "FL_DASHBOARD_PORT",
+                         "FL_PROMETHEUS_PORT"})
 
 
 def all_groups() -> list[type[_Settings]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from test_manager_faults import PRE_OPEN, line_factory, wait_until  # noqa: F401 - a fixture
 
 from services.manager.consumer import GROUP, ensure_group
 from services.manager.consumer_name import ConsumerLease, lease_key, prune_dead_consumers
@@ -82,3 +83,21 @@ def test_a_leased_name_is_not_removed_even_when_idle(redis_client, keys, stream)
         assert prune_dead_consumers(redis_client, keys, GROUP, "manager-2", idle_ms=100) == []
     finally:
         other.release()
+
+
+def test_a_manager_process_restarted_takes_back_its_name_and_leaves_one_consumer(line_factory, redis_client, keys):  # noqa: F811 - the imported fixture
+    """What `docker compose up --force-recreate manager` does twice, with real processes (a new process,
+    and under compose a new host name, each time): one consumer in the group, `manager-1`."""
+    line = line_factory(start=PRE_OPEN)
+    for attempt in range(3):
+        name = f"manager-run{attempt}"
+        line._start(name, "services.manager", FL_MANAGER_CONSUMER="")
+        wait_until(f"{name} to start", lambda name=name: "reconcile_all_done trigger=start" in line.log(name)
+                   or line.processes[name].poll() is not None)
+        assert line.processes[name].poll() is None, line.log(name)[-2000:]
+        assert "consumer=manager-1" in line.log(name)
+        process = line.processes.pop(name)
+        process.terminate()
+        assert process.wait(timeout=30) == 0
+        assert redis_client.get(lease_key(keys, "manager-1")) is None   # released on a clean stop
+    assert [c["name"] for c in redis_client.xinfo_consumers(keys.trade_updates, GROUP)] in ([], ["manager-1"])

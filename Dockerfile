@@ -13,8 +13,11 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY services ./services
+# The simulated market (`python -m sim`, compose profile `sim`) and the demo: the `sim` extra.
+COPY sim ./sim
+COPY demo ./demo
 # rq-dashboard 0.9.0 imports six without declaring it (see docs/operations.md).
-RUN pip install . "rq-dashboard==0.9.0" "six==1.17.0"
+RUN pip install ".[sim]" "rq-dashboard==0.9.0" "six==1.17.0"
 
 COPY docker ./docker
 

@@ -144,7 +144,10 @@ def test_dockerfile_builds_from_python_311_slim_and_installs_the_project_and_the
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert dockerfile.splitlines()[[i for i, line in enumerate(dockerfile.splitlines())
                                     if line.startswith("FROM")][0]] == "FROM python:3.11-slim"
-    assert 'pip install . "rq-dashboard==0.9.0" "six==1.17.0"' in dockerfile
+    # The simulator container runs `python -m sim`: the image carries the sim extra and its package.
+    assert 'pip install ".[sim]" "rq-dashboard==0.9.0" "six==1.17.0"' in dockerfile
+    copied = {line.split()[1] for line in dockerfile.splitlines() if line.startswith("COPY ")}
+    assert {"shared", "services", "sim"} <= copied
     for line in dockerfile.splitlines():
         if line.startswith("COPY "):
             for source in line.split()[1:-1]:

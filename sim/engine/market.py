@@ -480,12 +480,18 @@ def bar_series(
         done = min(len(bars), int((min(now, session.close) - session.open) // MINUTE))
         if done <= 0:
             continue
+        if span == 1:
+            # Minute k starts at open + k minutes: those within [start, end] are one range of k.
+            first_k = max(0, -((session.open - start) // MINUTE))
+            last_k = min(done - 1, (end - session.open) // MINUTE)
+            result.extend(
+                TimedBar(session.open + MINUTE * k, *bars[k], trade_count(bars[k][4]))
+                for k in range(first_k, last_k + 1)
+            )
+            continue
         minutes = [
             TimedBar(session.open + MINUTE * k, *bars[k], trade_count(bars[k][4])) for k in range(done)
         ]
-        if span == 1:
-            result.extend(b for b in minutes if start <= b.t <= end)
-            continue
 
         def bucket(bar: TimedBar, span: int = span) -> datetime:
             local = bar.t.astimezone(NEW_YORK)

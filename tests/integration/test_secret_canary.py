@@ -109,8 +109,10 @@ def test_canary_keys_appear_nowhere_at_debug(canary, namespace, redis_client, tm
 
     # What the project wrote to Redis: every key of the namespace, and every RQ job of its queues with
     # its arguments and results (RQ stores those compressed and base64-encoded: read them through RQ).
-    stored = [repr(_dump(redis_client, key)) for key in redis_client.scan_iter(match=f"*{namespace}*", count=1000)]
+    # Read as bytes: some keys holding the namespace are RQ's own (compressed, not UTF-8); they are read
+    # again below through RQ, decompressed.
     client = connect_rq(redis_url())
+    stored = [repr(_dump(client, key)) for key in client.scan_iter(match=f"*{namespace}*", count=1000)]
     jobs = [key.decode().removeprefix("rq:job:") for key in client.scan_iter(match="rq:job:*", count=1000)
             if (client.hget(key, "origin") or b"").decode().startswith(namespace)]
     assert tick.id in jobs

@@ -8,8 +8,10 @@ bars since entry); then each measured tick follows 5 simulated minutes later. Th
 are set out of reach so no exit fires: this is the cost of looking, which is what every tick pays.
 
 Broker requests are HTTP requests counted at the client (every `requests.Session.request`).
-Floor, measured in the same run: the same reads done bare (positions, prices, bars for the same
-symbols and window) without Redis, decisions or the CSV; ratio = tick time / floor. The tick asks no
+Floor, measured in the same run after each tick: the reads the tick makes, done bare (the position
+listing, which carries the prices; the account; minute bars as rows for as many symbols as the tick
+read bars for, over the same 5 minutes) without Redis, decisions or the CSV; ratio = tick time / floor.
+CPU seconds of this process (the tick's client side) are printed beside the wall times. The tick asks no
 clock: "now" is the position listing's Date header, and the session comes from Redis (the first tick
 of the day stores it when the scheduler has not).
 
@@ -64,6 +66,24 @@ def _counting_request(self, method, url, *args, **kwargs):
 requests.Session.request = _counting_request
 
 
+def _cpu() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def bare_reads(executor, bar_symbols: int, now) -> float:
+    """The broker reads the tick makes, done bare (no Redis, decisions or CSV): the position listing
+    (prices and "now" included), the account (risk limits), and minute bars as rows for as many symbols
+    as the tick read bars for, over the 5 minutes since the last tick."""
+    started = time.perf_counter()
+    listed, _at = executor.get_positions_at()
+    executor.get_account()
+    symbols = [p.symbol for p in listed][:bar_symbols]
+    if symbols:
+        executor.get_bar_rows(symbols, Timeframe.MINUTE, now - timedelta(minutes=5), now)
+    return time.perf_counter() - started
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="10,100,1000,5000")
@@ -99,23 +119,23 @@ def main() -> int:
             rebuild_seconds = time.perf_counter() - started
             rebuild_requests = sum(_COUNTS.values())
             assert first.positions == size and not first.exits, first.lines()[-1]
-            times, counts, floors = [], [], []
+            times, counts, floors, cpus, floor_cpus = [], [], [], [], []
             for _ in range(args.repeat):
                 now = sim.control.advance(seconds=300)
                 _COUNTS.clear()
-                started = time.perf_counter()
+                started, cpu = time.perf_counter(), _cpu()
                 report = tick.run_tick(ManagerContext(executor, client, keys, UNREACHABLE), portfolio_path=portfolio_csv)
                 times.append(time.perf_counter() - started)
+                cpus.append(_cpu() - cpu)
                 counts.append(dict(_COUNTS))
                 assert report.positions == size and not report.exits and not report.rebuilt
-                started = time.perf_counter()
-                listed = [p.symbol for p in executor.get_positions()]
-                executor.get_latest_prices(listed)
-                executor.get_bars(listed, Timeframe.MINUTE, now - timedelta(minutes=5), now)
-                floors.append(time.perf_counter() - started)
+                cpu = _cpu()
+                floors.append(bare_reads(executor, report.bars, now))
+                floor_cpus.append(_cpu() - cpu)
             per_tick = counts[-1]
             rows.append((size, sum(per_tick.values()), per_tick, statistics.median(times), statistics.median(floors),
-                         rebuild_requests, rebuild_seconds, opened))
+                         rebuild_requests, rebuild_seconds, opened, statistics.median(cpus),
+                         statistics.median(floor_cpus)))
             print(f"  {size} positions done (opening took {opened:.1f} s)", file=sys.stderr, flush=True)
     finally:
         executor.close()
@@ -126,17 +146,21 @@ def main() -> int:
 
     print()
     print(f"{'positions':>9}  {'requests/tick':>13}  {'tick s':>7}  {'floor s':>7}  {'ratio':>5}  "
-          f"{'ms/position':>11}  {'rebuild req':>11}  {'rebuild s':>9}  requests by endpoint")
-    for size, total, per_tick, seconds, floor, rebuild_requests, rebuild_seconds, _opened in rows:
+          f"{'tick cpu':>8}  {'floor cpu':>9}  {'ms/position':>11}  {'rebuild req':>11}  {'rebuild s':>9}  "
+          "requests by endpoint")
+    for size, total, per_tick, seconds, floor, rebuild_requests, rebuild_seconds, _opened, cpu, floor_cpu in rows:
         by_endpoint = ", ".join(f"{k} x{v}" for k, v in sorted(per_tick.items()))
-        print(f"{size:>9}  {total:>13}  {seconds:>7.3f}  {floor:>7.3f}  {seconds / floor:>5.2f}  "
-              f"{seconds / size * 1000:>11.3f}  {rebuild_requests:>11}  {rebuild_seconds:>9.2f}  {by_endpoint}")
+        print(f"{size:>9}  {total:>13}  {seconds:>7.3f}  {floor:>7.3f}  {seconds / floor:>5.2f}  {cpu:>8.3f}  "
+              f"{floor_cpu:>9.3f}  {seconds / size * 1000:>11.3f}  {rebuild_requests:>11}  {rebuild_seconds:>9.2f}  "
+              f"{by_endpoint}")
     print()
-    print(f"tick = median of {args.repeat} ticks without exits (5 simulated minutes apart); floor = the same broker "
-          "reads done bare; rebuild = the first tick over positions without state (order history + bars since "
-          "entry; its count includes the day's one calendar request). The adapter asks prices and bars for at most "
-          "200 symbols per request (Alpaca refuses longer symbol lists as Request-URI Too Large), so a tick makes "
-          "1 + 2 x ceil(positions / 200) requests: 3 up to 200 positions.")
+    print(f"tick = median of {args.repeat} ticks without exits (5 simulated minutes apart); floor = the broker "
+          "reads the tick makes, done bare, right after it; cpu = this process's (the client's) CPU seconds; "
+          "rebuild = the first tick over positions without state (order history + bars since entry; its count "
+          "includes the day's one calendar request). A tick asks the positions (prices included) and the account, "
+          "and minute bars only for the positions whose exits the high since the last look can change (all armed "
+          "ones, unarmed ones up to 1,400), at most 200 symbols per request (Alpaca refuses longer symbol lists "
+          "as Request-URI Too Large): 2 + ceil(bar symbols / 200) requests.")
     return 0
 
 

@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -26,7 +26,7 @@ from shared import logs
 from shared.broker.contract import OrderExecutor
 from shared.bus import Keys
 from shared.exits import ExitRules, PositionState, advance_state
-from shared.models import Bar, Order, Position, Side, Timeframe
+from shared.models import AnyBar, Order, Position, Side, Timeframe
 from shared.money import ZERO
 from shared.ownership import is_our_entry
 
@@ -99,7 +99,7 @@ def bars_start(states: Iterable[PositionState], now: datetime) -> datetime:
     return max(minute_floor(oldest), now - MAX_BAR_LOOKBACK)
 
 
-def highs_since(bars: Mapping[str, list[Bar]], since: Mapping[str, datetime]) -> dict[str, Decimal]:
+def highs_since(bars: Mapping[str, Sequence[AnyBar]], since: Mapping[str, datetime]) -> dict[str, Decimal]:
     """Each symbol's highest minute-bar high in bars starting at or after its own `since`."""
     highs: dict[str, Decimal] = {}
     for symbol, start in since.items():
@@ -184,7 +184,7 @@ def rebuild(
     # Only bars that started at or after the first fill: the fill's own minute may have traded
     # higher before we owned the shares, and must not arm an exit.
     bar_since = {s: t if t == minute_floor(t) else minute_floor(t) + timedelta(minutes=1) for s, t in since.items()}
-    bars = executor.get_bars(list(positions), Timeframe.MINUTE, min(bar_since.values()), now)
+    bars = executor.get_bar_rows(list(positions), Timeframe.MINUTE, min(bar_since.values()), now)
     highs = highs_since(bars, bar_since)
     rebuilt = {}
     for symbol, position in positions.items():

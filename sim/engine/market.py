@@ -95,6 +95,9 @@ class MarketData:
         self._opens = [s.open.astimezone(UTC) for s in sessions]
         self._index_of_date = {s.date: i for i, s in enumerate(sessions)}
         self._day_stamps: dict[int, datetime] = {}
+        #: symbol -> {session index: its closed daily bar}, for symbols no price control touches (the
+        #: generated or replayed days never change then; a control makes `completed_daily_bars` step aside).
+        self._closed_days: dict[str, dict[int, TimedBar | None]] = {}
         self.seed = seed
         self.assets: dict[str, SimAsset] = {a.symbol: a for a in assets}
         self._paths: dict[str, SymbolPath] = {}
@@ -380,25 +383,26 @@ class MarketData:
 
     def completed_daily_bars(self, symbol: str, first: int, last: int) -> list[TimedBar] | None:
         """Daily bars of sessions first..last, all closed, when no price control touches them
-        (the fast path for long histories); None when the general path is needed."""
+        (the fast path for long histories, each bar built once); None when the general path is needed."""
         if self._adjust.get(symbol):
             return None
-        path = self.path(symbol)
+        known = self._closed_days.get(symbol)
+        if known is None:
+            known = self._closed_days[symbol] = {}
         bars = []
+        missing = object()
+        path = None
         for i in range(first, last + 1):
-            day = path.day(i)
-            if day is not None:
-                bars.append(
-                    TimedBar(
-                        self.day_stamp(i),
-                        day.open,
-                        day.high,
-                        day.low,
-                        day.close,
-                        day.volume,
-                        trade_count(day.volume),
-                    )
+            bar = known.get(i, missing)
+            if bar is missing:
+                if path is None:
+                    path = self.path(symbol)
+                day = path.day(i)
+                bar = known[i] = None if day is None else TimedBar(
+                    self.day_stamp(i), day.open, day.high, day.low, day.close, day.volume, trade_count(day.volume)
                 )
+            if bar is not None:
+                bars.append(bar)
         return bars
 
 
@@ -465,7 +469,9 @@ def bar_series(
             if current is not None:
                 days.append(current)
         if unit == "Day":
-            return [b for b in days if start <= b.t <= end]
+            # Oldest first and one a session, so the bars within [start, end] are one slice.
+            lo = bisect.bisect_left(days, start, key=_stamp)
+            return days[lo : bisect.bisect_right(days, end, lo=lo, key=_stamp)]
         return [b for b in _group(days, _week_key if unit == "Week" else _month_key) if start <= b.t <= end]
     span = amount * (60 if unit == "Hour" else 1)
     for i in range(first, last + 1):
@@ -474,12 +480,18 @@ def bar_series(
         done = min(len(bars), int((min(now, session.close) - session.open) // MINUTE))
         if done <= 0:
             continue
+        if span == 1:
+            # Minute k starts at open + k minutes: those within [start, end] are one range of k.
+            first_k = max(0, -((session.open - start) // MINUTE))
+            last_k = min(done - 1, (end - session.open) // MINUTE)
+            result.extend(
+                TimedBar(session.open + MINUTE * k, *bars[k], trade_count(bars[k][4]))
+                for k in range(first_k, last_k + 1)
+            )
+            continue
         minutes = [
             TimedBar(session.open + MINUTE * k, *bars[k], trade_count(bars[k][4])) for k in range(done)
         ]
-        if span == 1:
-            result.extend(b for b in minutes if start <= b.t <= end)
-            continue
 
         def bucket(bar: TimedBar, span: int = span) -> datetime:
             local = bar.t.astimezone(NEW_YORK)
@@ -489,6 +501,10 @@ def bar_series(
 
         result.extend(b for b in _group(minutes, bucket) if start <= b.t <= end)
     return result
+
+
+def _stamp(bar: TimedBar) -> datetime:
+    return bar.t
 
 
 def _week_key(bar: TimedBar) -> datetime:

@@ -25,6 +25,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
+from itertools import accumulate
+from operator import mul
 from pathlib import Path
 
 from shared import userfiles
@@ -39,10 +41,10 @@ _MIN_TICKS = 100  # paths never fall below one cent
 
 def round_ticks(value: float) -> int:
     """Nearest valid price in ticks: whole cents at or above $1, 1/100 cent below."""
-    ticks = int(round(value))
+    ticks = round(value)  # an int (half to even)
     if ticks >= TICKS_PER_DOLLAR:
-        return int(round(value / _CENT_TICKS)) * _CENT_TICKS
-    return max(ticks, 1)
+        return round(value / _CENT_TICKS) * _CENT_TICKS
+    return ticks if ticks > 1 else 1
 
 
 def to_price(ticks: int) -> Decimal:
@@ -71,6 +73,51 @@ REGIME_SESSIONS = 90
 MOMENTUM_CHOICES: tuple[float, ...] = (0.0, 0.1, 0.2)
 
 
+class Normals:
+    """`rng.gauss(0.0, 1.0)` again and again, drawn in blocks: the same numbers in the same order as
+    calling it each time (the same Box-Muller pairs of `rng.random()`, CPython's `random.gauss`), a
+    Python call per block instead of per number. The generator must be fresh (no gauss pending) and
+    used through this from then on (a block draws ahead)."""
+
+    __slots__ = ("_random", "_buffer", "_next")
+
+    def __init__(self, rng: random.Random):
+        self._random = rng.random
+        self._buffer: list[float] = []
+        self._next = 0
+
+    def take(self, count: int) -> list[float]:
+        """The next `count` numbers."""
+        start = self._next
+        if start + count > len(self._buffer):
+            self._buffer = self._buffer[start:] + gauss_block(self._random, max(count, 64))
+            start = 0
+        self._next = start + count
+        return self._buffer[start : start + count]
+
+    def one(self) -> float:
+        start = self._next
+        if start >= len(self._buffer):
+            self._buffer = gauss_block(self._random, 64)
+            start = 0
+        self._next = start + 1
+        return self._buffer[start]
+
+
+def gauss_block(random_: object, count: int) -> list[float]:
+    """`count` (rounded up to even) successive `gauss(0.0, 1.0)` values of the generator whose
+    `random` method is `random_`, computed as CPython's `random.gauss` does (floats bit for bit)."""
+    pairs = (count + 1) // 2
+    uniforms = [random_() for _ in range(2 * pairs)]  # type: ignore[operator]
+    angles = [u * math.tau for u in uniforms[0::2]]
+    radii = [math.sqrt(-2.0 * math.log(1.0 - u)) for u in uniforms[1::2]]
+    out = [0.0] * (2 * pairs)
+    # mu + z * sigma with mu 0.0 and sigma 1.0, as gauss returns it (0.0 + z turns -0.0 into 0.0).
+    out[0::2] = [0.0 + z * 1.0 for z in map(mul, map(math.cos, angles), radii)]
+    out[1::2] = [0.0 + z * 1.0 for z in map(mul, map(math.sin, angles), radii)]
+    return out
+
+
 def next_regime(regime: int, rng: random.Random) -> int:
     """The next session's regime: the same one, or (1 in REGIME_SESSIONS) one of the others."""
     if rng.random() * REGIME_SESSIONS >= 1.0:
@@ -82,10 +129,11 @@ class _Walk:
     """One direction of a symbol's daily walk from the anchor session: its generator (which also
     shapes each bar), its regime chain and the last session's surprise (for momentum)."""
 
-    __slots__ = ("rng", "_regime_rng", "_regime", "_shock", "_sigma", "_phi")
+    __slots__ = ("normals", "_regime_rng", "_regime", "_shock", "_sigma", "_phi")
 
     def __init__(self, seed: int, symbol: str, way: str, sigma: float, momentum: float, regime: int):
-        self.rng = random.Random(stable_seed(seed, symbol, way))
+        #: The walk's generator's gauss(0, 1) draws, which also shape each bar.
+        self.normals = Normals(random.Random(stable_seed(seed, symbol, way)))
         self._regime_rng = random.Random(stable_seed(seed, symbol, f"regime-{way}"))
         self._regime = regime
         self._shock = 0.0
@@ -94,7 +142,7 @@ class _Walk:
     def factor(self) -> float:
         """One session's close-to-close factor in the current regime, then the next session's regime."""
         sigma, phi = self._sigma, self._phi
-        self._shock = phi * self._shock + math.sqrt(1.0 - phi * phi) * self.rng.gauss(0.0, 1.0)
+        self._shock = phi * self._shock + math.sqrt(1.0 - phi * phi) * self.normals.one()
         drift = REGIME_DRIFTS[self._regime] * sigma
         self._regime = next_regime(self._regime, self._regime_rng)
         return math.exp(drift - 0.5 * sigma**2 + sigma * self._shock)
@@ -160,7 +208,7 @@ class SymbolPath:
         else:
             close = float(round_ticks(base_price * TICKS_PER_DOLLAR))
             before = self._step_back(close)
-            first = self._make_day(before, close, random.Random(stable_seed(seed, symbol, "anchor")))
+            first = self._make_day(before, close, Normals(random.Random(stable_seed(seed, symbol, "anchor"))))
             self._days[anchor] = first
             self._lo = self._hi = anchor
             self._fwd_close = float(first.close)
@@ -183,12 +231,13 @@ class SymbolPath:
         """The previous session's close, given this one's."""
         return max(close / self._bwd.factor(), float(_MIN_TICKS))
 
-    def _make_day(self, close_prev: float, close: float, rng: random.Random) -> DayBar:
+    def _make_day(self, close_prev: float, close: float, normals: Normals) -> DayBar:
         sigma = self._sigma
-        open_ = close_prev * math.exp(0.25 * sigma * rng.gauss(0.0, 1.0))
-        high = max(open_, close) * math.exp(abs(0.6 * sigma * rng.gauss(0.0, 1.0)))
-        low = min(open_, close) * math.exp(-abs(0.6 * sigma * rng.gauss(0.0, 1.0)))
-        volume = int(self._volume * math.exp(0.35 * rng.gauss(0.0, 1.0)))
+        g_open, g_high, g_low, g_volume = normals.take(4)
+        open_ = close_prev * math.exp(0.25 * sigma * g_open)
+        high = max(open_, close) * math.exp(abs(0.6 * sigma * g_high))
+        low = min(open_, close) * math.exp(-abs(0.6 * sigma * g_low))
+        volume = int(self._volume * math.exp(0.35 * g_volume))
         o, c = round_ticks(max(open_, _MIN_TICKS)), round_ticks(max(close, _MIN_TICKS))
         h = max(round_ticks(high), o, c)
         lo = min(max(round_ticks(low), _MIN_TICKS), o, c)
@@ -197,7 +246,7 @@ class SymbolPath:
     def _extend_forward(self, index: int) -> None:
         while self._hi < index:
             close = max(self._fwd_close * self._fwd.factor(), float(_MIN_TICKS))
-            bar = self._make_day(self._fwd_close, close, self._fwd.rng)
+            bar = self._make_day(self._fwd_close, close, self._fwd.normals)
             self._hi += 1
             self._days[self._hi] = bar
             self._fwd_close = float(bar.close)
@@ -207,7 +256,7 @@ class SymbolPath:
             close = self._bwd_close
             before = self._step_back(close)
             self._lo -= 1
-            self._days[self._lo] = self._make_day(before, close, self._bwd.rng)
+            self._days[self._lo] = self._make_day(before, close, self._bwd.normals)
             self._bwd_close = before
 
     # -- minutes --------------------------------------------------------------------------
@@ -240,36 +289,51 @@ def bridge_minutes(day: DayBar, count: int, rng: random.Random) -> list[MinuteBa
         flat = [(o, max(o, c), min(o, c), c, day.volume // max(count, 1))] * max(count, 1)
         return flat
     i_high, i_low = rng.sample(range(1, count), 2)
+    # Every draw after the sample is a gauss(0, 1): the walk's steps, then the volume weights' noise,
+    # then the wicks (drawn in one block, the same numbers as one gauss call each).
+    normals = gauss_block(rng.random, 3 * count)
     waypoints = sorted([(0, float(o)), (i_high, float(h)), (i_low, float(lo)), (count, float(c))])
     step_sd = (h - lo) * 0.25 / math.sqrt(count)
     points = [0.0] * (count + 1)
+    drawn = 0
     for (a, pa), (b, pb) in zip(waypoints, waypoints[1:], strict=False):
         span = b - a
-        walk = [0.0]
-        for _ in range(span):
-            walk.append(walk[-1] + rng.gauss(0.0, step_sd))
+        walk = list(accumulate([0.0 + g * step_sd for g in normals[drawn : drawn + span]], initial=0.0))
+        drawn += span
         end = walk[-1]
         for k in range(span + 1):
             frac = k / span if span else 0.0
             points[a + k] = pa + (pb - pa) * frac + walk[k] - frac * end
     ticks = [min(max(round_ticks(p), lo), h) for p in points]
     ticks[0], ticks[count], ticks[i_high], ticks[i_low] = o, c, h, lo
-    weights = []
-    for k in range(count):
-        u = (k + 0.5) / count
-        weights.append((1.0 + 2.5 * (2 * u - 1) ** 2) * math.exp(0.3 * rng.gauss(0.0, 1.0)))
+    weights = [
+        shape * math.exp(0.3 * g) for shape, g in zip(_volume_shape(count), normals[count : 2 * count], strict=True)
+    ]
     total_weight = sum(weights)
     bars: list[MinuteBar] = []
-    left = day.volume
-    for k in range(count):
+    left = volume_of_day = day.volume
+    wick_sd = step_sd * 0.5
+    last = count - 1
+    for k, g in enumerate(normals[2 * count : 3 * count]):
         bo, bc = ticks[k], ticks[k + 1]
-        wick = abs(rng.gauss(0.0, step_sd * 0.5))
+        wick = abs(0.0 + g * wick_sd)
         bh = min(max(round_ticks(max(bo, bc) + wick), bo, bc), h)
         bl = max(min(round_ticks(min(bo, bc) - wick), bo, bc), lo)
-        volume = left if k == count - 1 else int(day.volume * weights[k] / total_weight)
+        volume = left if k == last else int(volume_of_day * weights[k] / total_weight)
         left -= volume
         bars.append((bo, bh, bl, bc, max(volume, 0)))
     return bars
+
+
+_volume_shapes: dict[int, list[float]] = {}
+
+
+def _volume_shape(count: int) -> list[float]:
+    """The U shape of volume over a session of `count` minutes (heavier at the open and close)."""
+    shape = _volume_shapes.get(count)
+    if shape is None:
+        shape = _volume_shapes[count] = [1.0 + 2.5 * (2 * ((k + 0.5) / count) - 1) ** 2 for k in range(count)]
+    return shape
 
 
 # -- CSV replay ---------------------------------------------------------------------------

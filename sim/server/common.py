@@ -72,7 +72,12 @@ def _dumps(value: object) -> str:
 
 
 def _json(data: object, status: int = 200, headers: dict | None = None) -> web.Response:
-    return web.Response(text=_dumps(data), status=status, content_type="application/json", headers=headers)
+    return _json_text(_dumps(data), status, headers)
+
+
+def _json_text(text: str, status: int = 200, headers: dict | None = None) -> web.Response:
+    """An answer whose JSON is already written."""
+    return web.Response(text=text, status=status, content_type="application/json", headers=headers)
 
 
 def _one_line(message: object) -> str:

@@ -21,8 +21,10 @@ from sim.server.common import (
     MAX_CORPORATE_ACTIONS_PAGE,
     _bad_request,
     _day,
+    _dumps,
     _int,
     _json,
+    _json_text,
     _list,
     _optional_moment,
     _symbols,
@@ -97,7 +99,7 @@ class DataRoutes:
         limit = _int(request, "limit", DEFAULT_BARS_PAGE, 1, MAX_BARS_PAGE)
         descending = request.query.get("sort", "asc").lower() == "desc"
         resume_symbol, resume_index = _decode_page_token(request.query.get("page_token"))
-        page: dict[str, list[dict]] = {}
+        page: dict[str, str] = {}  # symbol -> its bars as JSON text
         taken = 0
         next_token = None
         for symbol in symbols:
@@ -112,7 +114,7 @@ class DataRoutes:
             skip = resume_index if symbol == resume_symbol else 0
             chunk = series[skip : skip + (limit - taken)]
             if chunk:
-                page[symbol] = [wire.bar_json(b) for b in chunk]
+                page[symbol] = "[" + ",".join([wire.bar_text(b) for b in chunk]) + "]"
                 taken += len(chunk)
             if skip + len(chunk) < len(series):
                 next_token = _encode_page_token(symbol, skip + len(chunk))
@@ -122,7 +124,9 @@ class DataRoutes:
                 if following:
                     next_token = _encode_page_token(following[0], 0)
                 break
-        return _json({"bars": page, "next_page_token": next_token})
+        # The page written as `_json({"bars": {symbol: [bar_json, ...]}, "next_page_token": ...})` would be.
+        bars = ",".join(f"{_dumps(symbol)}:{text}" for symbol, text in page.items())
+        return _json_text(f'{{"bars":{{{bars}}},"next_page_token":{_dumps(next_token)}}}')
 
     async def corporate_actions(self, request: web.Request) -> web.Response:
         """GET /v1/corporate-actions: the announced splits, filtered by `symbols`, `cusips`,

@@ -272,6 +272,28 @@ def trade_json(price_ticks: int, when: datetime, trade_id: int) -> dict:
     return {"t": ts(when), "x": IEX, "p": _px(price_ticks), "s": 100, "c": ["@"], "i": trade_id, "z": "C"}
 
 
+#: Bars already written, with their JSON text (a scan reads the same closed days again and again; a
+#: bar is a frozen value, so equal bars share one text). Emptied when it grows past _MAX_BAR_TEXTS.
+_bar_texts: dict[TimedBar, str] = {}
+_MAX_BAR_TEXTS = 1_000_000
+
+
+def bar_text(bar: TimedBar) -> str:
+    """`bar_json(bar)` as compact JSON text, the same bytes `json.dumps` writes for it, without the dict
+    (the bars endpoint writes hundreds of thousands of bars a scan). JSON writes floats as their repr."""
+    text = _bar_texts.get(bar)
+    if text is None:
+        if len(_bar_texts) >= _MAX_BAR_TEXTS:
+            _bar_texts.clear()
+        high, low, close = bar.high, bar.low, bar.close
+        text = _bar_texts[bar] = (
+            f'{{"t":"{ts(bar.t)}","o":{bar.open / TICKS_PER_DOLLAR!r},"h":{high / TICKS_PER_DOLLAR!r},'
+            f'"l":{low / TICKS_PER_DOLLAR!r},"c":{close / TICKS_PER_DOLLAR!r},"v":{bar.volume!r},'
+            f'"n":{bar.trades!r},"vw":{round((high + low + close) / 3 / TICKS_PER_DOLLAR, 4)!r}}}'
+        )
+    return text
+
+
 def bar_json(bar: TimedBar) -> dict:
     return {
         "t": ts(bar.t),

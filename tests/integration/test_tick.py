@@ -37,7 +37,7 @@ class CountingExecutor(AlpacaExecutor):
     def __init__(self, settings):
         super().__init__(settings)
         self.calls: list[str] = []
-        for client in (self._trading, self._submitter, self._data):
+        for client in self._clients:  # every alpaca-py client, the raw-data one (bar rows) included
             client._session.hooks["response"].append(self._record)
 
     def _record(self, response, *_args, **_kwargs):
@@ -172,9 +172,9 @@ def test_halt_flag_makes_the_tick_do_nothing(desk):
 
 def test_halt_set_while_the_tick_runs_stops_the_exits_it_had_not_sent(flat_market, redis_client, keys, tmp_path):
     class HaltedDuringTheTick(AlpacaExecutor):
-        def get_bars(self, symbols, timeframe, start, end):
+        def get_bar_rows(self, symbols, timeframe, start, end):
             redis_client.set(keys.halt, "1")  # someone runs `factoryline halt` while we read the bars
-            return super().get_bars(symbols, timeframe, start, end)
+            return super().get_bar_rows(symbols, timeframe, start, end)
 
     setup = Desk(flat_market, redis_client, keys, tmp_path)
     desk = Desk(flat_market, redis_client, keys, tmp_path, executor=HaltedDuringTheTick(flat_market.broker_settings()))

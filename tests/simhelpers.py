@@ -146,6 +146,11 @@ class SimControl:
             body["price"] = str(price)
         return self._post("/sim/fill", body)
 
+    def broker_status(self, order_id: str, status: str) -> dict:
+        """The broker changes an order's state on its own (canceled, expired, rejected, suspended,
+        done_for_day); a change the transition table forbids raises (422)."""
+        return self._post("/sim/order_status", {"order_id": order_id, "status": status})
+
     def partial_fill_next(self, symbol: str, fraction: Decimal | str | float) -> None:
         """The next order for `symbol` fills only `fraction` first (the rest later, see docs)."""
         self._post("/sim/partial_fill", {"symbol": symbol, "fraction": str(fraction)})

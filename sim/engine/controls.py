@@ -16,6 +16,7 @@ from shared.models import OrderStatus, Side
 from shared.money import ZERO, round_qty, to_decimal
 from sim.engine import rules
 from sim.engine.account import Holding
+from sim.engine.events import IllegalTransition
 from sim.engine.market import (
     ask_ticks,
     bid_ticks,
@@ -39,6 +40,11 @@ MAX_MARKET_PRICE = Decimal(10) ** 6
 #: Stable corporate-action ids: the same split in the same market has the same id.
 _ACTION_NAMESPACE = uuid.UUID("0f3b6a1e-2c4d-4e8f-9a7b-5d1c3e2f4a6b")
 _CUSIP_CHARS = "0123456789ABCDEFGHJKLMNPQRSTUVWXYZ"
+
+
+#: The states an order reaches by the broker's own hand (`broker_status`).
+BROKER_STATUSES = (OrderStatus.CANCELED, OrderStatus.EXPIRED, OrderStatus.REJECTED, OrderStatus.SUSPENDED,
+                   OrderStatus.DONE_FOR_DAY)
 
 
 @dataclass(frozen=True)
@@ -315,6 +321,28 @@ class Controls:
             if not ZERO < fraction < 1:
                 raise InputError("fraction must be between 0 and 1 (exclusive)")
             self._partial_next[symbol] = fraction
+
+    def broker_status(self, order_id: str, status: OrderStatus) -> SimOrder:
+        """The broker changes an order's state on its own, as Alpaca does: it cancels a resting order
+        (a corporate action, a halt), expires or suspends it, rejects it. Only that order changes (not
+        its OCO sibling), with the trade update Alpaca sends (`event` = the new status).
+
+        A change the transition table forbids (shared.models.ORDER_TRANSITIONS: a filled order is
+        never reopened or cancelled) is refused with a 422 and changes nothing: the engine's one
+        status setter enforces the table for every change it makes, this control included."""
+        if status not in BROKER_STATUSES:
+            names = ", ".join(s.value for s in BROKER_STATUSES)
+            raise InputError(f"status must be one the broker sets on its own: {names}")
+        with self._lock:
+            now = self._sync_now()
+            order = self._orders.get(order_id) or self._by_client_id.get(order_id)
+            if order is None:
+                raise rules.reject(NotFound, 404, 40410000, "order not found")
+            try:
+                self._set_status(order, status, status.value, self._stamp(now))
+            except IllegalTransition as exc:
+                raise rules.reject(NotCancelable, 422, 42210000, str(exc)) from None
+            return order.snapshot()
 
     def fill_order(self, order_id: str, qty: Decimal | None = None, price: Decimal | None = None) -> SimOrder:
         """Execute `qty` (default: all that is left) of an open order now, at `price` (default:

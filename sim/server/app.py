@@ -152,6 +152,7 @@ class SimServer(TradingRoutes, DataRoutes, StreamRoutes, ControlRoutes):
         r.add_post("/sim/quote", self.sim_quote)
         r.add_post("/sim/asset", self.sim_asset)
         r.add_post("/sim/fill", self.sim_fill)
+        r.add_post("/sim/order_status", self.sim_order_status)
         r.add_post("/sim/partial_fill", self.sim_partial_fill)
         r.add_post("/sim/split", self.sim_split)
         r.add_post("/sim/faults/drop_stream", self.sim_drop_stream)

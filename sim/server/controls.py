@@ -13,6 +13,7 @@ from decimal import Decimal
 from aiohttp import web
 
 from shared.errors import InputError
+from shared.models import OrderStatus
 from sim.engine import MAX_MARKET_PRICE, MIN_PRICE, SPLIT_ORDER_MODES, MarketEngine
 from sim.engine.orders import QTY_QUANTUM
 from sim.engine.rules import MAX_QTY
@@ -188,6 +189,20 @@ class ControlRoutes:
         qty = fields.amount("qty", lo=QTY_QUANTUM, hi=MAX_QTY) if fields.has("qty") else None
         price = fields.amount("price", lo=MIN_PRICE, hi=MAX_MARKET_PRICE) if fields.has("price") else None
         return _json(wire.order_json(self.engine.fill_order(order_id, qty, price)))
+
+    async def sim_order_status(self, request: web.Request) -> web.Response:
+        """The broker changes an order's state on its own (`broker_status`): 422 for a status it does
+        not set or a change the transition table forbids, 404 for an unknown order."""
+        fields = Fields(await _body(request), ("order_id", "client_order_id", "status"))
+        order_id = fields.text("order_id") or fields.text("client_order_id")
+        if not order_id:
+            raise InputError("send order_id or client_order_id")
+        wanted = fields.text("status") or ""
+        try:
+            status = OrderStatus(wanted)
+        except ValueError:
+            raise InputError(f"unknown order status {wire.echo(wanted)}") from None
+        return _json(wire.order_json(self.engine.broker_status(order_id, status)))
 
     async def sim_partial_fill(self, request: web.Request) -> web.Response:
         fields = Fields(await _body(request), ("symbol", "fraction"))

@@ -7,11 +7,12 @@ to install it in one line.
 
 from __future__ import annotations
 
-import ast
 import json
 import subprocess
 import sys
 from pathlib import Path
+
+from sourcescan import file_imports
 
 ROOT = Path(__file__).resolve().parents[2]
 #: What the `sim` extra brings: its two packages and its two dependencies.
@@ -25,20 +26,8 @@ def _production_files() -> list[Path]:
 def _optional_imports(path: Path, root: Path = ROOT) -> list[str]:
     """Every import of an optional module in `path`: import statements, and import_module /
     __import__ calls with a literal name."""
-    found = []
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        names: list[str] = []
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module]
-        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
-              and isinstance(node.args[0].value, str)
-              and getattr(node.func, "attr", getattr(node.func, "id", None)) in ("import_module", "__import__")):
-            names = [node.args[0].value]
-        found += [f"{path.relative_to(root)}:{node.lineno} imports {name}" for name in names
-                  if name.split(".")[0] in OPTIONAL]
-    return found
+    return [f"{path.relative_to(root)}:{line} imports {name}" for line, name in file_imports(path)
+            if name.split(".")[0] in OPTIONAL]
 
 
 def test_no_production_module_imports_the_simulator_or_the_demo():

@@ -911,3 +911,15 @@ def test_a_running_clock_stops_before_the_calendar_ends():
         assert message.endswith("(the simulated calendar ends then)")
     finally:
         sim.stop()
+
+
+
+def test_the_broker_status_control_over_the_wire(sim):
+    from alpaca.trading.requests import MarketOrderRequest
+
+    order = sim.trading_client().submit_order(MarketOrderRequest(symbol="AAPL", qty=1, side="buy",
+                                                                 time_in_force="day"))
+    with pytest.raises(RuntimeError, match="422.*filled -> canceled"):
+        sim.control.broker_status(str(order.id), "canceled")
+    with pytest.raises(RuntimeError, match="422.*status must be one the broker sets"):
+        sim.control.broker_status(str(order.id), "filled")

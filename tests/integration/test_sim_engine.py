@@ -737,12 +737,27 @@ def test_last_equity_is_the_previous_close_until_the_next_open():
 
 
 def test_an_order_state_change_the_transition_table_forbids_is_refused(engine):
+    from shared.errors import NotCancelable
     from shared.models import OrderStatus
-    from sim.engine import IllegalTransition
 
     order = engine.submit_order(buy("AAPL", qty="1"))
-    filled = engine._orders[order.id]  # the engine's own record: a filled order must never be reopened
-    assert filled.status is OrderStatus.FILLED
-    with pytest.raises(IllegalTransition, match="filled -> canceled"):
-        engine._set_status(filled, OrderStatus.CANCELED, "canceled", engine.now())
-    assert filled.status is OrderStatus.FILLED
+    assert engine.get_order(order.id).status is OrderStatus.FILLED
+    events = len(engine.events_since(0))
+    # The broker's own change goes through the engine's one status setter: a filled order is never
+    # cancelled (shared.models.ORDER_TRANSITIONS), so the change is refused and nothing moves.
+    with pytest.raises(NotCancelable, match="filled -> canceled is not a legal transition"):
+        engine.broker_status(order.id, OrderStatus.CANCELED)
+    assert engine.get_order(order.id).status is OrderStatus.FILLED
+    assert len(engine.events_since(0)) == events
+
+
+def test_the_broker_cancels_a_resting_order_on_its_own(engine):
+    from shared.models import OrderStatus
+
+    resting = engine.submit_order(buy("AAPL", qty="1", type=OrderType.LIMIT, limit_price=D("1.00")))
+    assert engine.get_order(resting.id).status is OrderStatus.NEW
+    engine.broker_status(resting.id, OrderStatus.CANCELED)
+    assert engine.get_order(resting.id).status is OrderStatus.CANCELED
+    assert engine.events_since(0)[-1].event == "canceled"
+    assert resting.id not in {o.id for o in engine.list_orders(status="open")}
+

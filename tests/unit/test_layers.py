@@ -12,8 +12,9 @@ Every import counts, also one inside a function.
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
+
+from sourcescan import imports_in
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICES = ROOT / "services"
@@ -23,18 +24,11 @@ COMMAND_LINE = {"services.cli", "services.configcmd"}
 
 def imported_modules(path: Path) -> list[tuple[int, str]]:
     """(line, absolute module name) of every import in the file; `from services import cli` is
-    `services.cli`. Relative imports stay inside their own package and are left out."""
-    found = []
+    `services.cli`."""
     source = path.read_text()
     if "services" not in source:
-        return found  # nothing to find (and parsing every file is the cost of this test)
-    for node in ast.walk(ast.parse(source, filename=str(path))):
-        if isinstance(node, ast.Import):
-            found += [(node.lineno, alias.name) for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            found.append((node.lineno, node.module))
-            found += [(node.lineno, f"{node.module}.{alias.name}") for alias in node.names]
-    return found
+        return []  # nothing to find (and parsing every file is the cost of this test)
+    return imports_in(source, str(path), members=True)
 
 
 def service_packages() -> list[str]:

@@ -122,8 +122,13 @@ def run(args: argparse.Namespace) -> int:
 def _single(history, settings, start: date, end: date, folder: Path, args) -> int:
     from shared.linebacktest import run as backtest
 
+    from services.reporter.settings import ReporterSettings
+    from shared import config
+
     result = backtest(history, settings, start=start, end=end)
-    files = write_outputs(result, settings, folder, start, end)
+    symbol = config.load(ReporterSettings).FL_BENCHMARK_SYMBOL
+    files = write_outputs(result, settings, folder, start, end, benchmark_symbol=symbol,
+                          benchmark_bars=history.bars.get(symbol))
     sheet = files.pop("sheet")
     from services.reporter import render_tearsheet
 
@@ -147,7 +152,8 @@ TRADE_COLUMNS = ("symbol", "strategy", "entry_day", "entry_at", "entry_price", "
                  "exit_price", "reason", "fees", "realized_pl", "detail")
 
 
-def write_outputs(result, settings, folder: Path, start: date, end: date) -> dict:
+def write_outputs(result, settings, folder: Path, start: date, end: date, *, benchmark_symbol: str = "SPY",
+                  benchmark_bars=None) -> dict:
     """tearsheet.html, trades.csv, equity.csv and params.json in `folder`; returns the paths and the sheet."""
     from services.reporter import render_tearsheet
 
@@ -155,7 +161,7 @@ def write_outputs(result, settings, folder: Path, start: date, end: date) -> dic
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"--out {folder}: cannot create the folder ({exc.strerror})") from None
-    sheet = tearsheet_of(result, start, end)
+    sheet = tearsheet_of(result, start, end, benchmark_symbol, benchmark_bars)
     html = render_tearsheet.render(sheet).replace(
         "<h1>Factory Line tearsheet", "<h1>Factory Line backtest tearsheet", 1).replace(
         "</h1>", f"</h1><div class=\"meta\">backtest on {_escape(result.source)}; parameters in "
@@ -187,7 +193,7 @@ def _escape(text: str) -> str:
     return escape(text)
 
 
-def tearsheet_of(result, start: date, end: date):
+def tearsheet_of(result, start: date, end: date, benchmark_symbol: str = "SPY", benchmark_bars=None):
     """The reporter's tearsheet of a backtest: its end-of-day equity, its closed trades, the starting cash
     the evening before the first session."""
     from services.reporter.report import EquityPoint
@@ -206,9 +212,10 @@ def tearsheet_of(result, start: date, end: date):
                           closing_order_id=f"backtest-{i}", closing_client_order_id=f"backtest-{i}")
               for i, t in enumerate(result.closed)]
     holdings = [Holding(symbol=t.symbol, opened_at=t.entry_at) for t in result.trades if t.exit_day is None]
+    bench = list(benchmark_bars or ())
     return build_tearsheet(since=start, until=end, generated_at=datetime.now(UTC), points=points,
-                           closed_trades=closed, start=begin, holdings=holdings, benchmark_symbol="-",
-                           benchmark_bars=None, benchmark_error="no benchmark in a backtest")
+                           closed_trades=closed, start=begin, holdings=holdings, benchmark_symbol=benchmark_symbol,
+                           benchmark_bars=bench, benchmark_error="" if bench else "not in the backtest's history")
 
 
 # -- the sweep ------------------------------------------------------------------------------------------

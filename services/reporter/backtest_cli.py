@@ -50,6 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--compare-ledger", dest="compare_ledger", nargs="?", const="redis", metavar="FILE",
                         help="overlay the line's real ledger (Redis of FL_NAMESPACE, or a JSON-lines FILE of "
                              "closed trades) on the backtest and list each divergence")
+    parser.add_argument("--tolerance-pct", dest="tolerance_pct", default="0.5", metavar="PCT",
+                        help="--compare-ledger: prices further apart than this percent are a divergence (0.5)")
     parser.add_argument("overrides", nargs="*", metavar="NAME=VALUE", help="setting overrides")
     parser.set_defaults(func=run)
 
@@ -62,6 +64,18 @@ def parse_day(flag: str, text: str) -> date:
         return date.fromisoformat(text)
     except ValueError:
         raise InputError(f"{flag} {text}: give a date as YYYY-MM-DD") from None
+
+
+def _decimal_arg(flag: str, text: str):
+    from decimal import Decimal, InvalidOperation
+
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        value = None
+    if value is None or not value.is_finite() or value < 0:
+        raise InputError(f"{flag} {text}: give a number of percent (e.g. 0.5)")
+    return value
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, str]:
@@ -108,6 +122,9 @@ def run(args: argparse.Namespace) -> int:
         BacktestSettings.load({**overrides, **combo})
     if args.out_of_sample is not None and not 0 < args.out_of_sample < 1:
         raise InputError(f"--out-of-sample {args.out_of_sample}: give a fraction between 0 and 1 (e.g. 0.3)")
+    args.tolerance = _decimal_arg("--tolerance-pct", args.tolerance_pct)
+    if args.compare_ledger and grid:
+        raise InputError("--compare-ledger compares one backtest: leave out --sweep")
     symbols = [s.strip().upper() for s in args.symbols.split(",") if s.strip()] if args.symbols else None
     # The scanner looks FL_SCAN_HISTORY_DAYS back from the first session: load that much before it.
     lookback = timedelta(days=settings.scanner.FL_SCAN_HISTORY_DAYS + 7)
@@ -120,10 +137,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _single(history, settings, start: date, end: date, folder: Path, args) -> int:
-    from shared.linebacktest import run as backtest
-
     from services.reporter.settings import ReporterSettings
     from shared import config
+    from shared.linebacktest import run as backtest
 
     result = backtest(history, settings, start=start, end=end)
     symbol = config.load(ReporterSettings).FL_BENCHMARK_SYMBOL
@@ -136,9 +152,9 @@ def _single(history, settings, start: date, end: date, folder: Path, args) -> in
           f"{len(result.trades) - len(result.closed)} open at the end, {len(result.halts)} halt(s)")
     print(render_tearsheet.render_text(sheet))
     if args.compare_ledger:
-        from services.reporter.reconcile import compare_from_source
+        from services.reporter.ledger_compare import compare_from_source
 
-        lines = compare_from_source(args.compare_ledger, result, start, end, folder)
+        lines = compare_from_source(args.compare_ledger, result, start, end, folder, args.tolerance)
         print()
         print("\n".join(lines))
     print()

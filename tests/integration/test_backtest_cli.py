@@ -11,9 +11,12 @@ import subprocess
 import sys
 import time
 from datetime import date, timedelta
+from decimal import Decimal as D
 from pathlib import Path
 
 import pytest
+
+from shared.market.calendar import NEW_YORK
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,10 +44,10 @@ def write_history(folder: Path, symbols: list[str], days: int, seed: int = 3) ->
     return sessions[0], sessions[-1]
 
 
-def factoryline(args: list[str], tmp_path: Path, **kwargs) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("FL_", "ALPACA_"))}
-    env["FL_ENV_FILE"] = str(tmp_path / "empty.env")
+def factoryline(args: list[str], tmp_path: Path, env_file: Path | None = None, **kwargs) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FL_", "ALPACA_", "REDIS_"))}
     (tmp_path / "empty.env").write_text("")
+    env["FL_ENV_FILE"] = str(env_file or tmp_path / "empty.env")
     env["PYTHONPATH"] = str(ROOT)
     return subprocess.run([sys.executable, "-m", "services.cli", *args], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300, **kwargs)
@@ -150,3 +153,53 @@ def test_ctrl_c_stops_a_sweep_and_its_workers(tmp_path):
         time.sleep(0.1)
     else:
         pytest.fail("sweep workers still running after Ctrl-C")
+
+
+def test_compare_ledger_lists_each_divergence_with_its_cause(history, tmp_path, redis_client, namespace):
+    """A ledger written through the ledger's own API (the manager's append_once): the backtest's own
+    trades, one left out, one sold for another reason, and one trade the backtest never made."""
+    from conftest import redis_url
+
+    from shared import ledger
+    from shared.bus import Keys
+    from shared.exits import ExitReason
+    from shared.history import load
+    from shared.ledger import ClosedTrade
+    from shared.linebacktest import BacktestSettings, run
+
+    folder, first, last = history
+    start = first + timedelta(days=400)
+    settings = BacktestSettings.load({"min_dollar_volume": "0"})
+    result = run(load(f"csv:{folder}", start=start - timedelta(days=740)), settings, start=start, end=last)
+    closed = list(result.closed)
+    assert len(closed) >= 3
+    keys = Keys(namespace)
+    other = ExitReason.TRAILING if closed[1].reason is not ExitReason.TRAILING else ExitReason.BREAK_EVEN
+    for i, t in enumerate(closed):
+        if i == 0:
+            continue  # left out: only in the backtest
+        ledger.append_once(redis_client, keys, ClosedTrade(
+            symbol=t.symbol, qty=t.qty, entry_price=t.entry_price, exit_price=t.exit_price,
+            realized_pl=t.realized_pl, exit_reason=other if i == 1 else t.reason, opened_at=t.entry_at,
+            closed_at=t.exit_at, closing_order_id=f"order-{i}", closing_client_order_id=f"fl-x-{i}"))
+    extra_day = closed[2].entry_at + timedelta(days=1)
+    ledger.append_once(redis_client, keys, ClosedTrade(
+        symbol="ZZZ", qty=D("3"), entry_price=D("10"), exit_price=D("11"), realized_pl=D("3"),
+        exit_reason=ExitReason.MANUAL, opened_at=extra_day, closed_at=extra_day + timedelta(hours=2),
+        closing_order_id="order-manual", closing_client_order_id="manual"))
+
+    out = tmp_path / "cmp"
+    env_file = tmp_path / "ledger.env"
+    env_file.write_text(f"REDIS_URL={redis_url()}\nFL_NAMESPACE={namespace}\n")
+    result_cli = factoryline(["backtest", "--from", str(start), "--to", str(last), "--data", f"csv:{folder}",
+                              "--out", str(out), "min_dollar_volume=0", "--compare-ledger"], tmp_path,
+                             env_file=env_file)
+    assert result_cli.returncode == 0, result_cli.stderr
+    assert (f"compare-ledger: {len(closed)} live trade(s), {len(result.trades)} backtest trade(s), "
+            f"{len(closed) - 1} matched") in result_cli.stdout
+    with (out / "divergences.csv").open() as handle:
+        found = {(r["symbol"], r["entry_day"], r["cause"]) for r in csv.DictReader(handle)}
+    assert (closed[0].symbol, str(closed[0].entry_day), "only_backtest") in found
+    assert (closed[1].symbol, str(closed[1].entry_day), "exit_reason") in found
+    assert ("ZZZ", str(extra_day.astimezone(NEW_YORK).date()), "only_live") in found
+    assert [cause for _, _, cause in found].count("exit_reason") == 1

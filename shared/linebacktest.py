@@ -71,6 +71,9 @@ from shared.sizing import EntryKind, MarketFacts, average_dollar_volume, plan_en
 from shared.strategies import STRATEGIES, Strategy
 
 HUNDRED = Decimal(100)
+#: False: every tick of every position through `bar_exit`, no provably-quiet shortcut (the tests
+#: compare both ways; the shortcuts must never change a result).
+SHORTCUTS = True
 TEN_THOUSAND = Decimal(10_000)
 SESSION_OPEN = time(9, 30)
 SESSION_CLOSE = time(16, 0)
@@ -443,42 +446,47 @@ class _Run:
             self._enter(day, signals, bars, session.open)
 
         # 5-6. the session.
-        detailed = {s: None for s in book.holdings if s in bars and not self._quiet(s, bars[s], ticks)}
+        detailed = [s for s in sorted(book.holdings) if s in bars and not self._quiet(s, bars[s], ticks)]
         marks: dict[str, list[Decimal]] = {}
 
         def path(symbol: str) -> list[Decimal]:
             if symbol not in marks:
                 b = bars[symbol]
-                marks[symbol] = minute_marks(b.o, b.h, b.l, b.c)
+                marks[symbol] = _marks(b.o, b.h, b.l, b.c)
             return marks[symbol]
 
-        checks = {_nearest(minutes, _LOW_MINUTE), _nearest(minutes, _HIGH_MINUTE)}
-        previous = 0
-        for k, (minute, at) in enumerate(zip(minutes, ticks, strict=True)):
-            if minute == 0:
-                continue
+        # The ticks of the path's low and high measure the limits: the day is cut there, and between
+        # two such ticks every position runs on its own (nothing else couples them).
+        checks = sorted({_nearest(minutes, _LOW_MINUTE), _nearest(minutes, _HIGH_MINUTE)} - {-1})
+        previous = dict.fromkeys(detailed, 0)
+        first = 1 if minutes and minutes[0] == 0 else 0
+        for stop in [*[c for c in checks if c >= first], len(ticks)]:
+            for symbol in detailed:
+                self._stretch(symbol, first, stop - 1, minutes, ticks, path, previous)
+            if stop == len(ticks):
+                break
+            minute, at = minutes[stop], ticks[stop]
             pending: list[tuple[str, PositionState, ExitDecision]] = []
-            for symbol in list(detailed):
-                if symbol not in book.holdings:
-                    continue
-                seg = path(symbol)[previous:minute + 1]
-                decided = self._segment(symbol, seg[0], max(seg), min(seg), seg[-1], at, soft=False)
-                if decided is not None:
-                    pending.append((symbol, *decided))
-            if k in checks:
-                prices = {s: self._price_at(s, bars, minute, path) for s in book.holdings if s in bars}
-                self._limits(day, last_equity, prices, at)
+            for symbol in detailed:
+                if symbol in book.holdings:
+                    seg = path(symbol)[previous[symbol]:minute + 1]
+                    previous[symbol] = minute
+                    decided = self._segment(symbol, seg[0], max(seg), min(seg), seg[-1], at, soft=False)
+                    if decided is not None:
+                        pending.append((symbol, *decided))
+            prices = {s: self._price_at(s, bars, minute, path) for s in book.holdings if s in bars}
+            self._limits(day, last_equity, prices, at)
             if not book.halted:
                 for symbol, state, decision in pending:
                     if symbol in book.holdings:
                         self._sell(symbol, decision.reference_price, decision, at, market=True, state=state)
-            previous = minute
+            first = stop + 1
         # The last minutes to the close: the broker-side orders still rest; the next soft-exit check is
         # the next session's first tick.
         close_at = session.close
-        for symbol in list(detailed):
-            if symbol in book.holdings and previous < SESSION_MINUTES:
-                seg = path(symbol)[previous:]
+        for symbol in detailed:
+            if symbol in book.holdings and previous[symbol] < SESSION_MINUTES:
+                seg = path(symbol)[previous[symbol]:]
                 self._segment(symbol, seg[0], max(seg), min(seg), seg[-1], close_at, soft=False,
                               broker_only=True)
 
@@ -601,6 +609,8 @@ class _Run:
         then advanced once."""
         holding = self.book.holdings[symbol]
         state = holding.state
+        if not SHORTCUTS:
+            return False
         if not ticks:
             return True
         stop, target = protective_levels(state.entry_price, self.rules)
@@ -612,6 +622,32 @@ class _Run:
             return False
         holding.state = advanced
         return True
+
+    def _stretch(self, symbol: str, i: int, j: int, minutes: Sequence[int], ticks: Sequence[datetime], path,
+                 previous: dict[str, int]) -> None:
+        """Ticks i..j of one position, in order. A stretch that provably changes nothing but the
+        high-water mark (its path touches neither level, and no soft exit fires even at its lowest
+        price with its highest mark at its last tick) is one `advance_state`; otherwise it is halved,
+        down to single ticks, each one `bar_exit` over the path since the tick before."""
+        if i > j or symbol not in self.book.holdings:
+            return
+        holding = self.book.holdings[symbol]
+        stretch = path(symbol)[previous[symbol]:minutes[j] + 1]
+        low, high = min(stretch), max(stretch)
+        stop, target = protective_levels(holding.state.entry_price, self.rules)
+        if SHORTCUTS and low > stop and high < target:
+            advanced = advance_state(holding.state, high_since_last=high, price=high, now=ticks[j], rules=self.rules)
+            if self.book.halted or soft_exit(advanced, price=low, now=ticks[j], rules=self.rules) is None:
+                holding.state = advanced
+                previous[symbol] = minutes[j]
+                return
+        if i == j:
+            previous[symbol] = minutes[j]
+            self._segment(symbol, stretch[0], high, low, stretch[-1], ticks[j], soft=True)
+            return
+        middle = (i + j) // 2
+        self._stretch(symbol, i, middle, minutes, ticks, path, previous)
+        self._stretch(symbol, middle + 1, j, minutes, ticks, path, previous)
 
     def _segment(self, symbol: str, o: Decimal, h: Decimal, low: Decimal, c: Decimal, at: datetime, *,
                  soft: bool, broker_only: bool = False) -> tuple[PositionState, ExitDecision] | None:
@@ -676,6 +712,20 @@ class _Run:
                 price = prices.get(symbol, holding.last_price)
                 decision = ExitDecision(ExitReason.RISK_LIMIT, price, None, f"risk limit tripped: {book.halted}")
                 self._sell(symbol, price, decision, at, market=True, state=holding.state)
+
+
+_MARKS: dict[tuple[Decimal, Decimal, Decimal, Decimal], list[Decimal]] = {}
+
+
+def _marks(o: Decimal, h: Decimal, low: Decimal, c: Decimal) -> list[Decimal]:
+    """`shared.intraday.minute_marks`, kept per bar for the process (a sweep replays the same days)."""
+    key = (o, h, low, c)
+    found = _MARKS.get(key)
+    if found is None:
+        if len(_MARKS) > 200_000:
+            _MARKS.clear()
+        found = _MARKS[key] = minute_marks(o, h, low, c)
+    return found
 
 
 def _minute(at: datetime, session_open: datetime) -> int:

@@ -247,3 +247,18 @@ def test_scan_driven_run_keeps_the_books_straight():
     realized = sum((t.realized_pl for t in result.closed), D(0))
     assert result.equity[-1][1] == (result.start_cash + realized - open_cost + open_value).quantize(D("0.01"))
     assert all(t.entry_day >= days[300] for t in result.trades)
+
+
+def test_the_quiet_shortcuts_change_no_result(monkeypatch):
+    # The same three years through the real scan, once with the provably-quiet days and stretches
+    # advanced at once, once with every tick of every position through bar_exit.
+    from shared import linebacktest
+
+    h = History({s: random_bars(780, seed + 10) for seed, s in enumerate(["AAA", "BBB", "CCC", "DDD"])})
+    days = [b.t.date() for b in h.bars["AAA"]]
+    fast = run(h, BacktestSettings.load({"min_dollar_volume": "0"}), start=days[300], end=days[-1])
+    monkeypatch.setattr(linebacktest, "SHORTCUTS", False)
+    slow = run(h, BacktestSettings.load({"min_dollar_volume": "0"}), start=days[300], end=days[-1])
+    assert len(fast.closed) > 10
+    assert fast.trades == slow.trades
+    assert fast.equity == slow.equity

@@ -58,7 +58,7 @@ from shared.exits import (
     protective_levels,
     soft_exit,
 )
-from shared.intraday import SESSION_MINUTES, minute_marks, waypoints
+from shared.intraday import SESSION_MINUTES, mark_at, waypoints
 from shared.market.calendar import NEW_YORK
 from shared.models import Account, Asset, LatestPrice, PriceSource, TradingDay
 from shared.money import CENT, ONE, ZERO, round_price, round_qty
@@ -447,13 +447,8 @@ class _Run:
 
         # 5-6. the session.
         detailed = [s for s in sorted(book.holdings) if s in bars and not self._quiet(s, bars[s], ticks)]
-        marks: dict[str, list[Decimal]] = {}
-
-        def path(symbol: str) -> list[Decimal]:
-            if symbol not in marks:
-                b = bars[symbol]
-                marks[symbol] = _marks(b.o, b.h, b.l, b.c)
-            return marks[symbol]
+        def path(symbol: str) -> _Path:
+            return _path(bars[symbol])
 
         # The ticks of the path's low and high measure the limits: the day is cut there, and between
         # two such ticks every position runs on its own (nothing else couples them).
@@ -469,9 +464,9 @@ class _Run:
             pending: list[tuple[str, PositionState, ExitDecision]] = []
             for symbol in detailed:
                 if symbol in book.holdings:
-                    seg = path(symbol)[previous[symbol]:minute + 1]
+                    seg = path(symbol).stretch(previous[symbol], minute)
                     previous[symbol] = minute
-                    decided = self._segment(symbol, seg[0], max(seg), min(seg), seg[-1], at, soft=False)
+                    decided = self._segment(symbol, *seg, at, soft=False)
                     if decided is not None:
                         pending.append((symbol, *decided))
             prices = {s: self._price_at(s, bars, minute, path) for s in book.holdings if s in bars}
@@ -486,9 +481,8 @@ class _Run:
         close_at = session.close
         for symbol in detailed:
             if symbol in book.holdings and previous[symbol] < SESSION_MINUTES:
-                seg = path(symbol)[previous[symbol]:]
-                self._segment(symbol, seg[0], max(seg), min(seg), seg[-1], close_at, soft=False,
-                              broker_only=True)
+                seg = path(symbol).stretch(previous[symbol], SESSION_MINUTES)
+                self._segment(symbol, *seg, close_at, soft=False, broker_only=True)
 
         # 7. the close.
         for symbol, holding in book.holdings.items():
@@ -632,8 +626,7 @@ class _Run:
         if i > j or symbol not in self.book.holdings:
             return
         holding = self.book.holdings[symbol]
-        stretch = path(symbol)[previous[symbol]:minutes[j] + 1]
-        low, high = min(stretch), max(stretch)
+        first_price, high, low, last_price = path(symbol).stretch(previous[symbol], minutes[j])
         stop, target = protective_levels(holding.state.entry_price, self.rules)
         if SHORTCUTS and low > stop and high < target:
             advanced = advance_state(holding.state, high_since_last=high, price=high, now=ticks[j], rules=self.rules)
@@ -643,7 +636,7 @@ class _Run:
                 return
         if i == j:
             previous[symbol] = minutes[j]
-            self._segment(symbol, stretch[0], high, low, stretch[-1], ticks[j], soft=True)
+            self._segment(symbol, first_price, high, low, last_price, ticks[j], soft=True)
             return
         middle = (i + j) // 2
         self._stretch(symbol, i, middle, minutes, ticks, path, previous)
@@ -672,11 +665,7 @@ class _Run:
         return state, decision
 
     def _price_at(self, symbol: str, bars: Mapping, minute: int, path) -> Decimal:
-        bar = bars[symbol]
-        for mark, price in waypoints(bar.o, bar.h, bar.l, bar.c):
-            if mark == minute:
-                return price
-        return path(symbol)[minute]
+        return path(symbol).at(minute)
 
     def _sell(self, symbol: str, price: Decimal, decision: ExitDecision, at: datetime, *, market: bool,
               state: PositionState) -> None:
@@ -714,17 +703,41 @@ class _Run:
                 self._sell(symbol, price, decision, at, market=True, state=holding.state)
 
 
-_MARKS: dict[tuple[Decimal, Decimal, Decimal, Decimal], list[Decimal]] = {}
+class _Path:
+    """A day's documented intraday path (`shared.intraday`), read a few marks at a time: the marks
+    are monotone between the waypoints (straight lines, monotone rounding and clamping), so a stretch's
+    high and low are among its two ends and the waypoints inside it."""
+
+    __slots__ = ("o", "h", "l", "c", "turns", "_at")
+
+    def __init__(self, o: Decimal, h: Decimal, low: Decimal, c: Decimal) -> None:
+        self.o, self.h, self.l, self.c = o, h, low, c
+        self.turns = [m for m, _ in waypoints(o, h, low, c)]
+        self._at: dict[int, Decimal] = {}
+
+    def at(self, minute: int) -> Decimal:
+        price = self._at.get(minute)
+        if price is None:
+            price = self._at[minute] = mark_at(self.o, self.h, self.l, self.c, minute)
+        return price
+
+    def stretch(self, a: int, b: int) -> tuple[Decimal, Decimal, Decimal, Decimal]:
+        """(first, high, low, last) of the marks a..b: the minute bars a..b-1 taken as one bar."""
+        prices = [self.at(m) for m in (a, b, *(t for t in self.turns if a < t < b))]
+        return prices[0], max(prices), min(prices), prices[1]
 
 
-def _marks(o: Decimal, h: Decimal, low: Decimal, c: Decimal) -> list[Decimal]:
-    """`shared.intraday.minute_marks`, kept per bar for the process (a sweep replays the same days)."""
-    key = (o, h, low, c)
-    found = _MARKS.get(key)
+_PATHS: dict[tuple[Decimal, Decimal, Decimal, Decimal], _Path] = {}
+
+
+def _path(bar: Any) -> _Path:
+    """The bar's path, kept for the process (a sweep replays the same days)."""
+    key = (bar.o, bar.h, bar.l, bar.c)
+    found = _PATHS.get(key)
     if found is None:
-        if len(_MARKS) > 200_000:
-            _MARKS.clear()
-        found = _MARKS[key] = minute_marks(o, h, low, c)
+        if len(_PATHS) > 100_000:
+            _PATHS.clear()
+        found = _PATHS[key] = _Path(*key)
     return found
 
 

@@ -13,7 +13,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "factoryline: installing pinned dependencies into .venv (first run only) ..." >&2
   # pip's own chatter (and warnings about the machine's pip configuration) goes to a log; on failure
   # its end is shown, so a failed install is never silent.
-  if ! .venv/bin/python -m pip install --disable-pip-version-check -e ".[dev,sim]" > .venv/install.log 2>&1; then
+  if ! .venv/bin/python -m pip install --disable-pip-version-check -e ".[dev,sim,data]" > .venv/install.log 2>&1; then
     tail -n 30 .venv/install.log >&2
     echo "factoryline: installing the dependencies failed; the whole pip log is in .venv/install.log" >&2
     exit 1

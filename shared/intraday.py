@@ -61,12 +61,32 @@ def minute_marks(o: Decimal, h: Decimal, l: Decimal, c: Decimal,  # noqa: E741
     for (m0, p0), (m1, p1) in zip(points, points[1:], strict=False):
         span = m1 - m0
         for k in range(span):
-            price = p0 + (p1 - p0) * Decimal(k) / Decimal(span)
-            marks.append(min(max(valid_price(price), l), h))
+            marks.append(_between(p0, p1, k, span, l, h))
     marks.append(c)
     for mark, price in points:  # the waypoints are exact, whatever the rounding did around them
         marks[mark] = price
     return marks
+
+
+def mark_at(o: Decimal, h: Decimal, l: Decimal, c: Decimal, minute: int,  # noqa: E741
+            minutes: int = SESSION_MINUTES) -> Decimal:
+    """`minute_marks(...)[minute]` without building the other marks (the backtest reads a few marks
+    of a day: the ticks' prices and, the path being monotone between its waypoints, the highs and
+    lows of a stretch from its ends and the waypoints inside it)."""
+    points = waypoints(o, h, l, c, minutes)
+    if not 0 <= minute <= minutes:
+        raise InputError(f"minute {minute} is outside the session's 0..{minutes}")
+    for (m0, p0), (m1, p1) in zip(points, points[1:], strict=False):
+        if minute == m0:
+            return p0
+        if m0 < minute < m1:
+            return _between(p0, p1, minute - m0, m1 - m0, l, h)
+    return c
+
+
+def _between(p0: Decimal, p1: Decimal, k: int, span: int, low: Decimal, high: Decimal) -> Decimal:
+    """Mark k of the straight line from p0 to p1 over `span` minutes, on the price grid, in [low, high]."""
+    return min(max(valid_price(p0 + (p1 - p0) * Decimal(k) / Decimal(span)), low), high)
 
 
 def minute_bars(o: Decimal, h: Decimal, l: Decimal, c: Decimal,  # noqa: E741

@@ -37,3 +37,18 @@ def test_the_low_comes_before_the_high():
 def test_an_impossible_bar_is_refused_in_one_line():
     with pytest.raises(InputError, match="impossible bar"):
         minute_marks(D("100"), D("99"), D("98"), D("100"))
+
+
+def test_mark_at_is_the_minute_marks_mark():
+    import random
+
+    from shared.intraday import mark_at, minute_marks
+
+    rng = random.Random(5)
+    for _ in range(40):
+        o = D(f"{rng.uniform(0.5, 300):.2f}")
+        c = D(f"{float(o) * rng.uniform(0.9, 1.1):.2f}")
+        h = max(o, c) + D(f"{rng.uniform(0, 5):.2f}")
+        low = max(D("0.01"), min(o, c) - D(f"{rng.uniform(0, 5):.2f}"))
+        marks = minute_marks(o, h, low, c)
+        assert [mark_at(o, h, low, c, m) for m in range(len(marks))] == marks

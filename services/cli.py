@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "trade": ("services.trader.cli", "enter today's ranked signals now (--dry-run prints the plan)"),
     "manage": ("services.manager.tick_cli", "check every open position's soft exits now and sell what fired"),
     "reconcile": ("services.manager.cli", "check every position's protective orders now and fix them"),
+    "backtest": ("services.reporter.backtest_cli", "replay the whole line over daily history: tearsheet, trades, sweep"),
     "report": ("services.reporter.cli", "write today's HTML/JSON report and print the account and positions"),
     "status": ("services.ops.cli", "one screen: queues, workers, streamer, scheduler, positions and their protection"),
     "halt": ("services.ops.cli", "stop new entries and soft exits (protection keeps running)"),

@@ -451,7 +451,7 @@ def load(settings_cls: type[S], **overrides: object) -> S:
 #: unknown names are looked up among their fields).
 SETTINGS_MODULES = ("shared.config", "services.streamer.settings", "services.manager.settings",
                     "services.reporter.settings", "services.scheduler.settings", "services.manager.portfolio",
-                    "services.scanner.settings", "services.notifier.settings")
+                    "services.scanner.settings", "services.notifier.settings", "shared.linebacktest")
 #: Optional packages (the simulator: `pip install 'factoryline[sim]'`) add their settings modules
 #: through this entry-point group, so production code never imports them by name; one that is
 #: declared but not installed (an image without it) is left out.

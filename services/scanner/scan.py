@@ -22,20 +22,19 @@ from pathlib import Path
 
 from services.scanner.logfile import TickerLog, remove_logs, write_log
 from shared import logs
-from shared.backtest import BacktestResult, BlackSheepRule, LiveTrade, backtest, is_black_sheep
+from shared.backtest import BlackSheepRule, LiveTrade, backtest, is_black_sheep
 from shared.broker.contract import OrderExecutor
 from shared.errors import BrokerError, BrokerUnavailable, FactoryLineError, InputError
 from shared.exits import ExitRules
 from shared.market.calendar import NEW_YORK
 from shared.models import AnyBar, BarRow, Timeframe
-from shared.signals import TICKER_PATTERN, ScanState, Verdict
+from shared.scanning import report_order, state_of
+from shared.signals import TICKER_PATTERN, ScanState
 from shared.strategies import STRATEGIES, Strategy
 
 log = logging.getLogger(__name__)
 
 _TICKER = re.compile(TICKER_PATTERN)
-#: Which strategy a ticker's log reports when several have something to say: a fresh entry first.
-_STATE_ORDER = {ScanState.IN_TRADE: 0, ScanState.WATCHING: 1, ScanState.EXITED: 2, ScanState.NO_SIGNAL: 3}
 
 
 @dataclass
@@ -162,19 +161,6 @@ def _day(bar: AnyBar) -> str:
 # -- the decision, pure --------------------------------------------------------------------------
 
 
-def state_of(result: BacktestResult, last_bar: AnyBar) -> ScanState:
-    """IN_TRADE: the rule fired on the latest bar while flat (buy at the next open). WATCHING: a position
-    from an earlier signal is still open. EXITED: the latest bar closed a position. Else NO_SIGNAL."""
-    if result.open_position is not None:
-        return ScanState.WATCHING
-    if result.signal_on_last_bar:
-        return ScanState.IN_TRADE
-    last_day = last_bar.t.astimezone(NEW_YORK).date()
-    if result.trades and result.trades[-1].exit_date == last_day:
-        return ScanState.EXITED
-    return ScanState.NO_SIGNAL
-
-
 def report_for_ticker(
     ticker: str,
     bars: Sequence[AnyBar],
@@ -196,8 +182,7 @@ def report_for_ticker(
         fired += result.signal_on_last_bar
         sheep = is_black_sheep(result, live_trades, black_sheep_rule)
         candidates.append((state, result, sheep))
-    candidates.sort(key=lambda c: (_STATE_ORDER[c[0]], c[2].flagged, c[1].verdict is not Verdict.PROFITABLE,
-                                   -c[1].win_rate, -c[1].profit_factor, -c[1].trade_count, c[1].strategy))
+    candidates.sort(key=report_order)
     state, best, sheep = candidates[0]
     last = bars[-1]
     notes = tuple(

@@ -116,7 +116,7 @@ def test_config_command_masks_secrets(tmp_path):
 
 SETTINGS_MODULES = ("sim.settings", "services.streamer.settings", "services.manager.settings",
                     "services.reporter.settings", "services.scheduler.settings",
-                    "services.manager.portfolio", "services.scanner.settings")
+                    "services.manager.portfolio", "services.scanner.settings", "shared.linebacktest")
 
 
 def _settings_groups():

@@ -65,6 +65,9 @@ class DaysOptions:
     progress_bar: bool | None = None
     #: Real daily history to run on (a `shared.history` source: csv:PATH, bokeh, broker); None: seeded prices.
     data: str | None = None
+    #: When given, filled with what happened, for a test to compare (the parity test): "equity"
+    #: [(day, equity at the report)], "trades" (the ledger's closed trades), "fills" (the market's).
+    record: dict | None = None
 
 
 class _Narrator:
@@ -209,10 +212,17 @@ def _run(stack: ExitStack, options: DaysOptions, sessions, say: _Narrator, captu
         entry_run, files = line.day(session)
         entries.append(entry_run)
         say(_progress(number, len(sessions), session.date, files.report.account.equity, line))
+        if options.record is not None:
+            options.record.setdefault("equity", []).append((session.date, files.report.account.equity))
     quiet = [str(s.date) for s in sessions if s.date not in line.scan_days]
     say(f"\nentries: on {len(line.scan_days)} of {len(sessions)} day(s) the trader bought what that morning's "
         "scan found (no sample signals are made up)" + (f"; no entries on {', '.join(quiet)}" if quiet else ""))
 
+    if options.record is not None:
+        from shared import ledger
+
+        options.record["trades"] = ledger.read(client, keys)
+        options.record["fills"] = engine.state()["fills"]
     from services.reporter import render_text
 
     # The stream's length and any lag depend on thread timing, so they go to the log, not the story.

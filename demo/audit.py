@@ -8,13 +8,13 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 
 from shared import config
 from shared.errors import ConfigError
 from shared.market.calendar import NEW_YORK, nyse
-from shared.money import fmt_money
+from shared.money import fmt_money, round_qty
 
 ZERO = Decimal(0)
 #: How soon after a fill its shares must rest under a stop ("within seconds of its fill").
@@ -63,11 +63,19 @@ def check_all(state: dict, entries: list[EntryRun], outputs: str, secret: str, c
 
 
 def no_oversell(state: dict) -> Check:
-    """Replay the fills: a sell never takes more than the shares held at that moment."""
+    """Replay the fills: a sell never takes more than the shares held at that moment. A split
+    (announced by the market, e.g. a real one in replayed data) re-bases the shares held from its ex
+    date on, as the broker does overnight."""
     held: dict[str, Decimal] = defaultdict(Decimal)
     bad = []
     sells = 0
-    for fill in sorted(state["fills"], key=lambda f: f["timestamp"]):
+    splits = [{"timestamp": datetime.combine(a["ex_date"], time(0), tzinfo=NEW_YORK), "split": a}
+              for a in state.get("splits", [])]
+    for fill in sorted([*state["fills"], *splits], key=lambda f: f["timestamp"]):
+        if "split" in fill:
+            action = fill["split"]
+            held[action["symbol"]] = round_qty(held[action["symbol"]] * action["new_rate"] / action["old_rate"])
+            continue
         if fill["side"] == "buy":
             held[fill["symbol"]] += fill["qty"]
             continue

@@ -15,8 +15,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--days", type=int, default=DEFAULT_DAYS,
                         help=f"trading days to simulate (default {DEFAULT_DAYS})")
     parser.add_argument("--seed", type=int, default=7, help="market and sample-log seed (default 7)")
-    parser.add_argument("--day", type=date.fromisoformat, default=DEFAULT_FIRST_DAY,
-                        help=f"first trading day, YYYY-MM-DD (default {DEFAULT_FIRST_DAY})")
+    parser.add_argument("--day", type=date.fromisoformat, default=None,
+                        help=f"first trading day, YYYY-MM-DD (default {DEFAULT_FIRST_DAY}; with --data, two "
+                             "years into the data)")
+    parser.add_argument("--data", default=None, metavar="SOURCE",
+                        help="run on real daily prices: csv:PATH, bokeh (pip install 'factoryline[data]') or "
+                             "broker (docs/data.md); the universe is the data's symbols")
     parser.add_argument("--workdir", type=Path, default=None,
                         help="keep logs, signals and reports here (default: a temporary folder, kept at the end)")
     parser.add_argument("--verbose", action="store_true", help="also print the services' own log lines")
@@ -32,4 +36,5 @@ def _run(args: argparse.Namespace) -> int:
             handler.setLevel(logging.ERROR)
     root.setLevel(logging.INFO)
     workdir = args.workdir
-    return run_days(DaysOptions(seed=args.seed, first_day=args.day, days=args.days, workdir=workdir))
+    return run_days(DaysOptions(seed=args.seed, first_day=args.day, days=args.days, workdir=workdir,
+                                data=args.data))

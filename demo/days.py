@@ -57,11 +57,17 @@ STREAM_WAIT_SECONDS = 5
 @dataclass
 class DaysOptions:
     seed: int = 7
-    first_day: date = DEFAULT_FIRST_DAY
+    #: None: DEFAULT_FIRST_DAY, or with `data` two years into the data.
+    first_day: date | None = DEFAULT_FIRST_DAY
     days: int = DEFAULT_DAYS
     workdir: Path | None = None
     #: A progress bar redrawn in place (True), plain lines only (False); None: a bar when stdout is a terminal.
     progress_bar: bool | None = None
+    #: Real daily history to run on (a `shared.history` source: csv:PATH, bokeh, broker); None: seeded prices.
+    data: str | None = None
+    #: When given, filled with what happened, for a test to compare (the parity test): "equity"
+    #: [(day, equity at the report)], "trades" (the ledger's closed trades), "fills" (the market's).
+    record: dict | None = None
 
 
 class _Narrator:
@@ -116,12 +122,26 @@ def run_days(options: DaysOptions, out=print) -> int:
     """Run the days, print the story, the final report and the audit; 0 when every invariant held."""
     if options.days < 1:
         raise InputError(f"--days {options.days}: give at least 1")
-    first = nyse().session(options.first_day)
+    history = None
+    first_day = options.first_day
+    if options.data is not None:
+        from shared.history import load
+        from sim.cli import default_replay_start
+
+        history = load(options.data)
+        first_day = first_day or default_replay_start(history).date()
+    first_day = first_day or DEFAULT_FIRST_DAY
+    try:
+        first = nyse().session(first_day)
+    except ValueError as exc:
+        raise InputError(f"--day {first_day}: {exc}") from None
     if first is None:
-        raise InputError(f"--day {options.first_day} is not an NYSE trading day")
+        raise InputError(f"--day {first_day} is not an NYSE trading day")
     sessions = [first]
     while len(sessions) < options.days:
         sessions.append(nyse().next_session(sessions[-1].date))
+    if history is not None:
+        history = _demo_history(history, sessions)
     show_bar = sys.stdout.isatty() if options.progress_bar is None else options.progress_bar
     bar = LiveBar(sys.stdout, sessions) if show_bar else None
     say = _Narrator(out, bar)
@@ -131,18 +151,35 @@ def run_days(options: DaysOptions, out=print) -> int:
     logging.getLogger().addHandler(handler)
     try:
         with ExitStack() as stack:
-            return _run(stack, options, sessions, say, captured)
+            return _run(stack, options, sessions, say, captured, history)
     finally:
         if bar is not None:
             bar.clear()
         logging.getLogger().removeHandler(handler)
 
 
-def _run(stack: ExitStack, options: DaysOptions, sessions, say: _Narrator, captured: io.StringIO) -> int:
+def _demo_history(history, sessions):
+    """The data the demo's days can use: every day inside it, the symbols already trading on the
+    first day (a ticker listed later, FB in the bokeh data, is not in that market yet)."""
+    from shared.history import History
+
+    first, last = sessions[0].date, sessions[-1].date
+    if not history.first_day() < first or last > history.last_day():
+        raise InputError(f"the demo's days {first} to {last} are not inside the data ({history.source}: "
+                         f"{history.first_day()} to {history.last_day()}); choose --day and --days inside it")
+    symbols = [s for s, bars in history.bars.items() if bars[0].t.date() < first]
+    if not symbols:
+        raise InputError(f"{history.source}: no symbol has bars before {first}")
+    return History(bars={s: history.bars[s] for s in symbols}, adjusted=history.adjusted,
+                   splits={s: v for s, v in history.splits.items() if s in symbols}, source=history.source)
+
+
+def _run(stack: ExitStack, options: DaysOptions, sessions, say: _Narrator, captured: io.StringIO,
+         history=None) -> int:
     # Kept after the run: the HTML report it prints is the thing to open next.
     workdir = options.workdir or Path(tempfile.mkdtemp(prefix="factoryline-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    engine, base_url = _start_market(stack, options.seed, _at(sessions[0].date, time(5, 0)))
+    engine, base_url = _start_market(stack, options.seed, _at(sessions[0].date, time(5, 0)), history)
     redis_url, redis_kind = _redis(stack)
     namespace = os.environ.get("FL_NAMESPACE") or _namespace(redis_kind)
     env = {
@@ -156,7 +193,8 @@ def _run(stack: ExitStack, options: DaysOptions, sessions, say: _Narrator, captu
         "FL_REPORTS_DIR": str(workdir / "reports"),
     }
     stack.enter_context(_environment(env))
-    say(f"simulated market: {base_url} (seed {options.seed}); redis: {redis_kind}; files: {workdir}")
+    prices = f"real prices: {history.source}" if history is not None else f"seed {options.seed}"
+    say(f"simulated market: {base_url} ({prices}); redis: {redis_kind}; files: {workdir}")
     say(f"{len(sessions)} trading day(s): {sessions[0].date} to {sessions[-1].date}")
 
     executor = make_executor(config.load(config.BrokerSettings))
@@ -174,10 +212,17 @@ def _run(stack: ExitStack, options: DaysOptions, sessions, say: _Narrator, captu
         entry_run, files = line.day(session)
         entries.append(entry_run)
         say(_progress(number, len(sessions), session.date, files.report.account.equity, line))
+        if options.record is not None:
+            options.record.setdefault("equity", []).append((session.date, files.report.account.equity))
     quiet = [str(s.date) for s in sessions if s.date not in line.scan_days]
     say(f"\nentries: on {len(line.scan_days)} of {len(sessions)} day(s) the trader bought what that morning's "
         "scan found (no sample signals are made up)" + (f"; no entries on {', '.join(quiet)}" if quiet else ""))
 
+    if options.record is not None:
+        from shared import ledger
+
+        options.record["trades"] = ledger.read(client, keys)
+        options.record["fills"] = engine.state()["fills"]
     from services.reporter import render_text
 
     # The stream's length and any lag depend on thread timing, so they go to the log, not the story.
@@ -217,11 +262,13 @@ def _namespace(redis_kind: str) -> str:
     return f"fl-demo-{uuid.uuid4().hex[:8]}"
 
 
-def _start_market(stack: ExitStack, seed: int, start: datetime):
+def _start_market(stack: ExitStack, seed: int, start: datetime, history=None):
     from sim.engine import MarketEngine
     from sim.server import ServerThread, SimServer
 
-    engine = MarketEngine.create(seed=seed, start=start, speed=0, universe_size=DEMO_UNIVERSE_SIZE)
+    # Real data: the universe is the data's symbols (the replay makes it so).
+    engine = MarketEngine.create(seed=seed, start=start, speed=0, universe_size=DEMO_UNIVERSE_SIZE,
+                                 history=history)
     thread = ServerThread(SimServer(engine, api_key="sim-key", secret_key=SIM_SECRET, rate_limit=0)).start()
     stack.callback(thread.stop)
     return engine, thread.base_url
@@ -292,6 +339,10 @@ class _Line:
         self._advance_to(_at(day, time(6, 0)))
         ranked = rank_signals(now=self.engine.now().isoformat())
         self._say_ranked(ranked)
+        # The manager's pre-open check (FL_SCHEDULE_PRE_OPEN, open-20): a split effective today
+        # (a real one, in replayed data) re-bases the position and its protection before the open.
+        self._advance_to(session.open.astimezone(NEW_YORK) - timedelta(minutes=20))
+        self._pre_open()
         entry_at = _at(day, time(9, 35))
         self._advance_to(entry_at)
         account = self.executor.get_account()
@@ -317,6 +368,20 @@ class _Line:
         self._manage(tick=False, reconcile=True)
         files = write_report(self.executor, self.client, self.keys, self.rules, self.workdir / "reports")
         return entry_run, files
+
+    def _pre_open(self) -> None:
+        from services.manager.jobs import pre_open_check
+
+        held = {p.symbol: p.qty for p in self.executor.get_positions()}
+        if not held:
+            return
+        result = pre_open_check()
+        for split in self.executor.get_splits(list(held), session_day := self.engine.now().astimezone(NEW_YORK).date(),
+                                              session_day):
+            self.say(f"  09:10 manager: {split.symbol} split {split.new_rate.normalize()}:{split.old_rate.normalize()} "
+                     f"today; position re-based to {fmt_qty(held[split.symbol])} shares and protected again")
+        if result.get("failed"):
+            self.say(f"  09:10 manager: pre-open check failed for {', '.join(result['failed'])}")
 
     def _advance_to(self, moment: datetime) -> None:
         if moment > self.engine.now():

@@ -10,6 +10,7 @@ Flags override environment variables (and `.env`), which override the defaults:
     --cash      FL_SIM_CASH          200000
     --rate-limit FL_SIM_RATE_LIMIT   200 requests/minute per key and API (0 disables)
     --bars-csv  FL_SIM_BARS_CSV      none (replay bars instead of seeded prices)
+    --data      FL_SIM_DATA          none (replay real daily history: csv:PATH, bokeh, broker; docs/data.md)
     --universe-size FL_SIM_UNIVERSE_SIZE  the 25 default tickers
     --api-key / --secret-key  FL_SIM_API_KEY / FL_SIM_SECRET_KEY  sim-key / sim-secret
 """
@@ -38,6 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--bars-csv", help="replay bars from this CSV (symbol,timestamp,open,high,low,close,volume)"
     )
+    parser.add_argument(
+        "--data", help="replay real daily history: csv:PATH, bokeh or broker (docs/data.md); "
+        "the default start is then two years into it"
+    )
     parser.add_argument("--universe-size", type=int, help="number of tickers (default: the 25 built-in ones)")
     parser.add_argument("--api-key", help="API key clients must send (default sim-key)")
     parser.add_argument("--secret-key", help="secret key clients must send (default sim-secret)")
@@ -59,6 +64,22 @@ def parse_start(text: str) -> datetime | None:
     except ValueError:
         raise InputError(f"--start: not an ISO 8601 time: {text!r} (e.g. 2024-03-04T09:00-05:00)") from None
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=NEW_YORK)
+
+
+#: With --data and no --start, the clock starts this far into the history (the scanner reads two years).
+REPLAY_LEAD_DAYS = 730
+
+
+def default_replay_start(history) -> datetime:
+    """08:00 New York on the first session at least REPLAY_LEAD_DAYS after the history's first day
+    (or its last day, for a shorter history)."""
+    from datetime import time, timedelta
+
+    from shared.market.calendar import NEW_YORK, nyse
+
+    day = min(history.first_day() + timedelta(days=REPLAY_LEAD_DAYS), history.last_day())
+    session = nyse().next_session(day, include=True)
+    return datetime.combine(session.date, time(8, 0), tzinfo=NEW_YORK)
 
 
 def _pick(flag, env):
@@ -89,6 +110,17 @@ def run(args: argparse.Namespace) -> int:
     bars_csv = _pick(args.bars_csv, settings.FL_SIM_BARS_CSV) or None
     if bars_csv is not None and not Path(bars_csv).is_file():
         raise InputError(f"--bars-csv: no such file: {bars_csv}")
+    data = _pick(getattr(args, "data", None), settings.FL_SIM_DATA) or None
+    history = None
+    start = parse_start(_pick(args.start, settings.FL_SIM_START))
+    if data is not None:
+        if bars_csv is not None:
+            raise InputError("--data and --bars-csv: replay one or the other")
+        from shared.history import load as load_history
+
+        history = load_history(data)
+        if start is None:
+            start = default_replay_start(history)
     universe_size = _pick(args.universe_size, settings.FL_SIM_UNIVERSE_SIZE)
     if universe_size is not None and not 1 <= universe_size <= 17_576:
         raise InputError("--universe-size: must be between 1 and 17576")
@@ -97,11 +129,12 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--port: must be between 0 and 65535")
     engine = MarketEngine.create(
         seed=_pick(args.seed, settings.FL_SIM_SEED),
-        start=parse_start(_pick(args.start, settings.FL_SIM_START)),
+        start=start,
         cash=cash,
         speed=speed,
         universe_size=universe_size,
         bars_csv=bars_csv,
+        history=history,
     )
     server = SimServer(
         engine,

@@ -22,6 +22,8 @@ class SimSettings(_Settings):
     FL_SIM_CASH: Decimal = Field(default=Decimal("200000"), ge=0)
     FL_SIM_RATE_LIMIT: int = Field(default=200, ge=0)
     FL_SIM_BARS_CSV: str = ""
+    #: Replay real daily history (shared.history source: csv:PATH, bokeh, broker); empty: seeded prices.
+    FL_SIM_DATA: str = ""
     FL_SIM_UNIVERSE_SIZE: int | None = Field(default=None, ge=1, le=17_576)
     FL_SIM_API_KEY: SecretStr = SecretStr("sim-key")
     FL_SIM_SECRET_KEY: SecretStr = SecretStr("sim-secret")

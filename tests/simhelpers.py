@@ -371,6 +371,7 @@ def start_sim(
     rate_limit: int = 0,
     universe_size: int | None = None,
     bars_csv: Path | str | None = None,
+    data: str | None = None,
     process: bool = False,
     port: int = 0,
     api_key: str = API_KEY,
@@ -386,6 +387,7 @@ def start_sim(
             rate_limit=rate_limit,
             universe_size=universe_size,
             bars_csv=bars_csv,
+            data=data,
             port=port,
             api_key=api_key,
             secret_key=secret_key,
@@ -393,8 +395,14 @@ def start_sim(
     from sim.engine import MarketEngine
     from sim.server import ServerThread, SimServer
 
+    history = None
+    if data is not None:
+        from shared.history import load
+
+        history = load(data)
     engine = MarketEngine.create(
-        seed=seed, start=start, cash=cash, speed=speed, universe_size=universe_size, bars_csv=bars_csv
+        seed=seed, start=start, cash=cash, speed=speed, universe_size=universe_size, bars_csv=bars_csv,
+        history=history,
     )
     server = SimServer(engine, api_key=api_key, secret_key=secret_key, rate_limit=rate_limit)
     thread = ServerThread(server, port=port).start()
@@ -412,7 +420,7 @@ _LISTENING = re.compile(r"listening on (http://[0-9.]+:[0-9]+)")
 
 
 def _start_process(
-    *, seed, start, cash, speed, rate_limit, universe_size, bars_csv, port, api_key, secret_key
+    *, seed, start, cash, speed, rate_limit, universe_size, bars_csv, data, port, api_key, secret_key
 ) -> SimHandle:
     command = [
         sys.executable,
@@ -439,6 +447,8 @@ def _start_process(
         command += ["--universe-size", str(universe_size)]
     if bars_csv is not None:
         command += ["--bars-csv", str(bars_csv)]
+    if data is not None:
+        command += ["--data", data]
     env = {k: v for k, v in os.environ.items() if not k.startswith("FL_SIM_")}
     # stderr goes to a file, not a pipe: a pipe nobody reads would block the server once full.
     stderr = tempfile.TemporaryFile(mode="w+")

@@ -80,6 +80,7 @@ class NyseCalendar:
 
 @lru_cache(maxsize=1)
 def nyse() -> NyseCalendar:
-    """The process-wide calendar: 2015 to two years ahead of today."""
+    """The process-wide calendar: 1990 (real history replayed and backtested goes back that far) to
+    two years ahead of today."""
     today = datetime.now(UTC).date()
-    return NyseCalendar(start=date(2015, 1, 1), end=date(today.year + 2, 12, 31))
+    return NyseCalendar(start=date(1990, 1, 1), end=date(today.year + 2, 12, 31))

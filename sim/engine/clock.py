@@ -194,3 +194,5 @@ class Sessions:
                         member.expired_at = self._stamp(session.close)
                         self._set_status(member, OrderStatus.EXPIRED, "expired", member.expired_at)
         self._close_equity = self._equity(session.close)
+        if self._replay_pending:
+            self._apply_replay_splits(session.close)

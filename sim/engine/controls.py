@@ -7,8 +7,9 @@ import logging
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal
+from fractions import Fraction
 
 from shared import logs
 from shared.errors import InputError, NotCancelable, NotFound
@@ -203,6 +204,26 @@ class Controls:
                 announced=announce,
             )
             return action
+
+    def _apply_replay_splits(self, now: datetime) -> None:
+        """The replayed history's splits whose ex date is the next session after `now` (or earlier):
+        in effect from the previous session's close, before the manager's pre-open check, as a real
+        split is processed overnight. Each is announced on the corporate-actions feed, re-bases the
+        holding and adjusts the symbol's resting orders (`split`'s "adjust"); the raw prices from the
+        ex date on stay as they are, those before are divided (`MarketData.replay_split`)."""
+        upcoming = self.market.next_index(now) if now < self.sessions[-1].open else len(self.sessions)
+        while self._replay_pending and self._replay_pending[0][0] <= upcoming:
+            ex_index, symbol, ratio = self._replay_pending.pop(0)
+            rates = Fraction(ratio).limit_denominator(10_000)
+            new, old = Decimal(rates.numerator), Decimal(rates.denominator)
+            action = self._split_action(symbol, new, old, self.sessions[ex_index].open - timedelta(hours=12))
+            self._split_orders(symbol, action.ratio, "adjust", now)
+            self._split_holding(symbol, action.ratio)
+            self.market.replay_split(symbol, action.ratio, ex_index)
+            self._splits.append(action)
+            self._cusips[symbol] = action.new_cusip
+            logs.event(log, "sim_replay_split", symbol=symbol, new_rate=new, old_rate=old,
+                       ex_date=action.ex_date.isoformat())
 
     def _split_action(self, symbol: str, new: Decimal, old: Decimal, now: datetime) -> SplitAction:
         """The split's corporate-action record. Dates as big forward splits run (NVDA 2024: record

@@ -63,6 +63,7 @@ class MarketEngine(Sessions, Matching, OrderEntry, Account, MarketReads, Control
         speed: float = 0.0,
         universe_size: int | None = None,
         bars_csv: Path | None = None,
+        history=None,
         buying_power_cushion: Decimal = DEFAULT_BUYING_POWER_CUSHION,
         wall: Callable[[], float] = time.monotonic,
     ):
@@ -87,7 +88,8 @@ class MarketEngine(Sessions, Matching, OrderEntry, Account, MarketReads, Control
         self._opens = [s.open.astimezone(UTC) for s in self.sessions]
         anchor = max(bisect.bisect_right(self._opens, start.astimezone(UTC)) - 1, 0)
         self.market = MarketData(
-            build_universe(universe_size, seed), calendar, self.sessions, anchor, seed, bars_csv=bars_csv
+            build_universe(universe_size, seed), calendar, self.sessions, anchor, seed, bars_csv=bars_csv,
+            history=history,
         )
         self.created_at = start.astimezone(UTC)
         self.starting_cash = cash
@@ -114,6 +116,12 @@ class MarketEngine(Sessions, Matching, OrderEntry, Account, MarketReads, Control
         self._processed_until = self.clock.now()
         self._last_stamp = self._processed_until - _MICRO
         self._seq = 0
+        #: Replayed history's splits not yet in effect: (ex-date session index, symbol, ratio).
+        self._replay_pending = sorted(
+            (ex_index, symbol, ratio)
+            for symbol, listed in self.market.replay_splits.items() for ex_index, ratio in listed
+        )
+        self._apply_replay_splits(self._processed_until)
 
     @classmethod
     def create(
@@ -125,9 +133,11 @@ class MarketEngine(Sessions, Matching, OrderEntry, Account, MarketReads, Control
         speed: float = 0.0,
         universe_size: int | None = None,
         bars_csv: Path | str | None = None,
+        history=None,
         buying_power_cushion: Decimal | str = DEFAULT_BUYING_POWER_CUSHION,
     ) -> MarketEngine:
-        """A fresh market: `start` defaults to now, `speed` 0 freezes the clock (tests)."""
+        """A fresh market: `start` defaults to now, `speed` 0 freezes the clock (tests). `history` (a
+        `shared.history.History`) replays real daily bars instead of seeded ones (docs/simulator.md)."""
         return cls(
             seed=seed,
             start=start,
@@ -135,5 +145,6 @@ class MarketEngine(Sessions, Matching, OrderEntry, Account, MarketReads, Control
             speed=speed,
             universe_size=universe_size,
             bars_csv=Path(bars_csv) if bars_csv is not None else None,
+            history=history,
             buying_power_cushion=to_decimal(buying_power_cushion),
         )

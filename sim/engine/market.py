@@ -28,6 +28,7 @@ from sim.engine.paths import (
     MinuteBar,
     SymbolPath,
     read_bars_csv,
+    replay_from_history,
     round_ticks,
     to_ticks,
 )
@@ -87,6 +88,7 @@ class MarketData:
         anchor: int,
         seed: int,
         bars_csv: Path | None = None,
+        history=None,
     ):
         self.calendar = calendar
         self.sessions = sessions
@@ -102,8 +104,13 @@ class MarketData:
         self.assets: dict[str, SimAsset] = {a.symbol: a for a in assets}
         self._paths: dict[str, SymbolPath] = {}
         self._replay = None
-        if bars_csv is not None:
+        if bars_csv is not None and history is not None:
+            raise InputError("replay either a bars CSV or a daily history (--data), not both")
+        if history is not None:
+            self._replay = replay_from_history(history, sessions)
+        elif bars_csv is not None:
             self._replay = read_bars_csv(bars_csv, sessions)
+        if self._replay is not None:
             for symbol in self._replay.days:
                 if symbol not in self.assets:
                     first = min(self._replay.days[symbol].values(), key=lambda b: b.volume, default=None)
@@ -123,6 +130,9 @@ class MarketData:
         self._adjusted_minutes: dict[tuple[str, int, int], list[MinuteBar]] = {}
         #: symbol -> product of its split ratios: every volume, past and future, is multiplied by it.
         self._volume_factor: dict[str, Decimal] = {}
+        #: symbol -> [(session index of an ex date, ratio)] of replayed splits applied: the volumes of
+        #: sessions before the ex date are multiplied by the ratio (later ones are raw already).
+        self._volume_steps: dict[str, list[tuple[int, Decimal]]] = {}
         self.ask_missing: set[str] = set()
 
     # -- lookup ---------------------------------------------------------------------------
@@ -144,6 +154,7 @@ class MarketData:
                 self._anchor,
                 given_days=replay.days.get(symbol) if replay else None,
                 given_minutes=replay.minutes.get(symbol) if replay else None,
+                documented_minutes=bool(replay and replay.documented),
             )
             self._paths[symbol] = path
         return path
@@ -215,6 +226,30 @@ class MarketData:
         self._volume_factor[symbol] = self._volume_factor.get(symbol, Decimal(1)) * ratio
         self._forget_adjusted(symbol)
 
+    @property
+    def replay_splits(self) -> dict[str, list[tuple[int, Decimal]]]:
+        """The replayed history's splits still to apply: symbol -> [(ex-date session index, ratio)]."""
+        replay = self._replay
+        return dict(replay.splits or {}) if replay is not None else {}
+
+    def replay_split(self, symbol: str, ratio: Decimal, ex_index: int) -> None:
+        """A split of replayed raw history takes effect on session `ex_index`: from its open on, the
+        raw prices are already on the new basis and stay as they are; every price before it (history
+        included, and any factor a price control set there) is divided by the ratio and every volume
+        multiplied, so bars read split-adjusted as of now, as after `split`."""
+        effective = self.sessions[ex_index].open.astimezone(UTC)
+        entries = self._adjust.get(symbol, [])
+        at_effective = self.factor(symbol, effective) or Decimal(1)
+        before = [(moment, factor / ratio) for moment, factor in entries if moment < effective]
+        if not before or before[0][0] > _BEGINNING:
+            before.insert(0, (_BEGINNING, Decimal(1) / ratio))
+        after = [(moment, factor) for moment, factor in entries if moment >= effective]
+        if not after or after[0][0] > effective:
+            after.insert(0, (effective, at_effective))
+        self._adjust[symbol] = before + after
+        self._volume_steps.setdefault(symbol, []).append((ex_index, ratio))
+        self._forget_adjusted(symbol)
+
     def _forget_adjusted(self, symbol: str) -> None:
         self._adjusted_minutes = {k: v for k, v in self._adjusted_minutes.items() if k[0] != symbol}
 
@@ -223,8 +258,13 @@ class MarketData:
             return ticks
         return round_ticks(float(ticks * factor))
 
-    def _scale_volume(self, volume: int, symbol: str) -> int:
+    def _scale_volume(self, volume: int, symbol: str, index: int | None = None) -> int:
         factor = self._volume_factor.get(symbol)
+        steps = self._volume_steps.get(symbol)
+        if steps and index is not None:
+            for ex_index, ratio in steps:
+                if index < ex_index:
+                    factor = (factor or Decimal(1)) * ratio
         if factor is None:
             return volume
         return int((volume * factor).to_integral_value(rounding=ROUND_HALF_UP))
@@ -257,7 +297,7 @@ class MarketData:
                     self._scale(h, f),
                     self._scale(lo, f),
                     self._scale(c, f),
-                    self._scale_volume(v, symbol),
+                    self._scale_volume(v, symbol, index),
                 )
             )
         self._adjusted_minutes[key] = bars
@@ -280,7 +320,7 @@ class MarketData:
                     return None
                 return DayBar(
                     *(self._scale(x, first) for x in (day.open, day.high, day.low, day.close)),
-                    self._scale_volume(day.volume, symbol),
+                    self._scale_volume(day.volume, symbol, index),
                 )
         bars = self.minute_bars(symbol, index)
         if not bars:

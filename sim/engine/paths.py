@@ -182,6 +182,7 @@ class SymbolPath:
         anchor: int,
         given_days: dict[int, DayBar] | None = None,
         given_minutes: dict[int, list[MinuteBar]] | None = None,
+        documented_minutes: bool = False,
     ):
         self.symbol = symbol
         self._seed = seed
@@ -190,6 +191,8 @@ class SymbolPath:
         self._sessions = sessions
         self._days: dict[int, DayBar] = dict(given_days or {})
         self._given_minutes = given_minutes or {}
+        #: Replayed daily history: its days' minutes are the documented path (`shared.intraday`).
+        self._documented = documented_minutes
         self._minute_cache: OrderedDict[int, list[MinuteBar]] = OrderedDict()
         momentum = random.Random(stable_seed(seed, symbol, "momentum")).choice(MOMENTUM_CHOICES)
         regime = random.Random(stable_seed(seed, symbol, "regime")).randrange(len(REGIME_DRIFTS))
@@ -199,6 +202,8 @@ class SymbolPath:
         self._bwd = _Walk(seed, symbol, "backward", daily_volatility, momentum, regime)
         #: The close of the session before the lowest generated one (None: no backward generation).
         self._bwd_close: float | None
+        self._first_given = min(self._days, default=-1)
+        self._last_given = max(self._days, default=-2)
         if self._days:
             # Replay: generated days continue forward from the last given close, backward not at all.
             self._lo = min(self._days)
@@ -273,9 +278,12 @@ class SymbolPath:
                 return []
             session = self._sessions[index]
             count = int((session.close - session.open).total_seconds() // 60)
-            bars = bridge_minutes(
-                day, count, random.Random(stable_seed(self._seed, self.symbol, session.date))
-            )
+            if self._documented and self._first_given <= index <= self._last_given:
+                bars = documented_minutes(day, count)
+            else:
+                bars = bridge_minutes(
+                    day, count, random.Random(stable_seed(self._seed, self.symbol, session.date))
+                )
         self._minute_cache[index] = bars
         if len(self._minute_cache) > 64:
             self._minute_cache.popitem(last=False)
@@ -325,6 +333,27 @@ def bridge_minutes(day: DayBar, count: int, rng: random.Random) -> list[MinuteBa
     return bars
 
 
+def documented_minutes(day: DayBar, count: int) -> list[MinuteBar]:
+    """The replay of a real daily bar: `count` minute bars on the documented intraday path
+    (`shared.intraday.minute_bars`: open, low at a third of the session, high at two thirds, close;
+    straight lines), the path the portfolio backtest assumes, so the two see the same session. The
+    day's volume is spread over the minutes in the session's U shape (the path has none of its own)."""
+    from shared.intraday import minute_bars
+
+    prices = minute_bars(to_price(day.open), to_price(day.high), to_price(day.low), to_price(day.close),
+                         minutes=max(count, 3))
+    shape = _volume_shape(len(prices))
+    total = sum(shape)
+    left = day.volume
+    bars: list[MinuteBar] = []
+    last = len(prices) - 1
+    for k, (o, h, lo, c) in enumerate(prices):
+        volume = left if k == last else int(day.volume * shape[k] / total)
+        left -= volume
+        bars.append((to_ticks(o), to_ticks(h), to_ticks(lo), to_ticks(c), max(volume, 0)))
+    return bars
+
+
 _volume_shapes: dict[int, list[float]] = {}
 
 
@@ -343,10 +372,41 @@ CSV_COLUMNS = ("symbol", "timestamp", "open", "high", "low", "close", "volume")
 
 @dataclass
 class ReplayData:
-    """Bars read from a CSV, keyed by symbol then session index."""
+    """Bars read from a CSV or a daily history, keyed by symbol then session index."""
 
     days: dict[str, dict[int, DayBar]]
     minutes: dict[str, dict[int, list[MinuteBar]]]
+    #: Daily history (shared.history): minutes on the documented path, raw prices with these splits
+    #: (symbol -> [(session index of the ex date, ratio)]) applied on their dates by the engine.
+    documented: bool = False
+    splits: dict[str, list[tuple[int, Decimal]]] | None = None
+    source: str = ""
+
+
+def replay_from_history(history, sessions: list[TradingDay]) -> ReplayData:
+    """A `shared.history.History` as replay data: each daily bar on its session, in ticks. Raw
+    (unadjusted) prices stay raw; their splits are kept to be applied on their ex dates. A bar on a
+    date that is no NYSE session is refused (InputError naming it): the backtest would trade it."""
+    index_of = {s.date: i for i, s in enumerate(sessions)}
+    days: dict[str, dict[int, DayBar]] = {}
+    for symbol, bars in history.bars.items():
+        by_index: dict[int, DayBar] = {}
+        for bar in bars:
+            day = bar.t.astimezone(NEW_YORK).date()
+            index = index_of.get(day)
+            if index is None:
+                raise InputError(f"{history.source}: {symbol} has a bar on {day}, which is no NYSE session")
+            by_index[index] = DayBar(to_ticks(bar.o), to_ticks(bar.h), to_ticks(bar.l), to_ticks(bar.c),
+                                     int(bar.v))
+        if by_index:
+            days[symbol] = by_index
+    splits: dict[str, list[tuple[int, Decimal]]] = {}
+    if not history.adjusted:
+        for symbol, listed in history.splits.items():
+            for day, ratio in listed:
+                if day in index_of and symbol in days:
+                    splits.setdefault(symbol, []).append((index_of[day], ratio))
+    return ReplayData(days=days, minutes={}, documented=True, splits=splits, source=history.source)
 
 
 #: A bars CSV larger than this is refused unread (a year of minute bars for 50 tickers is about 300 MB).

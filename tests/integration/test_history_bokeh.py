@@ -56,9 +56,13 @@ def test_the_split_adjusted_series_has_no_split_gap(bokeh):
     aapl = {b.t.date(): b for b in adjusted.bars["AAPL"]}
     assert aapl[date(2005, 2, 25)].c == D("44.50")  # 88.99 / 2, on the cent
     assert aapl[date(2000, 3, 1)].c == D("32.58")  # 130.31 / 4
-    for symbol, bars in adjusted.bars.items():
-        worst = max(abs(b.o / a.c - 1) for a, b in zip(bars, bars[1:], strict=False))
-        assert worst < D("0.35"), symbol  # real overnight gaps, no halving or doubling
+    for symbol, splits in bokeh.splits.items():
+        raw = bokeh.bars[symbol]
+        fixed = adjusted.bars[symbol]
+        for day, _ in splits:
+            i = next(k for k, b in enumerate(raw) if b.t.date() == day)
+            assert raw[i].o / raw[i - 1].c < D("0.55")  # the raw prices halve overnight
+            assert abs(fixed[i].o / fixed[i - 1].c - 1) < D("0.05"), (symbol, day)  # the adjusted do not
 
 
 def test_a_cut_keeps_only_the_splits_inside_it():

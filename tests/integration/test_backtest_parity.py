@@ -12,10 +12,13 @@ under a held position. (No take-profit target is reached with the default settin
 years: the trailing exit always comes first.)
 
 Required: the same entries (symbol, day), the same exits (symbol, day, reason), and what is allowed
-to differ, with why:
-- entry and exit prices within ENTRY_PRICE_TOLERANCE: the live trader buys at 09:35 (its schedule)
-  at the ask, the backtest at the open plus slippage; the live manager's soft exit sells at the bid
-  one tick later at most (it reads the ask, which crosses the trailing line a tick after the path);
+to differ, with why (measured on these days: entry prices 0.05-0.1% apart, exit prices at most 0.1%,
+equity at most $58.50 apart, 0.03% of the cash):
+- entry and exit prices within PRICE_TOLERANCE: the live trader buys at 09:35 (FL_SCHEDULE_TRADE) at
+  the ask on the replayed path, the backtest at the open plus slippage (AAPL 2005-02-14: $83.14 live,
+  $83.18 backtest). The stop and the trailing line are taken from the entry price, so the exits
+  differ by as much (the 2005-03-08 stop: $40.59 live at 11:04, where the minute bar crossed it,
+  $40.63 in the backtest, booked at the 11:05 tick; the 2005-02-28 trailing exit one tick later live);
 - end-of-day equity within EQUITY_TOLERANCE of the starting cash every day.
 """
 
@@ -39,8 +42,8 @@ if importlib.util.find_spec("bokeh_sampledata") is None:
 
 FIRST, LAST = date(2005, 2, 14), date(2005, 3, 8)
 CASH = D(200_000)  # the simulator's starting cash (sim.engine.core.DEFAULT_CASH)
-#: Prices: the 09:35 ask against the open, the bid one tick later against the path's mark.
-ENTRY_PRICE_TOLERANCE = D("0.01")
+#: Prices: the 09:35 ask against the open plus slippage, and the exits at levels set from them.
+PRICE_TOLERANCE = D("0.005")
 #: Equity at each close, as a fraction of the starting cash (0.1% = $200).
 EQUITY_TOLERANCE = D("0.001")
 
@@ -97,8 +100,8 @@ def test_the_live_line_and_the_backtest_make_the_same_trades_on_real_days(live, 
     for trade in backtest.closed:
         mine = by_exit[trade.symbol, trade.exit_day]
         # After a split both sides show the re-based price (the ledger: the broker's re-based entry).
-        assert abs(mine.entry_price / trade.entry_price - 1) <= ENTRY_PRICE_TOLERANCE, trade
-        assert abs(mine.exit_price / trade.exit_price - 1) <= ENTRY_PRICE_TOLERANCE, trade
+        assert abs(mine.entry_price / trade.entry_price - 1) <= PRICE_TOLERANCE, trade
+        assert abs(mine.exit_price / trade.exit_price - 1) <= PRICE_TOLERANCE, trade
 
     live_equity = dict(live["equity"])
     assert sorted(live_equity) == [d for d, _ in backtest.equity]

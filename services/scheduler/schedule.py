@@ -153,3 +153,12 @@ def next_run(entries: list[Entry], now: datetime) -> datetime | None:
     """The earliest scheduled moment after `now`, if any."""
     later = [e.at for e in entries if e.at > now]
     return min(later) if later else None
+
+
+def next_session(sessions: list[TradingDay], plan: Plan, now: datetime) -> TradingDay | None:
+    """The first of `sessions` (in date order) with a run still to come after `now`: today's until its
+    last run (the report, 16:05), then the next trading day's, never a session already done."""
+    for session in sorted(sessions, key=lambda s: s.date):
+        if next_run(day_entries(session, plan), now) is not None:
+            return session
+    return None

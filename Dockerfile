@@ -9,15 +9,28 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Dependencies first, so editing code does not reinstall them.
+# The optional extras of pyproject.toml installed besides the dependencies (comma-separated):
+# `dashboard` is rq-dashboard (and six, which it imports without declaring; docs/operations.md);
+# `sim` is the simulated market's server (the compose profile `sim` and the demo).
+# `docker compose build --build-arg EXTRAS=dashboard,sim,other` adds more.
+ARG EXTRAS=dashboard,sim
+
+# Dependencies first, in a layer of their own: only pyproject.toml (or EXTRAS) changing reinstalls
+# them; a change to the code reuses it (tests/integration/test_compose.py checks the order).
+COPY pyproject.toml docker/requirements.py /tmp/build/
+RUN python /tmp/build/requirements.py /tmp/build/pyproject.toml "$EXTRAS" >/tmp/build/requirements.txt \
+    && pip install -r /tmp/build/requirements.txt \
+    && rm -rf /tmp/build
+
+# Then the project itself, without touching the dependencies installed above.
 COPY pyproject.toml README.md ./
 COPY shared ./shared
 COPY services ./services
-# The simulated market (`python -m sim`, compose profile `sim`) and the demo: the `sim` extra.
+# The simulated market (`python -m sim`, compose profile `sim`) and the demo: the `sim` extra, whose
+# dependencies are in EXTRAS above.
 COPY sim ./sim
 COPY demo ./demo
-# rq-dashboard 0.9.0 imports six without declaring it (see docs/operations.md).
-RUN pip install ".[sim]" "rq-dashboard==0.9.0" "six==1.17.0"
+RUN pip install --no-deps --no-build-isolation . && rm -rf build *.egg-info
 
 COPY docker ./docker
 

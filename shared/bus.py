@@ -118,6 +118,11 @@ class Keys:
         """Set when an order of the symbol was refused as not tradable (TTL 15 min)."""
         return f"{self.ns}:manager:halted:{symbol}"
 
+    def manager_consumer(self, consumer: str) -> str:
+        """The lease on a manager replica's consumer name `manager-<n>`: its holder's token, PX 15 s, renewed
+        while it runs, deleted on a clean stop (services/manager/consumer_name.py)."""
+        return f"{self.ns}:manager:consumer:{consumer}"
+
     @property
     def manager_last_tick(self) -> str:
         """JSON summary of the last completed manage tick."""

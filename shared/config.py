@@ -456,8 +456,9 @@ SETTINGS_MODULES = ("shared.config", "services.streamer.settings", "services.man
 #: through this entry-point group, so production code never imports them by name; one that is
 #: declared but not installed (an image without it) is left out.
 SETTINGS_ENTRY_POINTS = "factoryline.settings"
-#: FL_* names read outside the settings groups.
-OTHER_NAMES = frozenset({"FL_ENV_FILE", "FL_TEST_REDIS_URL"})
+#: FL_* names read outside the settings groups (the last three by docker-compose.yml only: host ports).
+OTHER_NAMES = frozenset({"FL_ENV_FILE", "FL_TEST_REDIS_URL", "FL_REDIS_PORT", "FL_DASHBOARD_PORT",
+                         "FL_PROMETHEUS_PORT"})
 
 
 def _optional_settings_modules() -> list:

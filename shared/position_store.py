@@ -7,8 +7,10 @@
   revision counter that makes each new protective set's client order id unique, and the entry's
   client order id when a fill event told us.
 
-Both are cleared together when the position is gone. `redis-cli GET fl:position:AAPL` and
-`redis-cli GET fl:protection:AAPL` show them.
+When the position is gone (`clear`) its state is deleted, and its protection record is emptied but
+kept: no order ids, only the revision counter, so a position reopened later never reuses a client
+order id (the broker refuses a reused one, and the new position would stay unprotected).
+`redis-cli GET fl:position:AAPL` and `redis-cli GET fl:protection:AAPL` show them.
 """
 
 from __future__ import annotations

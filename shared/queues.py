@@ -204,4 +204,7 @@ def run_worker(client: redis.Redis, keys: Keys, service: str, *, burst: bool = F
         job_monitoring_interval=JOB_MONITORING_INTERVAL,
         maintenance_interval=MAINTENANCE_INTERVAL,
     )
-    return worker.work(burst=burst, with_scheduler=True, logging_level="INFO")
+    # No RQ scheduler process: the line schedules nothing through RQ (the scheduler service enqueues at
+    # New York times, and Retry has no interval, so a retry is enqueued at once). Each worker's forked
+    # scheduler cost a process and about 10 MB per container (benchmarks/bench_memory.py).
+    return worker.work(burst=burst, with_scheduler=False, logging_level="INFO")

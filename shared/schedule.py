@@ -187,3 +187,12 @@ class SchedulerSettings(_Settings):
             times[job.name] = TimeSpec.parse(name, text) if text.strip() else None
         every = timedelta(minutes=self.FL_SCHEDULE_MANAGE_MINUTES) if self.FL_SCHEDULE_MANAGE_MINUTES else None
         return Plan(times=times, manage_every=every, grace=timedelta(minutes=self.FL_SCHEDULE_GRACE_MINUTES))
+
+
+def next_session(sessions: list[TradingDay], plan: Plan, now: datetime) -> TradingDay | None:
+    """The first of `sessions` (in date order) with a run still to come after `now`: today's until its
+    last run (the report, 16:05), then the next trading day's, never a session already done."""
+    for session in sorted(sessions, key=lambda s: s.date):
+        if next_run(day_entries(session, plan), now) is not None:
+            return session
+    return None

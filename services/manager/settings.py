@@ -5,23 +5,17 @@ The defaults are the production values; tests shorten the claim and retry timing
 
 from __future__ import annotations
 
-import socket
-
 from pydantic import Field
 
 from shared.config import _Settings
 
 
-def _default_consumer() -> str:
-    # The host name is stable across restarts of one container (docker restart keeps it) and distinct
-    # between replicas (--scale), which is what a consumer name must be.
-    return socket.gethostname() or "manager"
-
-
 class ManagerSettings(_Settings):
     #: This replica's name in the stream's consumer group. Must differ between running replicas and
     #: stay the same across restarts of one, so a restarted manager re-reads its own pending entries.
-    FL_MANAGER_CONSUMER: str = Field(default_factory=_default_consumer, pattern=r"^[A-Za-z0-9_.:@-]{1,64}$")
+    #: Empty (the default): the lowest free `manager-<n>`, leased in Redis while the process runs
+    #: (services/manager/consumer_name.py); a container recreated under compose takes the same name.
+    FL_MANAGER_CONSUMER: str = Field(default="", pattern=r"^([A-Za-z0-9_.:@-]{1,64})?$")
     #: Seconds between two reconcile-all runs (also re-arms fractional day stops after the open).
     FL_MANAGER_RECONCILE_SECONDS: float = Field(default=60.0, ge=1, le=3600)
     #: Entries unacknowledged this long by another consumer are taken over (it is presumed dead).

@@ -59,7 +59,7 @@ def serve(args: argparse.Namespace) -> None:
 
 def check(_args: argparse.Namespace) -> str:
     """The next session's schedule, one line per job (the 5-minute ticks folded into one)."""
-    from services.scheduler.schedule import day_entries
+    from services.scheduler.schedule import day_entries, next_session
     from shared.broker import make_executor
 
     _, plan, redis_settings, broker_settings = _load()
@@ -67,14 +67,15 @@ def check(_args: argparse.Namespace) -> str:
     executor = make_executor(broker_settings)
     try:
         service_main.check_redis(redis_settings)
-        today = datetime.now(UTC).astimezone(NEW_YORK).date()
+        now = datetime.now(UTC).astimezone(NEW_YORK)
+        today = now.date()
         sessions = executor.get_calendar(today, today + timedelta(days=10))
         broker_settings.check_account(executor.get_account().account_number)  # the live guard
     finally:
         executor.close()
-    if not sessions:
+    session = next_session(sessions, plan, now)
+    if session is None:
         raise FactoryLineError(f"the broker's calendar has no trading session from {today} for 10 days")
-    session = sessions[0]
     entries = day_entries(session, plan)
     ticks = [e for e in entries if e.job.name == "manage"]
     others = [e for e in entries if e.job.name != "manage"]

@@ -22,7 +22,7 @@ from datetime import UTC, date, datetime, timedelta
 import redis
 from rq.exceptions import DuplicateJobError
 
-from services.scheduler.schedule import MANAGE, Entry, Plan, day_entries, decide, next_run
+from services.scheduler.schedule import MANAGE, Entry, Plan, day_entries, decide, next_run, next_session
 from shared import logs, queues
 from shared.broker.contract import OrderExecutor
 from shared.bus import Keys
@@ -64,6 +64,8 @@ class Scheduler:
         self.clock = clock
         self._sessions: dict[date, list[TradingDay]] = {}
         self._reported_missed: set[str] = set()
+        self._ahead: list[TradingDay] = []
+        self._ahead_day: date | None = None
 
     def sessions_near(self, day: date) -> list[TradingDay]:
         """Yesterday's and today's sessions (New York dates): a grace window may reach back over
@@ -74,6 +76,16 @@ class Scheduler:
             # Shared with the manager's tick, which then never asks the broker for the calendar.
             market_sessions.store(self.rq_client, self.keys, start, day, self._sessions[day])
         return self._sessions[day]
+
+    def next_after_today(self, now: datetime) -> datetime | None:
+        """After today's last run: the first run of the next trading session (asked of the broker's
+        calendar once a day), so `next_run` is never empty between the close and midnight."""
+        day = now.astimezone(NEW_YORK).date()
+        if self._ahead_day != day:
+            self._ahead = self.executor.get_calendar(day + timedelta(days=1), day + timedelta(days=10))
+            self._ahead_day = day
+        session = next_session(self._ahead, self.plan, now)
+        return next_run(day_entries(session, self.plan), now) if session else None
 
     def entries_near(self, now: datetime) -> list[Entry]:
         entries: list[Entry] = []
@@ -86,7 +98,7 @@ class Scheduler:
         now = (now or self.clock()).astimezone(NEW_YORK)
         entries = self.entries_near(now)
         decision = decide(entries, now, self.plan.grace)
-        result = TickResult(next_at=next_run(entries, now))
+        result = TickResult(next_at=next_run(entries, now) or self.next_after_today(now))
         for entry in decision.due:
             job_id = entry.job_id(self.keys.ns)
             try:

@@ -16,4 +16,5 @@ from shared.schedule import (  # noqa: F401 - re-exported for the scheduler's mo
     day_entries,
     decide,
     next_run,
+    next_session,
 )

@@ -87,13 +87,45 @@ def test_the_monitoring_profile_scrapes_every_pillar_on_its_metrics_port():
         assert f"{name}:{port}" in targets, name
 
 
-def test_every_published_port_is_bound_to_loopback_only():
+def test_every_published_port_is_bound_to_loopback_only_on_a_port_the_user_can_set():
+    # Fixed host ports clashed with a local Redis on 6379: each is a setting, defaulting as before.
     published = {name: s.get("ports", []) for name, s in compose()["services"].items()}
     assert published == {**{name: [] for name in published},
-                         "redis": ["127.0.0.1:6379:6379"],
-                         "rq-dashboard": ["127.0.0.1:9181:9181"],
-                         "sim": ["127.0.0.1:8080:8080"],
-                         "prometheus": ["127.0.0.1:9090:9090"]}
+                         "redis": ["127.0.0.1:${FL_REDIS_PORT:-6379}:6379"],
+                         "rq-dashboard": ["127.0.0.1:${FL_DASHBOARD_PORT:-9181}:9181"],
+                         "sim": ["127.0.0.1:${FL_SIM_PORT:-8080}:8080"],
+                         "prometheus": ["127.0.0.1:${FL_PROMETHEUS_PORT:-9090}:9090"]}
+
+
+def test_the_host_port_settings_are_known_names_so_env_holds_them_without_a_warning():
+    from shared import config
+
+    assert {"FL_REDIS_PORT", "FL_DASHBOARD_PORT", "FL_SIM_PORT", "FL_PROMETHEUS_PORT"} <= config.known_names()
+
+
+def test_every_app_container_runs_under_an_init_that_passes_sigterm_on():
+    # Without it rq-dashboard and the simulator (PID 1) ignored SIGTERM: every stop took 30 s and a SIGKILL.
+    for name, service in our_services(compose()).items():
+        assert service.get("init") is True, name
+
+
+def test_healthchecks_probe_often_enough_to_report_healthy_within_15_seconds():
+    for name, service in compose()["services"].items():
+        check = service.get("healthcheck")
+        if check and name != "prometheus":
+            assert int(check["interval"].rstrip("s")) <= 10, name
+
+
+def test_simulator_mode_lives_in_env_so_later_commands_keep_it():
+    # `--scale trader=2` without the sim variables on its command line recreated 8 containers against
+    # Alpaca paper; the documented way keeps them in .env, which every compose command reads.
+    example = (ROOT / ".env.example").read_text()
+    for line in ("# COMPOSE_PROFILES=sim", "# ALPACA_ENDPOINT=http://sim:8080", "# ALPACA_API_KEY=sim-key",
+                 "# ALPACA_SECRET_KEY=sim-secret"):
+        assert line in example.splitlines()
+        assert line.lstrip("# ") in COMPOSE.read_text()
+    for doc in (ROOT / "README.md", ROOT / "docs" / "operations.md", COMPOSE):
+        assert "ALPACA_ENDPOINT=http://sim:8080 ALPACA_API_KEY" not in doc.read_text(), doc
 
 
 def test_redis_persists_with_append_only_needs_a_password_and_has_a_healthcheck():
@@ -144,14 +176,43 @@ def test_dockerfile_builds_from_python_311_slim_and_installs_the_project_and_the
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert dockerfile.splitlines()[[i for i, line in enumerate(dockerfile.splitlines())
                                     if line.startswith("FROM")][0]] == "FROM python:3.11-slim"
+    assert "ARG EXTRAS=dashboard,sim" in dockerfile
+    assert "pip install -r /tmp/build/requirements.txt" in dockerfile
+    assert "pip install --no-deps --no-build-isolation ." in dockerfile
     # The simulator container runs `python -m sim`: the image carries the sim extra and its package.
-    assert 'pip install ".[sim]" "rq-dashboard==0.9.0" "six==1.17.0"' in dockerfile
     copied = {line.split()[1] for line in dockerfile.splitlines() if line.startswith("COPY ")}
-    assert {"shared", "services", "sim"} <= copied
+    assert {"shared", "services", "sim", "demo"} <= copied
     for line in dockerfile.splitlines():
         if line.startswith("COPY "):
             for source in line.split()[1:-1]:
                 assert (ROOT / source).exists(), f"Dockerfile copies {source}, which is not in the repo"
+
+
+def test_the_dependencies_install_before_any_code_is_copied():
+    # A one-line comment change in shared/ must reuse the installed dependencies (a 213 MB layer).
+    instructions = (ROOT / "Dockerfile").read_text().replace("\\\n", " ").splitlines()
+    lines = [line for line in instructions if line.startswith(("COPY", "RUN"))]
+    install = next(i for i, line in enumerate(lines) if "pip install -r" in line)
+    assert all(not line.startswith("COPY") or ("shared" not in line and "services" not in line)
+               for line in lines[:install])
+    copied = " ".join(lines[:install])
+    assert "pyproject.toml" in copied and "docker/requirements.py" in copied
+
+
+def test_the_image_requirements_are_pyprojects_dependencies_and_the_chosen_extras():
+    import tomllib
+
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    done = subprocess.run([sys.executable, str(ROOT / "docker" / "requirements.py"), str(ROOT / "pyproject.toml"),
+                           "dashboard"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.split()
+    assert set(pyproject["project"]["dependencies"]) <= set(lines)
+    assert "rq-dashboard==0.9.0" in lines and "six==1.17.0" in lines
+    assert not any(line.startswith("pytest") for line in lines)
+    bad = subprocess.run([sys.executable, str(ROOT / "docker" / "requirements.py"), str(ROOT / "pyproject.toml"),
+                          "dashbord"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 1 and "unknown extra(s) dashbord" in bad.stderr and "Traceback" not in bad.stderr
 
 
 # -- every command exists and its self-check passes ------------------------------------------------
@@ -168,9 +229,11 @@ def test_every_python_service_command_names_a_module_of_the_package():
 
 
 def test_each_pillars_healthcheck_is_its_own_command_with_check():
+    # Through docker/health.py, which runs `python -m <module> --check` (and remembers a success).
     for name in PILLARS:
         service = compose()["services"][name]
-        assert service["healthcheck"]["test"] == ["CMD", *service["command"], "--check"], name
+        assert service["command"][:2] == ["python", "-m"], name
+        assert service["healthcheck"]["test"] == ["CMD", "python", "docker/health.py", service["command"][2]], name
 
 
 def test_the_dashboard_command_is_installed():
@@ -191,7 +254,9 @@ def sim_process():
 def service_env(sim_process, tmp_path, namespace: str) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("ALPACA_", "FL_", "REDIS_URL", "RQ_"))}
     return {**base, **sim_process.broker_env(), "REDIS_URL": redis_url(), "FL_NAMESPACE": namespace,
-            "FL_SIGNALS_DIR": str(tmp_path), "PYTHONPATH": str(ROOT)}
+            "FL_SIGNALS_DIR": str(tmp_path), "PYTHONPATH": str(ROOT),
+            # docker/health.py's remembered successes: this test's own, never another run's.
+            "TMPDIR": str(tmp_path)}
 
 
 def test_every_healthcheck_passes_against_a_real_redis_and_a_simulator_process(sim_process, tmp_path, namespace):
@@ -214,6 +279,23 @@ def test_every_healthcheck_passes_against_a_real_redis_and_a_simulator_process(s
         if process.returncode != 0:
             failures[name] = f"exit {process.returncode}: {(err or out).strip()[-300:]}"
     assert failures == {}
+
+
+def test_the_health_probe_remembers_a_success_for_a_minute_and_never_a_failure(sim_process, tmp_path, namespace):
+    env = service_env(sim_process, tmp_path, namespace)
+    probe = [sys.executable, str(ROOT / "docker" / "health.py"), "services.ranker"]
+    first = subprocess.run(probe, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert "ranker: ok" in first.stdout
+    broken = {**env, "REDIS_URL": "redis://127.0.0.1:1/0"}
+    cached = subprocess.run(probe, env=broken, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert (cached.returncode, cached.stdout) == (0, "")      # within the minute: not checked again
+    for stamp in tmp_path.glob("factoryline-health-*.ok"):
+        stamp.unlink()
+    failed = subprocess.run(probe, env=broken, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert failed.returncode == 2 and "ranker: error" in failed.stderr
+    again = subprocess.run(probe, env=broken, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2                               # a failure is not remembered
 
 
 # -- each container gets only the secrets it uses (docs/operations.md, "Threat model") -----------------

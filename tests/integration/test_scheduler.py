@@ -15,7 +15,7 @@ from rq import Queue
 from simhelpers import NEW_YORK, ROOT, start_sim
 
 from services.scheduler.runner import Scheduler
-from services.scheduler.schedule import MANAGE, TRADE, day_entries, decide
+from services.scheduler.schedule import MANAGE, TRADE, day_entries, decide, next_session
 from services.scheduler.settings import SchedulerSettings
 from shared.bus import Keys, connect_rq
 from shared.errors import ConfigError
@@ -153,6 +153,19 @@ def test_each_tick_records_the_next_run_for_operators(redis_client, keys, market
     health = redis_client.hgetall(keys.scheduler_health)
     assert health["next_run"] == ny(2024, 3, 5, 9, 30).isoformat()
     assert 0 < redis_client.ttl(keys.scheduler_health) <= 600
+
+
+def test_after_the_close_the_next_session_is_the_next_trading_day_not_todays_finished_one():
+    # Friday 2024-03-08: before its report it is still "next"; after it, Monday 2024-03-11.
+    sessions = [nyse().session(date(2024, 3, 8)), nyse().session(date(2024, 3, 11))]
+    assert next_session(sessions, PLAN, ny(2024, 3, 8, 15, 0)).date == date(2024, 3, 8)
+    assert next_session(sessions, PLAN, ny(2024, 3, 8, 16, 6)).date == date(2024, 3, 11)
+    assert next_session(sessions[:1], PLAN, ny(2024, 3, 8, 16, 6)) is None
+
+
+def test_after_the_close_the_health_key_names_the_next_sessions_first_run(redis_client, keys, market):
+    scheduler(redis_client, keys, market).tick(ny(2024, 3, 8, 16, 30))
+    assert redis_client.hget(keys.scheduler_health, "next_run") == ny(2024, 3, 11, 2, 0).isoformat()
 
 
 # -- the command -------------------------------------------------------------------------------------

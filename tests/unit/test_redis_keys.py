@@ -11,7 +11,7 @@ from shared.bus import Keys
 
 REDIS_MD = Path(__file__).resolve().parents[2] / "docs" / "redis.md"
 #: Sample arguments by parameter name (the doc's own examples use these).
-SAMPLES = {"symbol": "AAPL", "day": date(2026, 11, 24), "event_id": "abc:fill:10"}
+SAMPLES = {"symbol": "AAPL", "day": date(2026, 11, 24), "event_id": "abc:fill:10", "consumer": "manager-1"}
 
 
 def names_keys_make(keys: Keys) -> dict[str, str]:

@@ -246,6 +246,8 @@ def test_every_kind_of_client_reaches_the_primary_through_the_sentinels(sentinel
     try:
         plain.set("ha:probe", "1")
         assert blocking.get("ha:probe") == "1" and rq_client.get("ha:probe") == b"1"
+        # The replica may still be syncing when the primary first answers (CI saw 0 replicas here).
+        wait_until("the replica linked", lambda: plain.info("replication")["connected_slaves"] == 1, timeout=15)
         info = plain.info("replication")
         assert info["role"] == "master" and info["connected_slaves"] == 1
         assert plain.connection_pool.get_master_address() == ("127.0.0.1", sentinel_set.primary.port)

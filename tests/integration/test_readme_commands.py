@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -23,6 +25,7 @@ def test_readme_names_exactly_the_demo_and_the_test_command():
     assert _readme_commands() == ["./scripts/demo", "./scripts/test"]
 
 
+@pytest.mark.timeout(900)  # a fresh virtual environment is a full install (about 70 s idle, more under load)
 def test_readme_commands_work_from_a_clean_copy_in_a_fresh_virtual_environment(tmp_path):
     tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
     copy = tmp_path / "factoryline"
@@ -46,3 +49,11 @@ def test_readme_commands_work_from_a_clean_copy_in_a_fresh_virtual_environment(t
     assert tests.returncode == 0, tests.stdout[-2000:] + tests.stderr[-2000:]
     assert re.search(r"\d+ passed", tests.stdout)
     assert "All checks passed!" in tests.stdout  # ruff ran over the whole copy
+
+    # The README's backtest on real prices from the installed `data` extra, in the same fresh .venv.
+    backtest = subprocess.run(["./scripts/backtest", "--from", "2012-01-03", "--to", "2012-06-29", "--data", "bokeh",
+                               "--out", str(tmp_path / "bt")], cwd=copy, env=env, capture_output=True, text=True,
+                              timeout=600)
+    assert backtest.returncode == 0, backtest.stdout[-2000:] + backtest.stderr[-2000:]
+    assert (tmp_path / "bt" / "tearsheet.html").stat().st_size > 0
+    assert (tmp_path / "bt" / "trades.csv").read_text().startswith("symbol")

@@ -4,18 +4,13 @@ with the network blocked (the issue's "done when": one documented command, the p
 from __future__ import annotations
 
 import csv
-import importlib.util
-import os
 
-import pytest
+from datahelpers import require_bokeh_data
 from test_backtest_cli import factoryline
 from test_report_browser import Dom, chromium, chromium_path
 from test_tearsheet_browser import OFFLINE
 
-if importlib.util.find_spec("bokeh_sampledata") is None:
-    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
-        raise RuntimeError("CI needs the [data] extra (bokeh-sampledata): scripts/_venv.sh installs it")
-    pytest.skip("bokeh-sampledata is not installed (pip install -e '.[data]')", allow_module_level=True)
+require_bokeh_data()
 
 
 def test_backtest_on_bokeh_data_opens_in_chromium(tmp_path):

@@ -24,21 +24,18 @@ equity at most $58.50 apart, 0.03% of the cash):
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from datetime import date
 from decimal import Decimal as D
 
 import pytest
 from conftest import redis_url
+from datahelpers import require_bokeh_data
 
 from shared.history import History, load
 from shared.linebacktest import BacktestSettings, run
 
-if importlib.util.find_spec("bokeh_sampledata") is None:
-    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
-        raise RuntimeError("CI needs the [data] extra (bokeh-sampledata): scripts/_venv.sh installs it")
-    pytest.skip("bokeh-sampledata is not installed (pip install -e '.[data]')", allow_module_level=True)
+require_bokeh_data()
 
 FIRST, LAST = date(2005, 2, 14), date(2005, 3, 8)
 CASH = D(200_000)  # the simulator's starting cash (sim.engine.core.DEFAULT_CASH)

@@ -3,20 +3,16 @@ outside the data refused in one line."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from datahelpers import require_bokeh_data
 
 ROOT = Path(__file__).resolve().parents[2]
 
-if importlib.util.find_spec("bokeh_sampledata") is None:
-    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
-        raise RuntimeError("CI needs the [data] extra (bokeh-sampledata): scripts/_venv.sh installs it")
-    pytest.skip("bokeh-sampledata is not installed (pip install -e '.[data]')", allow_module_level=True)
+require_bokeh_data()
 
 
 def _demo(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:

@@ -4,20 +4,16 @@ scripts install the extra; without it the test skips, except in CI, where that i
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from datetime import date
 from decimal import Decimal as D
 
 import pytest
+from datahelpers import require_bokeh_data
 
 from shared.history import load, split_adjusted
 from shared.market.calendar import NyseCalendar
 
-if importlib.util.find_spec("bokeh_sampledata") is None:
-    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
-        raise RuntimeError("CI needs the [data] extra (bokeh-sampledata): scripts/_venv.sh installs it")
-    pytest.skip("bokeh-sampledata is not installed (pip install -e '.[data]')", allow_module_level=True)
+require_bokeh_data()
 
 
 @pytest.fixture(scope="module")

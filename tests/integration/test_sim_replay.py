@@ -5,12 +5,11 @@ adapter, as the line reads them."""
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal as D
 
 import pytest
+from datahelpers import require_bokeh_data
 from simhelpers import start_sim
 
 from shared.broker.alpaca import AlpacaExecutor
@@ -19,10 +18,7 @@ from shared.intraday import minute_bars
 from shared.market.calendar import NEW_YORK
 from shared.models import Timeframe
 
-if importlib.util.find_spec("bokeh_sampledata") is None:
-    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
-        raise RuntimeError("CI needs the [data] extra (bokeh-sampledata): scripts/_venv.sh installs it")
-    pytest.skip("bokeh-sampledata is not installed (pip install -e '.[data]')", allow_module_level=True)
+require_bokeh_data()
 
 
 def ny(day: date, hour: int = 0, minute: int = 0) -> datetime:

@@ -14,6 +14,7 @@ import uuid
 
 import pytest
 import redis
+from needs import IN_CI
 
 from shared.bus import Keys
 
@@ -41,7 +42,7 @@ def redis_url() -> str:
     if "url" not in _backend:
         if _reachable(_REDIS_URL):
             _backend.update(url=_REDIS_URL, kind="real")
-        elif os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+        elif IN_CI:
             raise RuntimeError(f"CI needs a real Redis at {_REDIS_URL}; none answered")
         else:
             _backend.update(url=_start_fake_server(), kind="fakeredis (no real Redis reachable)")

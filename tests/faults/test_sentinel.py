@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal as signals_module
 import subprocess
 import sys
@@ -29,12 +28,13 @@ from pathlib import Path
 import pytest
 import redis
 import yaml
+from needs import redis_server_binary
 from rq.connections import parse_connection
 from rq.exceptions import DuplicateJobError
 from simhelpers import start_sim
 from test_line_faults import assert_one_protective_set_each, protection_of
 from test_manager_faults import Line, wait_until
-from test_streamer_faults import IN_CI, _free_port
+from test_streamer_faults import _free_port
 from test_trader import DAY, signal
 
 from shared import bus, config, job_table, queues, signals
@@ -167,11 +167,7 @@ class SentinelSet:
 
 @pytest.fixture
 def sentinel_set(tmp_path):
-    binary = shutil.which("redis-server")
-    if binary is None:
-        if IN_CI:
-            pytest.fail("CI=true but no redis-server binary: the Sentinel tests need one (apt-get install redis-server)")
-        pytest.skip("redis-server is not installed: the Sentinel tests run a primary, a replica and 3 sentinels")
+    binary = redis_server_binary("the Sentinel tests (a primary, a replica and 3 sentinels)")
     group = SentinelSet(binary, tmp_path)
     try:
         group.start()

@@ -12,7 +12,6 @@ elsewhere they are skipped with the reason.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,6 +25,7 @@ from pathlib import Path
 import pytest
 import redis
 from conftest import redis_url
+from needs import redis_server_binary
 from simhelpers import ROOT, SimHandle, start_sim
 
 from services.streamer.recorder import Recorder
@@ -35,7 +35,6 @@ from shared.bus import Keys, RedisReachability
 from shared.models import Order, TradeEventType, TradeUpdate
 from shared.trade_events import decode_entry
 
-IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 START = datetime(2026, 11, 24, 14, 35, tzinfo=UTC)
 
 
@@ -84,12 +83,7 @@ class ThrowawayRedis:
 
 
 def _throwaway(workdir: Path, password: str | None = None):
-    binary = shutil.which("redis-server")
-    if binary is None:
-        if IN_CI:
-            pytest.fail("CI=true but no redis-server binary: the Redis-restart tests need one (apt-get install "
-                        "redis-server)")
-        pytest.skip("redis-server is not installed: the Redis-restart tests need a throwaway server of their own")
+    binary = redis_server_binary("the Redis-restart tests")
     server = ThrowawayRedis(binary, workdir, password)
     server.start()
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import csv
 
-from datahelpers import require_bokeh_data
+from needs import require_bokeh_data
 from test_backtest_cli import factoryline
 from test_report_browser import Dom, chromium, chromium_path
 from test_tearsheet_browser import OFFLINE

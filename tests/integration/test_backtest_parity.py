@@ -30,7 +30,7 @@ from decimal import Decimal as D
 
 import pytest
 from conftest import redis_url
-from datahelpers import require_bokeh_data
+from needs import require_bokeh_data
 
 from shared.history import History, load
 from shared.linebacktest import BacktestSettings, run

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import shutil
 import socket
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import redis_url
+from needs import chromium_path
 
 from shared import job_table
 from shared.bus import SERVICES, connect_rq
@@ -31,15 +31,6 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--hide-scrollbars")
 USER = "operator"
-
-
-def chromium_path() -> str:
-    found = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
-    if found:
-        return found
-    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
-        pytest.fail("chromium is not installed and CI=true: run scripts/ensure_chromium.sh before the tests")
-    pytest.skip("chromium is not installed (run scripts/ensure_chromium.sh to install Debian's chromium)")
 
 
 def free_port() -> int:

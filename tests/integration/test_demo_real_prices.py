@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from datahelpers import require_bokeh_data
+from needs import require_bokeh_data
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -8,7 +8,7 @@ from datetime import date
 from decimal import Decimal as D
 
 import pytest
-from datahelpers import require_bokeh_data
+from needs import require_bokeh_data
 
 from shared.history import load, split_adjusted
 from shared.market.calendar import NyseCalendar

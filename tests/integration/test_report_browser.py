@@ -11,7 +11,6 @@ Chromium comes from `scripts/ensure_chromium.sh`. Missing: the test fails under 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import struct
@@ -24,6 +23,7 @@ from pathlib import Path
 import pytest
 import redis
 from conftest import redis_url, remove_namespace
+from needs import chromium_path
 from simhelpers import start_sim
 from test_reporter import Scenario, run_scenario
 
@@ -35,15 +35,6 @@ ARTIFACTS = ROOT / "reports" / "test-artifacts"
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--hide-scrollbars")
-
-
-def chromium_path() -> str:
-    found = shutil.which("chromium") or ("/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else None)
-    if found:
-        return found
-    if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
-        pytest.fail("chromium is not installed and CI=true: run scripts/ensure_chromium.sh before the tests")
-    pytest.skip("chromium is not installed (run scripts/ensure_chromium.sh to install Debian's chromium)")
 
 
 def chromium(binary: str, profile: Path, *args: str) -> subprocess.CompletedProcess:

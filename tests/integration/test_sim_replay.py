@@ -9,7 +9,7 @@ from datetime import date, datetime, time, timedelta
 from decimal import Decimal as D
 
 import pytest
-from datahelpers import require_bokeh_data
+from needs import require_bokeh_data
 from simhelpers import start_sim
 
 from shared.broker.alpaca import AlpacaExecutor

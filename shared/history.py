@@ -36,7 +36,7 @@ from shared.errors import ConfigError, FactoryLineError, InputError
 from shared.intraday import valid_price
 from shared.market.calendar import NEW_YORK
 from shared.models import Bar
-from shared.money import ZERO
+from shared.money import ZERO, non_negative
 
 #: A history CSV larger than this is refused unread (20 years of daily bars of 500 tickers in one
 #: long file is about 150 MiB).
@@ -444,11 +444,8 @@ def _price(path: Path, line: int, name: str, text: str) -> Decimal:
 def _volume(path: Path, line: int, text: str) -> Decimal:
     if not text:
         return ZERO
-    try:
-        value = Decimal(text)
-    except InvalidOperation:
-        value = None
-    if value is None or not value.is_finite() or value < 0:
+    value = non_negative(text)
+    if value is None:
         raise InputError(f"{path}:{line}: volume {text[:30]!r} is not a number of shares")
     return value
 

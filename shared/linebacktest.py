@@ -36,6 +36,7 @@ is a walk over those trades.
 from __future__ import annotations
 
 import bisect
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
@@ -469,7 +470,7 @@ class _Run:
                     decided = self._segment(symbol, *seg, at, soft=False)
                     if decided is not None:
                         pending.append((symbol, *decided))
-            prices = {s: self._price_at(s, bars, minute, path) for s in book.holdings if s in bars}
+            prices = {s: path(s).at(minute) for s in book.holdings if s in bars}
             self._limits(day, last_equity, prices, at)
             if not book.halted:
                 for symbol, state, decision in pending:
@@ -664,9 +665,6 @@ class _Run:
             return None
         return state, decision
 
-    def _price_at(self, symbol: str, bars: Mapping, minute: int, path) -> Decimal:
-        return path(symbol).at(minute)
-
     def _sell(self, symbol: str, price: Decimal, decision: ExitDecision, at: datetime, *, market: bool,
               state: PositionState) -> None:
         book = self.book
@@ -727,18 +725,14 @@ class _Path:
         return prices[0], max(prices), min(prices), prices[1]
 
 
-_PATHS: dict[tuple[Decimal, Decimal, Decimal, Decimal], _Path] = {}
-
-
 def _path(bar: Any) -> _Path:
     """The bar's path, kept for the process (a sweep replays the same days)."""
-    key = (bar.o, bar.h, bar.l, bar.c)
-    found = _PATHS.get(key)
-    if found is None:
-        if len(_PATHS) > 100_000:
-            _PATHS.clear()
-        found = _PATHS[key] = _Path(*key)
-    return found
+    return _path_of(bar.o, bar.h, bar.l, bar.c)
+
+
+@functools.lru_cache(maxsize=100_000)
+def _path_of(o: Decimal, h: Decimal, low: Decimal, c: Decimal) -> _Path:
+    return _Path(o, h, low, c)
 
 
 def _minute(at: datetime, session_open: datetime) -> int:

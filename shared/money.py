@@ -37,6 +37,16 @@ def to_decimal(value: object) -> Decimal:
     return result
 
 
+def non_negative(text: str) -> Decimal | None:
+    """A finite number >= 0 from text (an amount, a volume, a percent), or None: the caller says what
+    the number should have been."""
+    try:
+        value = to_decimal(text)
+    except ValueError:
+        return None
+    return value if value >= 0 else None
+
+
 def price_increment(price: Decimal) -> Decimal:
     return CENT if price >= ONE else TICK_SUB_DOLLAR
 

@@ -67,13 +67,10 @@ def parse_day(flag: str, text: str) -> date:
 
 
 def _decimal_arg(flag: str, text: str):
-    from decimal import Decimal, InvalidOperation
+    from shared.money import non_negative
 
-    try:
-        value = Decimal(text)
-    except InvalidOperation:
-        value = None
-    if value is None or not value.is_finite() or value < 0:
+    value = non_negative(text)
+    if value is None:
         raise InputError(f"{flag} {text}: give a number of percent (e.g. 0.5)")
     return value
 

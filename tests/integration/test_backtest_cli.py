@@ -91,6 +91,8 @@ def test_backtest_writes_tearsheet_trades_and_parameters(history, tmp_path):
     (["--from", "2016-01-01", "--to", "2017-01-01", "stop_loss_pct=lots"], "FL_STOP_LOSS_PCT"),
     (["--from", "2016-01-01", "--to", "2017-01-01", "--data", "ftp:nowhere"], "unknown history source"),
     (["--from", "2016-01-01", "--to", "2017-01-01", "--sweep", "stop_loss_pct"], "give name=value1,value2"),
+    (["--from", "2016-01-01", "--to", "2017-01-01", "--tolerance-pct", "-1"], "--tolerance-pct -1: give a number"),
+    (["--from", "2016-01-01", "--to", "2017-01-01", "--tolerance-pct", "inf"], "--tolerance-pct inf: give a number"),
 ])
 def test_bad_input_is_one_line_and_exit_2(history, tmp_path, args, message):
     folder, _, _ = history

@@ -129,6 +129,8 @@ def test_a_reverse_split_is_a_ratio_below_one():
     ("# adjusted: no\nsymbol,date,open,high,low,close\nAAPL,2005-02-28,3,2,1,2\n", ":3: impossible bar: open 3 high 2"),
     ("# adjusted: no\nsymbol,date,open,high,low,close\n=cmd,2005-02-28,1,2,1,2\n", ":3: '=cmd' is not a ticker"),
     ("# adjusted: no\nsymbol,date,open,high,low,close,volume\nAAPL,2005-02-28,1,2,1,2,lots\n", ":3: volume 'lots' is not"),
+    ("# adjusted: no\nsymbol,date,open,high,low,close,volume\nAAPL,2005-02-28,1,2,1,2,-5\n", ":3: volume '-5' is not"),
+    ("# adjusted: no\nsymbol,date,open,high,low,close,volume\nAAPL,2005-02-28,1,2,1,2,NaN\n", ":3: volume 'NaN' is not"),
     ("# adjusted: no\nsymbol,date,open,high,low,close,split\nAAPL,2005-02-28,1,2,1,2,two\n", ":3: split 'two' is not a ratio"),
     ("# adjusted: no\nsymbol,date,open,high,low,close\nAAPL,2005-02-28,1,2,1,2\nAAPL,2005-02-28,1,2,1,2\n",
      ":4: a second AAPL bar for 2005-02-28 (the first is on line 3)"),

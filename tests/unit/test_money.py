@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shared.money import is_valid_price_increment, round_price, round_qty, to_decimal
+from shared.money import is_valid_price_increment, non_negative, round_price, round_qty, to_decimal
 
 
 @pytest.mark.parametrize(
@@ -30,3 +30,11 @@ def test_quantities_round_down_to_nine_decimals(qty):
     rounded = round_qty(qty)
     assert rounded <= qty
     assert qty - rounded < Decimal("0.000000001")
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("0", Decimal("0")), ("0.5", Decimal("0.5")), (" 12 ", Decimal("12")),
+    ("-0.01", None), ("NaN", None), ("inf", None), ("lots", None), ("", None),
+])
+def test_non_negative_takes_only_finite_numbers_from_zero_up(text, expected):
+    assert non_negative(text) == expected

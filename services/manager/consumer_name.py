@@ -25,6 +25,7 @@ import redis
 
 from shared import logs
 from shared.bus import Keys
+from shared.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +47,6 @@ return 1
 _RELEASE = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
-def lease_key(keys: Keys, name: str) -> str:
-    return keys.manager_consumer(name)
-
-
 class ConsumerLease:
     """The lease on one `manager-<n>` name; `acquire` finds the lowest free one."""
 
@@ -63,20 +60,21 @@ class ConsumerLease:
         token = f"{os.uname().nodename}:{os.getpid()}:{secrets.token_hex(4)}"
         for n in range(1, MAX_REPLICAS + 1):
             name = f"{PREFIX}{n}"
-            if client.set(lease_key(keys, name), token, nx=True, px=LEASE_MS):
+            if client.set(keys.manager_consumer(name), token, nx=True, px=LEASE_MS):
                 return cls(client, keys, name, token)
-        raise RuntimeError(f"all {MAX_REPLICAS} manager consumer names are leased ({lease_key(keys, PREFIX + '*')})")
+        raise ConfigError(f"all {MAX_REPLICAS} manager consumer names are leased "
+                          f"({keys.manager_consumer(PREFIX + '*')}): run fewer replicas or set FL_MANAGER_CONSUMER")
 
     def renew(self) -> bool:
         """Extend the lease (or take it back if it lapsed while Redis was away); False if another holds it."""
-        return bool(self.client.eval(_RENEW, 1, lease_key(self.keys, self.name), self.token, LEASE_MS))
+        return bool(self.client.eval(_RENEW, 1, self.keys.manager_consumer(self.name), self.token, LEASE_MS))
 
     def release(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
         try:
-            self.client.eval(_RELEASE, 1, lease_key(self.keys, self.name), self.token)
+            self.client.eval(_RELEASE, 1, self.keys.manager_consumer(self.name), self.token)
         except redis.RedisError:
             pass  # it lapses in LEASE_MS anyway
 
@@ -115,7 +113,7 @@ def prune_dead_consumers(client: redis.Redis, keys: Keys, group: str, own: str, 
         name = consumer["name"]
         if name == own or int(consumer["pending"]) > 0 or int(consumer["idle"]) <= idle_ms:
             continue
-        if name.startswith(PREFIX) and client.exists(lease_key(keys, name)):
+        if name.startswith(PREFIX) and client.exists(keys.manager_consumer(name)):
             continue  # a live replica's name (idle only because it is busy)
         # Deleted only if still without pending entries, in one step inside the server.
         if client.eval(_DELETE_IF_NO_PENDING, 1, stream, group, name):

@@ -10,7 +10,7 @@ import pytest
 from test_manager_faults import PRE_OPEN, line_factory, wait_until  # noqa: F401 - a fixture
 
 from services.manager.consumer import GROUP, ensure_group
-from services.manager.consumer_name import ConsumerLease, lease_key, prune_dead_consumers
+from services.manager.consumer_name import ConsumerLease, prune_dead_consumers
 from services.manager.settings import ManagerSettings
 
 
@@ -25,19 +25,19 @@ def test_live_replicas_get_distinct_names_and_a_recreated_one_takes_the_released
     first.release()  # the container stopped (docker compose up --force-recreate)
     again = ConsumerLease.acquire(redis_client, keys)
     assert again.name == "manager-1"
-    assert redis_client.get(lease_key(keys, "manager-2")) == second.token
+    assert redis_client.get(keys.manager_consumer("manager-2")) == second.token
     again.release()
     second.release()
-    assert redis_client.get(lease_key(keys, "manager-1")) is None
+    assert redis_client.get(keys.manager_consumer("manager-1")) is None
 
 
 def test_the_lease_is_renewed_while_the_manager_runs(redis_client, keys):
     lease = ConsumerLease.acquire(redis_client, keys)
-    redis_client.pexpire(lease_key(keys, lease.name), 200)
+    redis_client.pexpire(keys.manager_consumer(lease.name), 200)
     lease.keep(GROUP, idle_ms=60_000)
     try:
         time.sleep(0.5)
-        assert redis_client.pttl(lease_key(keys, lease.name)) > 1000
+        assert redis_client.pttl(keys.manager_consumer(lease.name)) > 1000
     finally:
         lease.release()
 
@@ -99,5 +99,19 @@ def test_a_manager_process_restarted_takes_back_its_name_and_leaves_one_consumer
         process = line.processes.pop(name)
         process.terminate()
         assert process.wait(timeout=30) == 0
-        assert redis_client.get(lease_key(keys, "manager-1")) is None   # released on a clean stop
+        assert redis_client.get(keys.manager_consumer("manager-1")) is None   # released on a clean stop
     assert [c["name"] for c in redis_client.xinfo_consumers(keys.trade_updates, GROUP)] in ([], ["manager-1"])
+
+
+def test_a_replica_beyond_the_last_free_name_is_a_one_line_config_error(redis_client, keys, monkeypatch):
+    from services.manager import consumer_name
+    from shared.errors import ConfigError
+
+    monkeypatch.setattr(consumer_name, "MAX_REPLICAS", 2)
+    held = [ConsumerLease.acquire(redis_client, keys) for _ in range(2)]
+    try:
+        with pytest.raises(ConfigError, match="all 2 manager consumer names are leased.*set FL_MANAGER_CONSUMER"):
+            ConsumerLease.acquire(redis_client, keys)
+    finally:
+        for lease in held:
+            lease.release()
